@@ -1,0 +1,36 @@
+# make demo  — set up .venv (CPU torch first) and run the main study
+# make test  — set up .venv and run the test suite
+# make bench — run the benchmarks against the baseline libraries
+# make lint  — ruff check + ruff format --check
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt -e ".[test,bench]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	MPLBACKEND=Agg $(VENV)/bin/basinscope run
+
+test: $(STAMP)
+	MPLBACKEND=Agg $(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/surface.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) results
