@@ -14,9 +14,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .objective import Objective
 
 METRICS = ("train_loss", "train_acc", "test_loss", "test_acc")
 
@@ -65,10 +70,14 @@ class Surface:
         from .errors import BasinscopeError
 
         if key not in METRICS:
-            raise BasinscopeError(f"unknown surface metric {key!r}; use one of {', '.join(METRICS)}")
+            raise BasinscopeError(
+                f"unknown surface metric {key!r}; use one of {', '.join(METRICS)}"
+            )
         value = getattr(self, key)
         if value is None:
-            raise BasinscopeError(f"this surface has no {key!r} (it was computed without that data)")
+            raise BasinscopeError(
+                f"this surface has no {key!r} (it was computed without that data)"
+            )
         return value
 
     def save(self, path: str | Path) -> Path:
@@ -96,10 +105,14 @@ class Surface:
         try:
             f = h5py.File(path, "r")
         except OSError as exc:
-            raise BasinscopeError(f"{str(path)!r} is not a readable HDF5 surface file ({exc})") from None
+            raise BasinscopeError(
+                f"{str(path)!r} is not a readable HDF5 surface file ({exc})"
+            ) from None
         with f:
             if "xcoordinates" not in f:
-                raise BasinscopeError(f"{str(path)!r} has no 'xcoordinates' dataset; it is not a surface file")
+                raise BasinscopeError(
+                    f"{str(path)!r} has no 'xcoordinates' dataset; it is not a surface file"
+                )
             get = lambda k: np.asarray(f[k][()]) if k in f else None  # noqa: E731
             x = get("xcoordinates")
             y = get("ycoordinates")
@@ -132,3 +145,189 @@ def _write_into(f: Any, s: Surface) -> None:
     if s.directions is not None:
         f.create_dataset("directions", data=np.asarray(s.directions, dtype=np.float32))
     f.attrs["basinscope"] = json.dumps(s.attrs, sort_keys=True, default=str)
+
+
+# --------------------------------------------------------------------- compute
+def _grid(span: tuple[float, float], steps: int, what: str) -> np.ndarray:
+    from .errors import BasinscopeError
+
+    lo, hi = (float(v) for v in span)
+    if steps < 2:
+        raise BasinscopeError(f"{what} needs at least 2 steps, got {steps}")
+    if not hi > lo:
+        raise BasinscopeError(f"{what} span must have max > min, got ({lo}, {hi})")
+    return np.linspace(lo, hi, int(steps))
+
+
+def line(
+    obj: Objective,
+    direction: Tensor,
+    *,
+    span: tuple[float, float] = (-1.0, 1.0),
+    steps: int = 51,
+    test: Any = None,
+    path: str | Path | None = None,
+    chunk: int = 64,
+    progress: bool = False,
+    attrs: dict[str, Any] | None = None,
+) -> Surface:
+    """The 1-D slice ``t ↦ L(θ0 + t·d)`` on ``steps`` points of ``span``.
+
+    Args:
+        obj: the Objective (training data).
+        direction: ``[n]`` or ``[1, n]``.
+        span, steps: the coefficients ``linspace(span[0], span[1], steps)``.
+        test: test data (anything :class:`~basinscope.Objective` accepts) or a
+            test Objective; evaluated with the same model and loss.
+        path: HDF5 file to write as the computation goes; an existing file for
+            the same grid and direction is resumed, computing only missing points.
+        chunk: points per write (results never depend on it).
+        progress: show a progress bar.
+        attrs: extra metadata stored with the surface.
+    """
+    d = torch.as_tensor(direction).reshape(1, -1)
+    coords = [_grid(span, steps, "a line")]
+    return _compute(obj, d, coords, test, path, chunk, progress, attrs)
+
+
+def plane(
+    obj: Objective,
+    d1: Tensor,
+    d2: Tensor,
+    *,
+    span: tuple[float, float] = (-1.0, 1.0),
+    steps: int = 31,
+    yspan: tuple[float, float] | None = None,
+    ysteps: int | None = None,
+    test: Any = None,
+    path: str | Path | None = None,
+    chunk: int = 64,
+    progress: bool = False,
+    attrs: dict[str, Any] | None = None,
+) -> Surface:
+    """The 2-D slice ``(α, β) ↦ L(θ0 + α d1 + β d2)`` (Li et al. 2018).
+
+    The grid is ``linspace(*span, steps) × linspace(*yspan, ysteps)`` (y defaults
+    to x); arrays are indexed ``[i, j]`` at ``(x[i], y[j])``. Other arguments as
+    in :func:`line`.
+    """
+    d = torch.stack([torch.as_tensor(d1).reshape(-1), torch.as_tensor(d2).reshape(-1)])
+    coords = [
+        _grid(span, steps, "a plane"),
+        _grid(yspan or span, ysteps or steps, "a plane"),
+    ]
+    return _compute(obj, d, coords, test, path, chunk, progress, attrs)
+
+
+def _compute(
+    obj: Objective,
+    dirs: Tensor,
+    coords: list[np.ndarray],
+    test: Any,
+    path: str | Path | None,
+    chunk: int,
+    progress: bool,
+    attrs: dict[str, Any] | None,
+) -> Surface:
+    from tqdm.auto import tqdm
+
+    from .errors import BasinscopeError
+    from .objective import Objective
+
+    if chunk < 1:
+        raise BasinscopeError(f"chunk must be a positive integer, got {chunk}")
+    if dirs.shape[1] != obj.n:
+        raise BasinscopeError(f"directions have {dirs.shape[1]} coordinates, the space has {obj.n}")
+    test_obj = None
+    if test is not None:
+        test_obj = test if isinstance(test, Objective) else obj.with_data(test)
+    shape = tuple(len(c) for c in coords)
+    mesh = np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1).reshape(-1, len(coords))
+    dirs_np = dirs.detach().to("cpu", torch.float32).numpy()
+    meta = {"dim": len(coords), "n_params": obj.n, **(attrs or {})}
+
+    surface = _resume(path, coords, dirs_np, test_obj is not None) if path else None
+    if surface is None:
+        empty = lambda: np.full(shape, np.nan)  # noqa: E731
+        surface = Surface(
+            xcoordinates=coords[0],
+            ycoordinates=coords[1] if len(coords) > 1 else None,
+            train_loss=empty(),
+            train_acc=empty(),
+            test_loss=empty() if test_obj else None,
+            test_acc=empty() if test_obj else None,
+            computed=np.zeros(shape, dtype=bool),
+            directions=dirs_np,
+            attrs=meta,
+        )
+        if "origin_train_loss" not in surface.attrs:
+            loss0, acc0 = obj.evaluate(obj.theta0)
+            surface.attrs.update(origin_train_loss=float(loss0[0]), origin_train_acc=float(acc0[0]))
+            if test_obj is not None:
+                tl, ta = test_obj.evaluate(obj.theta0)
+                surface.attrs.update(origin_test_loss=float(tl[0]), origin_test_acc=float(ta[0]))
+        if path:
+            surface.save(path)
+
+    done = surface.computed.reshape(-1)
+    # Chunks are aligned to global indices so a resumed run evaluates exactly
+    # the same batches as an uninterrupted one.
+    todo = [s for s in range(0, len(mesh), chunk) if not done[s : s + chunk].all()]
+    bar = tqdm(total=int((~done).sum()), disable=not progress, desc="surface", unit="pt")
+    directions = dirs.to(device=obj.device, dtype=obj.dtype)
+    with bar:
+        for start in todo:
+            idx = np.arange(start, min(start + chunk, len(mesh)))
+            idx = idx[~done[idx]]
+            coef = torch.from_numpy(mesh[idx])
+            updates = {}
+            updates["train_loss"], updates["train_acc"] = obj.evaluate_affine(coef, directions)
+            if test_obj is not None:
+                updates["test_loss"], updates["test_acc"] = test_obj.evaluate_affine(
+                    coef, directions, origin=obj.theta0
+                )
+            for key, value in updates.items():
+                getattr(surface, key).reshape(-1)[idx] = value.numpy()
+            done[idx] = True
+            if path:
+                _write_chunk(path, surface, idx, list(updates))
+            bar.update(len(idx))
+    return surface
+
+
+def _resume(
+    path: str | Path, coords: list[np.ndarray], dirs: np.ndarray, has_test: bool
+) -> Surface | None:
+    from .errors import BasinscopeError
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    old = Surface.load(path)
+    same = (
+        old.directions is not None
+        and old.computed is not None
+        and np.array_equal(old.directions, dirs)
+        and np.array_equal(old.xcoordinates, coords[0])
+        and (len(coords) == 1) == (old.ycoordinates is None)
+        and (len(coords) == 1 or np.array_equal(old.ycoordinates, coords[1]))
+        and (old.test_loss is not None) == has_test
+    )
+    if not same:
+        raise BasinscopeError(
+            f"{str(path)!r} holds a surface with other directions, grid or data; "
+            "delete it or write to another path"
+        )
+    return old
+
+
+def _write_chunk(path: str | Path, surface: Surface, idx: np.ndarray, keys: list[str]) -> None:
+    """Write the newly computed points into the HDF5 file and flush it."""
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        for key in keys:
+            flat = getattr(surface, key).reshape(-1)
+            f[key][...] = flat.reshape(surface.shape)
+        f["computed"][...] = surface.computed
+        f.flush()
