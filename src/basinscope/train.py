@@ -1,0 +1,802 @@
+"""Train the classic experiments' classifiers: seeded, resumable, checkpointed.
+
+:func:`train` runs minibatch SGD/Adam on cross-entropy for a :class:`TrainConfig`
+and returns a :class:`TrainResult`. Three properties matter for the studies
+built on it:
+
+* **Deterministic and local randomness.** Initialisation is seeded by
+  ``config.seed``; epoch ``e``'s shuffling comes from ``item_generator(seed, e)``
+  and its dropout masks from a generator reseeded from ``(seed, e)``, so no epoch
+  depends on the history before it. All of it runs inside
+  ``torch.random.fork_rng``: the caller's global RNG state is left as it was.
+* **Crash-resume, bit for bit.** With ``out_dir``, the full training state is
+  written atomically after every epoch (``state.pt``); a rerun of the same
+  config resumes there and ends with exactly the weights of an uninterrupted
+  run. A finished run (``model.pt`` + ``metrics.json``) is returned without
+  training again.
+* **Divergence is a result, not an exception.** A NaN/inf minibatch loss stops
+  training and is reported in :attr:`TrainResult.message` and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from tqdm import tqdm
+
+from basinscope._io import atomic_torch_save, atomic_write_json
+from basinscope._rng import item_generator, item_seed
+from basinscope.data import DataBundle
+from basinscope.errors import BasinscopeError
+from basinscope.models import MODELS, _check_options, build_model
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+"""Accepted values of :attr:`TrainConfig.optimizer`."""
+SCHEDULES = ("constant", "cosine")
+"""Accepted values of :attr:`TrainConfig.schedule`."""
+
+MODEL_FILE, CONFIG_FILE, METRICS_FILE, STATE_FILE = (
+    "model.pt",
+    "config.json",
+    "metrics.json",
+    "state.pt",
+)
+# Keys config.json holds beside the TrainConfig fields: facts about the run.
+_RUN_KEYS = (
+    "input_shape",
+    "n_classes",
+    "dataset_name",
+    "n_train",
+    "n_params",
+    "basinscope_version",
+    "data_fingerprint",
+)
+_METRIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+# Dropout streams use indices far above any epoch index used for shuffling.
+_DROPOUT_STREAM = 1 << 32
+_EVAL_BATCH = 1024
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _tuples(v: Any) -> Any:
+    """Lists -> tuples, recursively (so a config equals itself after a JSON round trip)."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_tuples(x) for x in v)
+    if isinstance(v, Mapping):
+        return {str(k): _tuples(x) for k, x in v.items()}
+    return v
+
+
+def _lists(v: Any) -> Any:
+    """Tuples -> lists, recursively (JSON/TOML-able)."""
+    if isinstance(v, (list, tuple)):
+        return [_lists(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _lists(x) for k, x in v.items()}
+    return v
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (JSON/TOML-serialisable).
+
+    Attributes:
+        dataset: dataset name for :func:`basinscope.data.load_dataset` (or an .npz path).
+        data_dir: where downloaded data is cached; ``None`` for the default.
+        train_size: keep a seeded subset of the training set: a count ``>= 1`` or a
+            fraction in ``(0, 1]``; ``None`` keeps all of it.
+        standardize: standardise the inputs with training-set statistics.
+        data_seed: seed of the training subset, kept apart from ``seed`` so that
+            runs with different ``seed`` see the same data.
+        model: a :data:`basinscope.models.MODELS` name or ``"package.module:factory"``.
+        model_kwargs: options for the model (``widths``, ``channels``, ``activation``, ...).
+        dropout: dropout probability, passed to the model as ``dropout`` when nonzero.
+        optimizer: one of :data:`OPTIMIZERS`.
+        lr: peak learning rate.
+        momentum: SGD momentum in ``[0, 1)``.
+        nesterov: Nesterov momentum (SGD with ``momentum > 0`` only).
+        weight_decay: L2 penalty coefficient (decoupled for ``adamw``).
+        batch_size: minibatch size; the last, partial batch of an epoch is kept.
+        epochs: number of passes over the training data.
+        steps: if set, train exactly this many optimizer steps instead of ``epochs``.
+        warmup_steps: linear warm-up length in optimizer steps.
+        schedule: one of :data:`SCHEDULES` after the warm-up; see :func:`lr_factor`.
+        eval_every_epoch: evaluate after every epoch; else only before and after training.
+        seed: seed of initialisation, shuffling and dropout.
+        device: torch device string, e.g. ``"cpu"`` or ``"cuda:0"``.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    train_size: int | float | None = None
+    standardize: bool = True
+    data_seed: int = 0
+    model: str = "mlp"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    dropout: float = 0.0
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    epochs: int = 20
+    steps: int | None = None
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    eval_every_epoch: bool = True
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data_dir, Path):
+            self.data_dir = str(self.data_dir)
+        if isinstance(self.model_kwargs, Mapping):
+            self.model_kwargs = _tuples(self.model_kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-able dict (tuples become lists)."""
+        return {f.name: _lists(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build and validate a config from a dict such as :meth:`to_dict` returns.
+
+        Raises:
+            BasinscopeError: unknown keys (they are named) or an invalid value.
+        """
+        if not isinstance(d, Mapping):
+            raise BasinscopeError(f"a training config must be a table of options, not {d!r}.")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise BasinscopeError(
+                f"unknown training option(s) {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(names)}."
+            )
+        config = cls(**dict(d))
+        config.validate()
+        return config
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        """Read a config from a TOML file: top-level keys, or a ``[train]`` table."""
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError as e:
+                raise BasinscopeError(
+                    "reading TOML configs on Python 3.10 needs the 'tomli' package "
+                    "(pip install tomli)."
+                ) from e
+        path = Path(path)
+        try:
+            with path.open("rb") as f:
+                d = tomllib.load(f)
+        except FileNotFoundError as e:
+            raise BasinscopeError(f"config file {str(path)!r} does not exist.") from e
+        except tomllib.TOMLDecodeError as e:
+            raise BasinscopeError(f"config file {str(path)!r} is not valid TOML: {e}.") from e
+        if isinstance(d.get("train"), dict):
+            d = d["train"]
+        return cls.from_dict(d)
+
+    def validate(self) -> None:
+        """Check every value; raise a one-sentence :class:`BasinscopeError` on the first bad one."""
+
+        def bad(name: str, accepted: str) -> BasinscopeError:
+            return BasinscopeError(f"{name} {getattr(self, name)!r} is not valid; {accepted}.")
+
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise bad("dataset", "give a dataset name or an .npz path")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise bad("data_dir", "give a directory path or leave it unset")
+        size = self.train_size
+        if size is not None and not (
+            (_is_int(size) and size > 0) or (isinstance(size, float) and 0.0 < size <= 1.0)
+        ):
+            raise bad("train_size", "give a count >= 1, a fraction in (0, 1], or leave it unset")
+        for name in ("standardize", "nesterov", "eval_every_epoch"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "give true or false")
+        for name in ("seed", "data_seed"):
+            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, "give a non-negative integer")
+        if not isinstance(self.model, str) or not (self.model in MODELS or ":" in self.model):
+            raise bad("model", f"accepted: {', '.join(sorted(MODELS))} or 'package.module:factory'")
+        if not isinstance(self.model_kwargs, dict) or not all(
+            isinstance(k, str) for k in self.model_kwargs
+        ):
+            raise bad("model_kwargs", "give a table of model options, e.g. {widths = [64, 64]}")
+        if "dropout" in self.model_kwargs:
+            raise BasinscopeError(
+                "model_kwargs must not contain 'dropout'; set the dropout option instead."
+            )
+        if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise bad("dropout", "give a number in [0, 1)")
+        if self.model in MODELS:
+            _check_options(self.model, MODELS[self.model], self._model_options())
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"accepted: {', '.join(OPTIMIZERS)}")
+        if not (_is_number(self.lr) and self.lr > 0):
+            raise bad("lr", "give a positive learning rate, e.g. 0.1")
+        if not (_is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
+            raise bad("momentum", "give a number in [0, 1)")
+        if self.momentum > 0 and self.optimizer != "sgd":
+            raise bad("momentum", f"momentum applies to sgd only, not {self.optimizer}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise bad("nesterov", "Nesterov momentum needs optimizer 'sgd' with momentum > 0")
+        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "give a non-negative number")
+        if not (_is_int(self.batch_size) and self.batch_size >= 1):
+            raise bad("batch_size", "give a positive integer")
+        if not (_is_int(self.epochs) and self.epochs >= 1):
+            raise bad("epochs", "give a positive integer")
+        if self.steps is not None and not (_is_int(self.steps) and self.steps >= 1):
+            raise bad("steps", "give a positive number of optimizer steps or leave it unset")
+        if not (_is_int(self.warmup_steps) and self.warmup_steps >= 0):
+            raise bad("warmup_steps", "give a non-negative integer")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"accepted: {', '.join(SCHEDULES)}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise bad("device", "give a torch device such as 'cpu' or 'cuda:0'") from e
+
+    def steps_per_epoch(self, n_train: int) -> int:
+        """Optimizer steps in one epoch over ``n_train`` examples (last partial batch kept)."""
+        return math.ceil(n_train / self.batch_size)
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps of the whole run: ``steps`` if set, else ``epochs × steps_per_epoch``."""
+        return self.steps if self.steps is not None else self.epochs * self.steps_per_epoch(n_train)
+
+    def _model_options(self) -> dict[str, Any]:
+        kwargs = dict(self.model_kwargs)
+        if self.dropout:
+            kwargs["dropout"] = self.dropout
+        return kwargs
+
+
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int = 0, schedule: str = "constant"
+) -> float:
+    """Multiplier of the peak learning rate for optimizer step ``step`` (0-based).
+
+    Warm-up (Goyal et al. 2017), for ``t < W``: ``(t + 1) / (W + 1)``, a linear
+    ramp from ``1/(W+1)`` up to 1. Afterwards ``1`` (``"constant"``) or cosine
+    annealing to 0 at the end of training (Loshchilov & Hutter 2017, SGDR without
+    restarts): ``½ (1 + cos(π (t − W) / (T − W)))``, which is 0 at ``t = T``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+) -> LambdaLR:
+    """A per-optimizer-step ``LambdaLR`` scheduler following :func:`lr_factor`.
+
+    One ``LambdaLR`` with the closed form rather than ``SequentialLR(LinearLR,
+    CosineAnnealingLR)``: the chained form accumulates rounding step by step and
+    ``SequentialLR`` emits a deprecation warning when it switches schedulers.
+    """
+    return LambdaLR(
+        optimizer,
+        functools.partial(
+            lr_factor,
+            total_steps=total_steps,
+            warmup_steps=config.warmup_steps,
+            schedule=config.schedule,
+        ),
+    )
+
+
+def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimizer named by ``config.optimizer`` with the config's hyperparameters."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+        )
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_model(config: TrainConfig, input_shape: Iterable[int], n_classes: int) -> nn.Module:
+    """``build_model`` for the config's model, options and dropout (not seeded: caller seeds)."""
+    return build_model(config.model, tuple(input_shape), n_classes, **config._model_options())
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`.
+
+    Attributes:
+        model: the trained model, in eval mode, on ``config.device``.
+        config: the config it was trained with.
+        history: one record per evaluation: ``{epoch, step, lr, train_loss,
+            train_acc, test_loss, test_acc}``; epoch 0 is before training,
+            ``lr`` is the rate the next step would use, losses are exact
+            dataset means, accuracies fractions in [0, 1] (``test_*`` are
+            ``None`` without test data).
+        diverged: training stopped on a NaN/inf minibatch loss.
+        message: why it stopped, if it diverged; else ``""``.
+        final: the last history record.
+        out_dir: the run directory, or ``None``.
+        wall_time_s: training time in seconds (summed over resumed parts).
+        reused: the finished run in ``out_dir`` was returned without training.
+    """
+
+    model: nn.Module
+    config: TrainConfig
+    history: list[dict[str, Any]]
+    diverged: bool = False
+    message: str = ""
+    final: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path | None = None
+    wall_time_s: float = 0.0
+    reused: bool = False
+
+
+@dataclass
+class Checkpoint:
+    """A finished run loaded by :func:`load_checkpoint`.
+
+    Attributes:
+        model: the trained model, in eval mode.
+        config: its training config.
+        metrics: the contents of ``metrics.json`` (``{}`` if absent).
+        path: the run directory.
+        info: the run facts saved in ``config.json``: ``input_shape``,
+            ``n_classes``, ``dataset_name``, ``n_train``, ``n_params``,
+            ``basinscope_version``, ``data_fingerprint``.
+    """
+
+    model: nn.Module
+    config: TrainConfig
+    metrics: dict[str, Any]
+    path: Path
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _device(name: str) -> torch.device:
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BasinscopeError(f"device {name!r} is not available on this machine; use 'cpu'.")
+    return device
+
+
+def _fork_rng(device: torch.device):
+    """``fork_rng`` over the CPU generator and, for CUDA, that one device's generator."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.random.fork_rng(devices=[index], device_type="cuda")
+    return torch.random.fork_rng(devices=[])
+
+
+def _seed_global(seed: int, device: torch.device) -> None:
+    """Seed the (forked) generators that init and dropout draw from on ``device``."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
+def _check_data(data: DataBundle) -> None:
+    x, y = data.x_train, data.y_train
+    if x.ndim < 2 or len(x) == 0 or len(x) != len(y):
+        raise BasinscopeError(
+            f"training data of shape {tuple(x.shape)} with {len(y)} labels is not valid; "
+            "give x_train [N, *input_shape] with N >= 1 and y_train [N]."
+        )
+    if not x.is_floating_point():
+        raise BasinscopeError(f"x_train has dtype {x.dtype}; give floating-point inputs.")
+    for name, t in (("y_train", y), ("y_test", data.y_test)):
+        if t.dtype != torch.int64:
+            raise BasinscopeError(f"{name} has dtype {t.dtype}; give int64 class indices.")
+        if len(t) and (int(t.min()) < 0 or int(t.max()) >= data.n_classes):
+            raise BasinscopeError(
+                f"{name} holds labels outside [0, {data.n_classes}); "
+                f"give class indices below n_classes={data.n_classes}."
+            )
+
+
+def _fingerprint(data: DataBundle) -> str:
+    """A hash of the tensors, so a finished run is reused only for the same data."""
+    h = hashlib.blake2b(digest_size=16)
+    for t in (data.x_train, data.y_train, data.x_test, data.y_test):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float] | None:
+    """Exact dataset-mean cross-entropy and accuracy (float64 sums over chunks)."""
+    if len(y) == 0:
+        return None
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for i in range(0, len(y), _EVAL_BATCH):
+        out = model(x[i : i + _EVAL_BATCH])
+        yb = y[i : i + _EVAL_BATCH]
+        loss += F.cross_entropy(out.double(), yb, reduction="sum")
+        correct += (out.argmax(dim=1) == yb).sum()
+    return loss.item() / len(y), correct.item() / len(y)
+
+
+def _record(epoch: int, step: int, lr: float, model: nn.Module, tensors: tuple) -> dict[str, Any]:
+    x_train, y_train, x_test, y_test = tensors
+    rec: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr}
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        res = _evaluate(model, x, y)
+        rec[f"{split}_loss"], rec[f"{split}_acc"] = res if res is not None else (None, None)
+    return rec
+
+
+def _identity(config: TrainConfig, fingerprint: str) -> dict[str, Any]:
+    """What makes two runs the same run: the config (less the device) and the data."""
+    d = config.to_dict()
+    d.pop("device")
+    return {"config": d, "data": fingerprint}
+
+
+def _saved_identity(saved: Mapping[str, Any]) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "device"]
+    return {
+        "config": {k: saved.get(k) for k in names},
+        "data": saved.get("data_fingerprint"),
+    }
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise BasinscopeError(f"{str(path)!r} could not be read as JSON: {e}.") from e
+
+
+def _load_finished(out: Path, config: TrainConfig, fingerprint: str) -> TrainResult | None:
+    """The finished run in ``out`` if it was trained with this config and data, else None."""
+    paths = [out / MODEL_FILE, out / CONFIG_FILE, out / METRICS_FILE]
+    if not all(p.is_file() for p in paths):
+        return None
+    try:
+        saved, metrics = _read_json(out / CONFIG_FILE), _read_json(out / METRICS_FILE)
+    except BasinscopeError:
+        return None
+    if _saved_identity(saved) != _identity(config, fingerprint) or not metrics.get("completed"):
+        return None
+    ckpt = load_checkpoint(out, device=config.device)
+    return TrainResult(
+        model=ckpt.model,
+        config=config,
+        history=metrics["history"],
+        diverged=metrics["diverged"],
+        message=metrics["message"],
+        final=metrics["final"],
+        out_dir=out,
+        wall_time_s=metrics["wall_time_s"],
+        reused=True,
+    )
+
+
+def _load_state(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    path = out / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable state: start afresh, it is only a cache
+        return None
+    return state if state.get("identity") == identity else None
+
+
+def train(
+    config: TrainConfig,
+    data: DataBundle | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``config.model`` on ``data`` with cross-entropy, minibatch by minibatch.
+
+    Args:
+        config: the run's settings; validated first.
+        data: the dataset; ``None`` loads ``config.dataset`` with
+            :func:`basinscope.data.load_dataset`.
+        out_dir: run directory for ``config.json``, ``model.pt``, ``metrics.json``
+            and, while training, the resume state ``state.pt``. A finished run
+            there with the same config and data is returned without training; an
+            interrupted one is resumed.
+        progress: show a tqdm progress bar (on stderr) with the current loss.
+        on_epoch_end: called with each epoch's record (the history entry, or
+            ``{epoch, step, lr}`` when the epoch is not evaluated) after the
+            resume state is written.
+
+    Returns:
+        A :class:`TrainResult`; a NaN/inf loss sets ``diverged`` instead of raising.
+
+    Raises:
+        BasinscopeError: invalid config, data or device.
+    """
+    config.validate()
+    device = _device(config.device)
+    if data is None:
+        from basinscope.data import load_dataset
+
+        data = load_dataset(
+            config.dataset,
+            data_dir=config.data_dir,
+            train_size=config.train_size,
+            standardize=config.standardize,
+            seed=config.data_seed,
+        )
+    _check_data(data)
+    fingerprint = _fingerprint(data)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        finished = _load_finished(out, config, fingerprint)
+        if finished is not None:
+            return finished
+    with _fork_rng(device):
+        return _train(config, data, device, fingerprint, out, progress, on_epoch_end)
+
+
+def _train(
+    config: TrainConfig,
+    data: DataBundle,
+    device: torch.device,
+    fingerprint: str,
+    out: Path | None,
+    progress: bool,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
+    start = time.perf_counter()
+    _seed_global(config.seed, device)
+    model = make_model(config, data.input_shape, data.n_classes).to(device)  # init on the CPU
+    optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    n, bs = len(data.y_train), config.batch_size
+    per_epoch, total = config.steps_per_epoch(n), config.total_steps(n)
+    n_epochs = math.ceil(total / per_epoch)
+    scheduler = make_scheduler(optimizer, config, total)
+    tensors = tuple(t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+    x_train, y_train = tensors[0], tensors[1]
+    identity = _identity(config, fingerprint)
+
+    epoch, step, history, elapsed = 0, 0, [], 0.0
+    state = _load_state(out, identity) if out is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        epoch, step, history, elapsed = (
+            state["epoch"],
+            state["step"],
+            state["history"],
+            state["wall_time_s"],
+        )
+    if out is not None:
+        from basinscope import __version__
+
+        for name in (MODEL_FILE, METRICS_FILE):  # stale results of another config
+            (out / name).unlink(missing_ok=True)
+        run_info = {
+            "input_shape": list(data.input_shape),
+            "n_classes": data.n_classes,
+            "dataset_name": data.name,
+            "n_train": n,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "basinscope_version": __version__,
+            "data_fingerprint": fingerprint,
+        }
+        atomic_write_json(out / CONFIG_FILE, {**config.to_dict(), **run_info})
+    if state is None:
+        history.append(_record(0, 0, optimizer.param_groups[0]["lr"], model, tensors))
+
+    diverged, message = False, ""
+    bar = tqdm(
+        total=total, initial=step, disable=not progress, desc=f"train {config.model}", unit="step"
+    )
+    with bar:
+        while epoch < n_epochs and not diverged:
+            perm = torch.randperm(n, generator=item_generator(config.seed, epoch)).to(device)
+            _seed_global(item_seed(config.seed, _DROPOUT_STREAM + epoch), device)
+            model.train()
+            for i in range(0, n, bs):
+                if step >= total:
+                    break
+                idx = perm[i : i + bs]
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+                value = loss.item()
+                if not math.isfinite(value):
+                    lr = optimizer.param_groups[0]["lr"]
+                    diverged = True
+                    message = (
+                        f"diverged at epoch {epoch + 1} step {step + 1}: loss became {value} "
+                        f"(lower the learning rate, now {lr:g}, or add warm-up steps)"
+                    )
+                    break
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                if progress:
+                    bar.set_postfix(loss=f"{value:.4g}", epoch=epoch + 1, refresh=False)
+            epoch += 1
+            lr = optimizer.param_groups[0]["lr"]
+            if config.eval_every_epoch or epoch == n_epochs or diverged:
+                rec = _record(epoch, step, lr, model, tensors)
+                history.append(rec)
+            else:
+                rec = {"epoch": epoch, "step": step, "lr": lr}
+            if diverged:
+                break
+            if out is not None:
+                atomic_torch_save(
+                    out / STATE_FILE,
+                    {
+                        "identity": identity,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "step": step,
+                        "history": history,
+                        "wall_time_s": elapsed + time.perf_counter() - start,
+                    },
+                )
+            if on_epoch_end is not None:
+                on_epoch_end(dict(rec))
+
+    model.eval()
+    wall = elapsed + time.perf_counter() - start
+    final = dict(history[-1])
+    if out is not None:
+        atomic_torch_save(
+            out / MODEL_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        )
+        atomic_write_json(
+            out / METRICS_FILE,
+            {
+                "history": history,
+                "final": final,
+                "diverged": diverged,
+                "message": message,
+                "wall_time_s": wall,
+                "epochs_run": epoch,
+                "steps_run": step,
+                "completed": True,
+            },
+        )
+        (out / STATE_FILE).unlink(missing_ok=True)
+    return TrainResult(
+        model=model,
+        config=config,
+        history=history,
+        diverged=diverged,
+        message=message,
+        final=final,
+        out_dir=out,
+        wall_time_s=wall,
+    )
+
+
+def _describe(config: TrainConfig, info: Mapping[str, Any]) -> str:
+    options = config._model_options()
+    text = f"model {config.model!r} with input_shape {tuple(info['input_shape'])}"
+    text += f", n_classes {info['n_classes']}"
+    return text + (f" and options {options}" if options else "")
+
+
+def _few(keys: Iterable[str], n: int = 3) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
+    """Load a run written by :func:`train`.
+
+    Args:
+        path: the run directory, or its ``model.pt``.
+        device: where to put the model.
+
+    Returns:
+        A :class:`Checkpoint` whose model is rebuilt with :func:`build_model` from the
+        saved config, ``input_shape`` and ``n_classes``, loaded, and put in eval mode.
+
+    Raises:
+        BasinscopeError: missing ``model.pt``/``config.json``, an unreadable file,
+            or weights that do not match the rebuilt model.
+    """
+    path = Path(path)
+    model_path = path if path.suffix == ".pt" else path / MODEL_FILE
+    run_dir = model_path.parent
+    for p in (model_path, run_dir / CONFIG_FILE):
+        if not p.is_file():
+            raise BasinscopeError(
+                f"checkpoint {str(path)!r} has no {p.name}; give a run directory written by "
+                "basinscope's train or the model.pt inside it."
+            )
+    saved = _read_json(run_dir / CONFIG_FILE)
+    if not isinstance(saved, dict) or "input_shape" not in saved or "n_classes" not in saved:
+        raise BasinscopeError(
+            f"{str(run_dir / CONFIG_FILE)!r} lacks input_shape and n_classes; "
+            "give a run directory written by basinscope's train."
+        )
+    info = {k: saved.pop(k) for k in _RUN_KEYS if k in saved}
+    config = TrainConfig.from_dict(saved)
+    dev = _device(device)
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep RNG as it was
+        model = make_model(config, info["input_shape"], info["n_classes"])
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BasinscopeError(
+            f"checkpoint {str(model_path)!r} could not be read: {type(e).__name__}: {e}."
+        ) from e
+    if not isinstance(state, Mapping):
+        raise BasinscopeError(
+            f"checkpoint {str(model_path)!r} holds a {type(state).__name__}, not a state dict."
+        )
+    expected = model.state_dict()
+    problems = []
+    if missing := set(expected) - set(state):
+        problems.append(f"missing keys {_few(missing)}")
+    if unexpected := set(state) - set(expected):
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    shapes = [
+        f"{k} (checkpoint {list(getattr(state[k], 'shape', []))}, model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state and (not torch.is_tensor(state[k]) or state[k].shape != v.shape)
+    ]
+    if shapes:
+        problems.append(f"shape mismatch for {_few(shapes)}")
+    if problems:
+        raise BasinscopeError(
+            f"checkpoint {str(model_path)!r} does not match {_describe(config, info)}: "
+            f"{'; '.join(problems)}."
+        )
+    model.load_state_dict(state)
+    model.to(dev).eval()
+    metrics_path = run_dir / METRICS_FILE
+    metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
+    return Checkpoint(model=model, config=config, metrics=metrics, path=run_dir, info=info)
