@@ -230,6 +230,7 @@ class Objective:
         self.seed = seed
         self.x, self.y = self._prepare(data, subset, seed)
         self._first: _FirstLayer | None | bool = False  # False: not probed yet
+        self._first_cache: tuple | None = None  # see _first_outputs
         if check_determinism:
             self._check_determinism()
 
@@ -256,6 +257,7 @@ class Objective:
         """The same model, loss and space on other data (e.g. the test set)."""
         other = copy.copy(self)
         other.x, other.y = self._prepare(data, subset, self.seed)
+        other._first_cache = None
         return other
 
     @property
@@ -346,50 +348,92 @@ class Objective:
             )
         origin = self.theta0 if origin is None else self._points(origin)[0]
         coefficients = coefficients.to(device=self.device, dtype=self.dtype)
-        points = origin + coefficients @ directions
-        first = self._first_layer() if shortcut else None
+        first = self._first_layer() if shortcut and len(directions) else None
         if first is None:
-            return self.evaluate(points)
-        return self._evaluate_shortcut(first, coefficients, directions, origin, points)
+            # Points are formed a block at a time (a [K, n] matrix of whole points
+            # can be large) and elementwise, so each point's value is the same
+            # whatever the number of points asked for at once.
+            block = max(1, _POINTS_BLOCK // self.n)
+            results = [
+                self.evaluate(_combine(origin, coefficients[s : s + block], directions))
+                for s in range(0, len(coefficients), block)
+            ]
+            return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
+        return self._evaluate_shortcut(first, coefficients, directions, origin)
 
     def _evaluate_shortcut(
-        self, first: _FirstLayer, coef: Tensor, dirs: Tensor, origin: Tensor, points: Tensor
+        self, first: _FirstLayer, coef: Tensor, dirs: Tensor, origin: Tensor
     ) -> tuple[Tensor, Tensor]:
         layer = self.model.get_submodule(first.path)
-        local = {"weight": first.weight} | ({"bias": first.bias} if first.bias else {})
-
-        def layer_params(vec: Tensor | None) -> dict[str, Tensor]:
-            """The first layer's (weight, bias) at a flat vector; None = fixed values."""
-            chosen = {} if vec is None else self.space.unflatten(vec)
-            return {k: chosen.get(full, getattr(layer, k)) for k, full in local.items()}
-
-        def direction_params(vec: Tensor) -> dict[str, Tensor]:
-            """A direction's part of the layer; coordinates outside the space are zero."""
-            chosen = self.space.unflatten(vec)
-            return {
-                k: chosen[full] if full in chosen else torch.zeros_like(getattr(layer, k))
-                for k, full in local.items()
-            }
-
-        loss = torch.zeros(len(points), dtype=torch.float64, device=self.device)
+        # Only the parameters after the first layer are needed per point, so only
+        # they are formed: for an MLP on images the first layer holds most of θ.
+        tail = _Tail(self.space, exclude={first.weight, first.bias}, origin=origin, dirs=dirs)
+        # Python floats: `alpha=` takes a scalar without a device sync per point.
+        rows = coef.tolist()
+        loss = torch.zeros(len(rows), dtype=torch.float64, device=self.device)
         correct = torch.zeros_like(loss)
         injected: list[Tensor] = []
-        for x, y in self._chunks():
-            z = self._layer_input(layer, x)
-            base = functional_call(layer, layer_params(origin), (z,))
-            outs = torch.stack([functional_call(layer, direction_params(d), (z,)) for d in dirs])
+        for x, y, base, outs in self._first_outputs(first, layer, origin, dirs):
             # Our private copy's first layer returns the precomputed output.
             layer.forward = lambda *args, **kwargs: injected[0]
             try:
-                for k in range(len(points)):
-                    injected[:] = [base + torch.tensordot(coef[k], outs, dims=1)]
-                    out = self._forward(self.space.unflatten(points[k]), x)
+                for k, c in enumerate(rows):
+                    # out(θ0) + Σ_j c_j out(d_j), elementwise, so each point's value
+                    # is independent of which points are evaluated with it. The
+                    # model gets a fresh tensor (it may modify it in place).
+                    h = torch.add(base, outs[0], alpha=c[0])
+                    for j in range(1, len(c)):
+                        h.add_(outs[j], alpha=c[j])
+                    injected[:] = [h]
+                    out = self._forward(tail.at(c), x)
                     dl, dc = self._stats(out, y)
                     loss[k] += dl
                     correct[k] += dc
             finally:
                 del layer.forward
+                injected.clear()
         return (loss / self.n_examples).cpu(), (correct / self.n_examples).cpu()
+
+    def _first_outputs(
+        self, first: _FirstLayer, layer: nn.Module, origin: Tensor, dirs: Tensor
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor, list[Tensor]]]:
+        """``(x, y, out(origin), [out(d_j)])`` of the first layer for each data chunk.
+
+        A surface calls :meth:`evaluate_affine` once per chunk of grid points with
+        the same origin and directions, and these outputs cost ``m + 1`` passes of
+        the first layer over the data (for an MLP on images, more than the rest
+        of a 64-point chunk's work). So they are kept for the next call when they
+        fit in ``_CACHE_BYTES``, keyed by the values of the first layer's part of
+        the origin and directions, which with the data determine them.
+        """
+        local = {"weight": first.weight} | ({"bias": first.bias} if first.bias else {})
+
+        def layer_params(vec: Tensor, fixed: Callable[[str], Tensor]) -> dict[str, Tensor]:
+            """The layer's part of a flat vector; ``fixed(k)`` outside the space."""
+            chosen = self.space.unflatten(vec)
+            return {k: chosen[full] if full in chosen else fixed(k) for k, full in local.items()}
+
+        own = lambda k: getattr(layer, k)  # noqa: E731
+        zero = lambda k: torch.zeros_like(getattr(layer, k))  # noqa: E731  (directions)
+        params = [layer_params(origin, own)] + [layer_params(d, zero) for d in dirs]
+        cache = self._first_cache
+        if cache is not None and cache[0] is self.x and _same_params(cache[1], params):
+            yield from cache[2]
+            return
+        kept: list[tuple[Tensor, Tensor, Tensor, list[Tensor]]] | None = []
+        size = 0
+        for x, y in self._chunks():
+            z = self._layer_input(layer, x)
+            base, *outs = [functional_call(layer, p, (z,)) for p in params]
+            size += base.numel() * base.element_size() * len(params)
+            if kept is not None and size <= _CACHE_BYTES:
+                kept.append((x, y, base, outs))
+            else:
+                kept = None
+            yield x, y, base, outs
+        if kept is not None:
+            key = [{k: v.clone() for k, v in p.items()} for p in params]
+            self._first_cache = (self.x, key, kept)
 
     def _layer_input(self, layer: nn.Module, x: Tensor) -> Tensor:
         """The first layer's input for data ``x``: run the model up to that layer, then stop."""
@@ -517,10 +561,64 @@ class Objective:
         d *= self.theta0.norm() / (d.norm(dim=1, keepdim=True) * 10 + 1e-12)
         coef = torch.tensor([[0.3, -0.7]], dtype=self.dtype, device=self.device)
         sub = self.with_data((self.x[:64], self.y[:64]))
-        fast = sub._evaluate_shortcut(first, coef, d, self.theta0, self.theta0 + coef @ d)[0]
-        plain = sub.evaluate(self.theta0 + coef @ d)[0]
+        fast = sub._evaluate_shortcut(first, coef, d, self.theta0)[0]
+        plain = sub.evaluate(_combine(self.theta0, coef, d))[0]
         tol = 1e-4 if self.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
         return bool(torch.allclose(fast, plain, rtol=tol, atol=tol))
+
+
+# First-layer outputs kept between calls of the fast path (see _first_outputs).
+_CACHE_BYTES = 2**28
+
+# Elements of θ formed at once by the plain path of `evaluate_affine` (64 MB in float32).
+_POINTS_BLOCK = 2**24
+
+
+def _same_params(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> bool:
+    return len(a) == len(b) and all(
+        p.keys() == q.keys() and all(torch.equal(p[k], q[k]) for k in p)
+        for p, q in zip(a, b, strict=True)
+    )
+
+
+def _combine(origin: Tensor, coef: Tensor, dirs: Tensor) -> Tensor:
+    """``origin + Σ_j coef[:, j] · dirs[j]`` as ``[K, n]``, elementwise (row k never
+    depends on the other rows, unlike a matrix product whose kernel may vary with K)."""
+    points = origin.repeat(len(coef), 1)
+    for j in range(len(dirs)):
+        points += coef[:, j : j + 1] * dirs[j]
+    return points
+
+
+class _Tail:
+    """The parameters outside the first layer at ``origin + Σ_j c_j dirs[j]``.
+
+    They are gathered once into a contiguous ``[n_tail]`` origin and ``[m, n_tail]``
+    directions; each point then costs ``m`` fused multiply-adds over ``n_tail``
+    numbers and a dict of views.
+    """
+
+    def __init__(self, space: ParamSpace, exclude: set[str], origin: Tensor, dirs: Tensor):
+        keep = [i for i, name in enumerate(space.names) if name not in exclude]
+        self.names = [space.names[i] for i in keep]
+        self.shapes = [space.shapes[i] for i in keep]
+        self.numels = [space.numels[i] for i in keep]
+        pieces = [slice(space.offsets[i], space.offsets[i] + space.numels[i]) for i in keep]
+        gather = lambda v: torch.cat([v[..., s] for s in pieces], dim=-1)  # noqa: E731
+        self.origin = gather(origin) if keep else origin[:0]
+        self.dirs = gather(dirs) if keep else dirs[:, :0]
+
+    def at(self, c: Sequence[float]) -> dict[str, Tensor]:
+        vec = torch.add(self.origin, self.dirs[0], alpha=c[0])
+        for j in range(1, len(c)):
+            vec.add_(self.dirs[j], alpha=c[j])
+        return dict(
+            zip(
+                self.names,
+                (p.view(s) for p, s in zip(vec.split(self.numels), self.shapes, strict=True)),
+                strict=True,
+            )
+        )
 
 
 class _StopForward(Exception):

@@ -145,12 +145,12 @@ class RunReport:
 # ----------------------------------------------------------------- built-ins
 def lr_batch_grid(
     *,
-    dataset: str = "mnist1d",
-    epochs: int = 30,
+    dataset: str = "digits",
+    epochs: int = 100,
     seed: int = 0,
     device: str = "cpu",
-    lrs: tuple[float, float] = (0.5, 0.05),
-    batch_sizes: tuple[int, int] = (1000, 16),
+    lrs: tuple[float, float] = (0.5, 0.1),
+    batch_sizes: tuple[int, int] = (512, 16),
     **overrides: Any,
 ) -> Study:
     """The classic 4-run grid: {high, low} learning rate × {large, small} batch.

@@ -767,6 +767,21 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
     dev = _device(device)
     with torch.random.fork_rng(devices=[]):  # building initialises weights: keep RNG as it was
         model = make_model(config, info["input_shape"], info["n_classes"])
+    load_weights(model, model_path, _describe(config, info))
+    model.to(dev).eval()
+    metrics_path = run_dir / METRICS_FILE
+    metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
+    return Checkpoint(model=model, config=config, metrics=metrics, path=run_dir, info=info)
+
+
+def load_weights(model: nn.Module, model_path: str | Path, what: str) -> None:
+    """Load a state dict file into ``model`` (which must be ours, freshly built).
+
+    Raises:
+        BasinscopeError: unreadable file, not a state dict, or keys/shapes that do
+            not match ``model`` (``what`` describes the model in the message).
+    """
+    model_path = Path(model_path)
     try:
         state = torch.load(model_path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -792,11 +807,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
         problems.append(f"shape mismatch for {_few(shapes)}")
     if problems:
         raise BasinscopeError(
-            f"checkpoint {str(model_path)!r} does not match {_describe(config, info)}: "
+            f"checkpoint {str(model_path)!r} does not match {what}: "
             f"{'; '.join(problems)}."
         )
     model.load_state_dict(state)
-    model.to(dev).eval()
-    metrics_path = run_dir / METRICS_FILE
-    metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
-    return Checkpoint(model=model, config=config, metrics=metrics, path=run_dir, info=info)

@@ -1,0 +1,395 @@
+"""The ``basinscope`` command line. It only parses arguments and calls the library.
+
+Bad input ends with one sentence on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import BasinscopeError
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def _size(text: str) -> int | float:
+    """A count (``500``) or a fraction (``0.1``)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is neither a count nor a fraction") from None
+
+
+def _example(text: str) -> str:
+    return "example:\n  " + "\n  ".join(text.strip().splitlines())
+
+
+# --------------------------------------------------------------------- run
+def _cmd_run(args: argparse.Namespace) -> None:
+    from .study import STUDIES, MeasureConfig, run_study, summary_markdown
+
+    if args.study not in STUDIES:
+        raise BasinscopeError(f"unknown study {args.study!r}; choose one of {', '.join(STUDIES)}")
+    options: dict[str, Any] = {"device": args.device, "seed": args.seed}
+    if args.dataset is not None:
+        options["dataset"] = args.dataset
+    if args.epochs is not None:
+        options["epochs"] = args.epochs
+    if args.data_dir is not None:
+        options["data_dir"] = args.data_dir
+    study = STUDIES[args.study](**options)
+    if args.span <= 0:
+        raise BasinscopeError(
+            f"--span must be positive (the grid is [-span, span]), got {args.span}"
+        )
+    study.measure = MeasureConfig(
+        grid_size=args.grid_size,
+        span=(-args.span, args.span),
+        radius=args.radius,
+        sigma=args.sigma,
+        noise_samples=args.samples,
+        direction_seed=args.seed,
+        noise_seed=args.seed,
+    )
+    reports = run_study(study, args.out, progress=not args.quiet)
+    root = Path(args.out) / study.name
+    print(summary_markdown(reports, json.loads(json.dumps(vars(study.measure)))))
+    print(f"results, figures and summary in {root}/")
+
+
+# ------------------------------------------------------------------- train
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    base = TrainConfig.from_toml(args.config).to_dict() if args.config else {}
+    fields = {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "train_size": args.train_size,
+        "model": args.model,
+        "dropout": args.dropout,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "weight_decay": args.weight_decay,
+        "batch_size": args.batch_size,
+        "epochs": args.epochs,
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "schedule": args.schedule,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    base.update({k: v for k, v in fields.items() if v is not None})
+    if args.widths is not None:
+        base["model_kwargs"] = {**base.get("model_kwargs", {}), "widths": args.widths}
+    config = TrainConfig.from_dict(base)
+    result = train(config, out_dir=args.out, progress=not args.quiet)
+    f = result.final
+    print(
+        f"train loss {f.get('train_loss'):.4f} acc {f.get('train_acc'):.3f}; "
+        f"test loss {f.get('test_loss') or float('nan'):.4f} acc {f.get('test_acc') or float('nan'):.3f}"
+    )
+    if result.diverged:
+        print(result.message)
+    print(f"checkpoint in {args.out}/")
+
+
+# ------------------------------------------------- checkpoint + objective
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(model, DataBundle) for a checkpoint command."""
+    from .data import load_dataset
+    from .models import build_model
+    from .train import load_checkpoint, load_weights
+
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise BasinscopeError(f"checkpoint {str(path)!r} does not exist")
+    has_config = (path if path.is_dir() else path.parent).joinpath("config.json").is_file()
+    if has_config and args.model is None:
+        ckpt = load_checkpoint(path, device=args.device)
+        cfg = ckpt.config
+        data = load_dataset(
+            args.dataset or cfg.dataset,
+            data_dir=args.data_dir or cfg.data_dir,
+            train_size=cfg.train_size if args.dataset is None else None,
+            standardize=cfg.standardize,
+            seed=cfg.data_seed,
+        )
+        return ckpt.model, data
+    if args.model is None or args.dataset is None:
+        raise BasinscopeError(
+            f"{str(path)!r} is not a basinscope run directory; for your own weights pass "
+            "--model package.module:factory and --dataset"
+        )
+    if not path.is_file():
+        raise BasinscopeError(f"checkpoint file {str(path)!r} does not exist")
+    data = load_dataset(args.dataset, data_dir=args.data_dir)
+    model = build_model(args.model, data.input_shape, data.n_classes)
+    load_weights(model, path, f"model {args.model!r}")
+    return model.to(args.device).eval(), data
+
+
+def _objective(args: argparse.Namespace, model: Any, data: Any, skip_bias_norm: bool) -> Any:
+    from torch import nn
+
+    from .objective import Objective
+
+    return Objective(
+        model,
+        nn.CrossEntropyLoss(),
+        (data.x_train, data.y_train),
+        skip_bias_norm=skip_bias_norm,
+        device=args.device,
+        subset=args.eval_subset,
+    )
+
+
+# ----------------------------------------------------------------- surface
+def _cmd_surface(args: argparse.Namespace) -> None:
+    from . import plots
+    from .directions import random_directions
+    from .surface import line, plane
+
+    if args.steps < 2:
+        raise BasinscopeError(f"--steps must be at least 2, got {args.steps}")
+    if args.span <= 0:
+        raise BasinscopeError(
+            f"--span must be positive (the grid is [-span, span]), got {args.span}"
+        )
+    model, data = _load(args)
+    obj = _objective(args, model, data, skip_bias_norm=not args.include_bias_norm)
+    test = (data.x_test, data.y_test) if args.data == "both" else None
+    d = random_directions(obj, args.dim, norm=args.norm, seed=args.seed)
+    out = Path(args.out)
+    common = {
+        "span": (-args.span, args.span),
+        "steps": args.steps,
+        "test": test,
+        "path": out,
+        "progress": not args.quiet,
+        "attrs": {"norm": args.norm, "direction_seed": args.seed, "data": args.data},
+    }
+    surf = line(obj, d[0], **common) if args.dim == 1 else plane(obj, d[0], d[1], **common)
+    stem = out.with_suffix("")
+    if args.dim == 1:
+        written = [plots.plot_line(surf, f"{stem}_line.png")]
+    else:
+        written = [
+            plots.plot_contour(surf, f"{stem}_contour.png"),
+            plots.plot_surface_3d(surf, f"{stem}_3d.png"),
+        ]
+    print(f"surface written to {out}; figures: {', '.join(str(p) for p in written)}")
+
+
+# --------------------------------------------------------------- sharpness
+def _cmd_sharpness(args: argparse.Namespace) -> None:
+    from . import sharpness
+    from ._io import atomic_write_json
+    from .directions import random_directions
+
+    model, data = _load(args)
+    obj = _objective(args, model, data, skip_bias_norm=True)
+    d = random_directions(obj, 2, norm="filter", seed=args.seed)
+    eps = sharpness.epsilon(obj, d, args.radius)
+    noise = sharpness.average_case(
+        obj, args.sigma, samples=args.samples, seed=args.seed, progress=not args.quiet
+    )
+    result = {
+        "loss": eps.loss0,
+        "eps_sharpness": {"radius": eps.radius, "value": eps.value, "argmax": eps.argmax},
+        "noise_sharpness": {
+            "sigma": noise.sigma,
+            "samples": noise.samples,
+            "value": noise.value,
+            "stderr": noise.stderr,
+        },
+        "seed": args.seed,
+    }
+    print(f"loss at the minimum        {eps.loss0:.6f}")
+    print(f"ε-sharpness (ε = {eps.radius:g})     {eps.value:.6f}")
+    print(f"noise sharpness (σ = {noise.sigma:g})  {noise.value:.6f} ± {noise.stderr:.6f}")
+    if args.json:
+        atomic_write_json(args.json, result)
+        print(f"written to {args.json}")
+
+
+# -------------------------------------------------------------------- plot
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from . import plots
+    from .surface import Surface
+
+    surfaces = {Path(p).stem: Surface.load(p) for p in args.surfaces}
+    out = Path(args.out)
+    written = []
+    if len(surfaces) == 1:
+        ((name, s),) = surfaces.items()
+        if s.is_2d:
+            written.append(plots.plot_contour(s, out / f"{name}_contour.png", key=args.key))
+            written.append(plots.plot_surface_3d(s, out / f"{name}_3d.png", key=args.key))
+        else:
+            written.append(plots.plot_line(s, out / f"{name}_line.png"))
+    else:
+        written.append(plots.plot_grid(surfaces, out / "grid.png", key=args.key, kind=args.kind))
+    print("written: " + ", ".join(str(p) for p in written))
+
+
+# ------------------------------------------------------------------ parser
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a run directory written by `basinscope train`, or a .pt")
+    p.add_argument("--model", help="package.module:factory for your own state-dict .pt file")
+    p.add_argument("--dataset", help="evaluate on this dataset instead of the run's")
+    p.add_argument("--data-dir", help="where dataset files are (or are cached)")
+    p.add_argument("--eval-subset", type=int, help="evaluate on a fixed random subset of this size")
+    p.add_argument("--seed", type=int, default=0, help="seed of directions and noise (default 0)")
+    _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="basinscope",
+        description="Measure and draw the geometry of neural-network loss landscapes.",
+        formatter_class=_FORMATTER,
+        epilog=_example("basinscope run            # the 4-run lr × batch study, offline"),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="train, measure and report a built-in study (default: the 4-run grid)",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope run\nbasinscope run --dataset digits --grid-size 21 --epochs 20 --out results"
+        ),
+    )
+    p.add_argument("--study", default="lr-batch", help="built-in study (default: lr-batch)")
+    p.add_argument("--dataset", help="dataset name or .npz path (default: the study's)")
+    p.add_argument("--data-dir", help="where dataset files are (or are cached)")
+    p.add_argument("--grid-size", type=int, default=31, help="surface points per axis (default 31)")
+    p.add_argument("--span", type=float, default=1.0, help="surface grid is [-span, span]²")
+    p.add_argument("--epochs", type=int, help="epochs per run (default: the study's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of training, directions, noise")
+    p.add_argument("--radius", type=float, default=0.25, help="ε of the ε-sharpness")
+    p.add_argument("--sigma", type=float, default=0.05, help="σ of the weight-noise sharpness")
+    p.add_argument("--samples", type=int, default=32, help="weight-noise samples")
+    p.add_argument("--out", default="results", help="results directory (default: results/)")
+    _common(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "train",
+        help="train one run from options or a TOML config",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope train --dataset digits --lr 0.1 --batch-size 32 --epochs 20 --out runs/a\n"
+            "basinscope train --config run.toml --out runs/b\n"
+            "basinscope train --model mypkg.nets:make_net --dataset data.npz --out runs/c"
+        ),
+    )
+    p.add_argument("--config", help="TOML file with TrainConfig fields")
+    p.add_argument("--out", required=True, help="run directory (checkpoint, config, metrics)")
+    p.add_argument("--dataset")
+    p.add_argument("--data-dir")
+    p.add_argument("--train-size", type=_size, help="fraction (≤ 1) or number of examples")
+    p.add_argument("--model", help="mlp, cnn, or package.module:factory")
+    p.add_argument("--widths", type=int, nargs="+", help="MLP hidden widths")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--schedule", choices=["constant", "cosine"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default=None, help="torch device (default: cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "surface",
+        help="1-D or 2-D loss surface of a checkpoint (HDF5 + figures)",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope surface runs/a --dim 2 --steps 41 --span 1 --out runs/a/plane.h5\n"
+            "basinscope surface runs/a --dim 1 --norm layer --data both --out line.h5"
+        ),
+    )
+    _checkpoint_args(p)
+    p.add_argument("--dim", type=int, choices=[1, 2], default=2, help="line (1) or plane (2)")
+    p.add_argument("--steps", type=int, default=31, help="points per axis (default 31)")
+    p.add_argument("--span", type=float, default=1.0, help="grid is [-span, span] (default 1)")
+    p.add_argument("--norm", choices=["filter", "layer", "none"], default="filter")
+    p.add_argument(
+        "--include-bias-norm", action="store_true", help="move biases and norm parameters too"
+    )
+    p.add_argument(
+        "--data", choices=["train", "both"], default="both", help="train data, or train and test"
+    )
+    p.add_argument("--out", default="surface.h5", help="HDF5 file; resumed if it exists")
+    p.set_defaults(func=_cmd_surface)
+
+    p = sub.add_parser(
+        "sharpness",
+        help="ε-sharpness and weight-noise sharpness of a checkpoint",
+        formatter_class=_FORMATTER,
+        epilog=_example("basinscope sharpness runs/a --radius 0.25 --sigma 0.05 --json sharp.json"),
+    )
+    _checkpoint_args(p)
+    p.add_argument("--radius", type=float, default=0.25, help="ε (filter-normalised units)")
+    p.add_argument("--sigma", type=float, default=0.05, help="noise standard deviation")
+    p.add_argument("--samples", type=int, default=32, help="noise samples")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=_cmd_sharpness)
+
+    p = sub.add_parser(
+        "plot",
+        help="redraw surfaces, or several side by side on a common scale",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope plot results/lr-batch/*/surface.h5 --out figs --kind contour\n"
+            "basinscope plot runs/a/plane.h5 --key test_loss"
+        ),
+    )
+    p.add_argument("surfaces", nargs="+", help="HDF5 surface files")
+    p.add_argument("--key", default="train_loss", help="train_loss, test_loss, train_acc, test_acc")
+    p.add_argument("--kind", choices=["contour", "surface"], default="contour")
+    p.add_argument("--out", default=".", help="directory for the PNG files")
+    p.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``basinscope`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except BasinscopeError as exc:
+        print(f"basinscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "basinscope: interrupted; finished work is saved and a rerun resumes", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import basinscope as bs
+from basinscope import sharpness, study
+from basinscope.study import MeasureConfig, Study, run_study
+from basinscope.train import TrainConfig
+
+
+def _tiny(**over):
+    base = dict(dataset="digits", train_size=200, epochs=2, model_kwargs={"widths": (16,)})
+    runs = {
+        "a": TrainConfig(lr=0.1, batch_size=20, **{**base, **over}),
+        "b": TrainConfig(lr=0.1, batch_size=100, **{**base, **over}),
+    }
+    return Study("tiny", runs, MeasureConfig(grid_size=4, noise_samples=4, radius=0.5))
+
+
+def test_study_writes_consistent_results(tmp_path):
+    reports = run_study(_tiny(), tmp_path, progress=False)
+    root = tmp_path / "tiny"
+    with (root / "summary.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["run"] for r in rows] == ["a", "b"]
+    for rep, row in zip(reports, rows, strict=True):
+        metrics = json.loads((root / rep.name / "metrics.json").read_text())
+        assert float(row["test_acc"]) == pytest.approx(metrics["final"]["test_acc"])
+        assert float(row["gap_loss"]) == pytest.approx(
+            metrics["final"]["test_loss"] - metrics["final"]["train_loss"]
+        )
+        surf = bs.Surface.load(root / rep.name / "surface.h5")
+        assert surf.complete and surf.train_loss.shape == (4, 4)
+        # the table's grid sharpness is the one read off the saved surface
+        assert float(row["eps_sharpness_surface"]) == pytest.approx(
+            sharpness.from_surface(surf, 0.5).value, rel=1e-12
+        )
+        # the origin loss of the surface is the trained model's final train loss
+        assert surf.attrs["origin_train_loss"] == pytest.approx(
+            metrics["final"]["train_loss"], rel=1e-5
+        )
+    for name in ("grid_contour.png", "grid_surface.png", "sharpness_eps.png", "contour_a.png"):
+        assert (root / "figures" / name).stat().st_size > 1000
+    assert "ε-sharpness" in (root / "summary.md").read_text()
+
+
+def test_rerun_skips_finished_work(tmp_path, monkeypatch):
+    run_study(_tiny(), tmp_path, progress=False)
+    before = (tmp_path / "tiny" / "a" / "surface.h5").read_bytes()
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr("basinscope.train._train", boom)
+    monkeypatch.setattr("basinscope.objective.Objective.evaluate_affine", boom)
+    monkeypatch.setattr("basinscope.sharpness.average_case", boom)
+    reports = run_study(_tiny(), tmp_path, progress=False)
+    assert len(reports) == 2
+    assert (tmp_path / "tiny" / "a" / "surface.h5").read_bytes() == before
+
+
+def test_diverged_run_is_reported_not_fatal(tmp_path):
+    s = _tiny()
+    s.runs["b"] = TrainConfig(
+        dataset="digits",
+        train_size=200,
+        epochs=2,
+        lr=1e6,
+        batch_size=20,
+        model_kwargs={"widths": (64, 64)},
+    )
+    reports = run_study(s, tmp_path, progress=False)
+    assert [r.row()["status"] for r in reports] == ["ok", "diverged"]
+    md = (tmp_path / "tiny" / "summary.md").read_text()
+    assert "diverged" in md
+
+
+def test_measure_config_validation():
+    with pytest.raises(bs.BasinscopeError, match="grid size"):
+        MeasureConfig(grid_size=1).validate()
+    with pytest.raises(bs.BasinscopeError, match="span"):
+        MeasureConfig(span=(1.0, -1.0)).validate()
+
+
+def test_builtin_grid_is_the_classic_four_runs():
+    s = study.STUDIES["lr-batch"]()
+    assert len(s.runs) == 4
+    lrs = {c.lr for c in s.runs.values()}
+    batches = {c.batch_size for c in s.runs.values()}
+    assert len(lrs) == 2 and len(batches) == 2
+    assert len({(c.epochs, c.dataset, c.model, c.seed) for c in s.runs.values()}) == 1
+    assert np.prod([len(lrs), len(batches)]) == 4
