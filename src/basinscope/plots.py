@@ -556,9 +556,11 @@ def plot_bars(
         bottom = min(float(_finite(v - e0).min()), 0.0)
         span = (top - bottom) or 1.0
         ax.set_ylim(bottom - (0.12 * span if bottom < 0 else 0.0), top + 0.12 * span)
-    ax.set_xticks(
-        x, names, rotation=30 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center"
+    # Rotate when the names would collide: roughly 0.09 inch per character.
+    crowded = len(names) > 4 or max(len(n) for n in names) * 0.09 > 0.8 * fig.get_figwidth() / len(
+        names
     )
+    ax.set_xticks(x, names, rotation=25 if crowded else 0, ha="right" if crowded else "center")
     ax.set_ylabel(ylabel)
     ax.axhline(0.0, color="black", lw=0.6)
     ax.set_title(title if title is not None else f"{ylabel} by run")

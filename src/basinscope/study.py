@@ -348,11 +348,14 @@ def write_report(reports: list[RunReport], root: Path) -> None:
     for name, s in surfaces.items():
         plots.plot_surface_3d(s, fig / f"surface3d_{name}.png", title=f"{name}: train loss")
         plots.plot_contour(s, fig / f"contour_{name}.png", title=f"{name}: train loss")
-    plots.plot_grid(surfaces, fig / "grid_contour.png", kind="contour", suptitle="train loss")
-    plots.plot_grid(surfaces, fig / "grid_surface.png", kind="surface", suptitle="train loss")
+    grid = {"ncols": math.ceil(math.sqrt(len(surfaces)))}
+    plots.plot_grid(surfaces, fig / "grid_contour.png", suptitle="train loss", **grid)
+    plots.plot_grid(
+        surfaces, fig / "grid_surface.png", kind="surface", suptitle="train loss", **grid
+    )
     if all(s.test_loss is not None for s in surfaces.values()):
         plots.plot_grid(
-            surfaces, fig / "grid_contour_test.png", key="test_loss", suptitle="test loss"
+            surfaces, fig / "grid_contour_test.png", key="test_loss", suptitle="test loss", **grid
         )
     radius = settings["radius"] if settings else None
     plots.plot_bars(
