@@ -591,3 +591,19 @@ def test_unknown_name_lists_choices():
 def test_registry_names():
     assert data.dataset_names() == ("digits", "mnist1d", "mnist", "fashion-mnist", "cifar10")
     assert set(data.DATASETS) == set(data.dataset_names())
+
+
+def test_poison_labels_flips_exactly_the_fraction_to_wrong_classes():
+    from basinscope.data import load_dataset, poison_labels
+
+    clean = load_dataset("digits", standardize=False)
+    bad = poison_labels(clean, 0.2, seed=3)
+    changed = bad.y_train != clean.y_train
+    assert int(changed.sum()) == round(0.2 * len(clean.y_train))
+    assert torch.equal(bad.y_test, clean.y_test) and torch.equal(bad.x_train, clean.x_train)
+    more = poison_labels(clean, 0.4, seed=3)
+    assert bool(((more.y_train != clean.y_train) | ~changed).all())  # nested: 20% ⊂ 40%
+    via_loader = load_dataset("digits", standardize=False, label_noise=0.2, seed=3)
+    assert torch.equal(via_loader.y_train, bad.y_train)
+    with pytest.raises(BasinscopeError, match="label_noise"):
+        poison_labels(clean, 1.0)

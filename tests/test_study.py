@@ -94,3 +94,41 @@ def test_builtin_grid_is_the_classic_four_runs():
     assert len(lrs) == 2 and len(batches) == 2
     assert len({(c.epochs, c.dataset, c.model, c.seed) for c in s.runs.values()}) == 1
     assert np.prod([len(lrs), len(batches)]) == 4
+
+
+def test_volume_studies_small(tmp_path):
+    from basinscope.study import dataset_size_study, poison_study
+
+    s = dataset_size_study(sizes=(0.1, 0.3), steps=60, batch_size=32)
+    s.measure = MeasureConfig(volume_directions=4, volume_threshold=3.0, volume_tolerance=0.05)
+    reports = run_study(s, tmp_path, progress=False)
+    root = tmp_path / "dataset-size"
+    cross = json.loads((root / "cross_landscape.json").read_text())
+    assert cross["rows"] == ["size-0.1", "size-0.3"]
+    # the diagonal is each run's own-landscape volume
+    for i, r in enumerate(reports):
+        assert cross["log_volume"][i][i] == pytest.approx(r.values["log_volume"])
+        assert r.values["n_train"] == round({0: 0.1, 1: 0.3}[i] * 1437)
+    fit = json.loads((root / "fit.json").read_text())
+    slope = (fit["log_volume"][1] - fit["log_volume"][0]) / np.log(
+        fit["sizes"][1] / fit["sizes"][0]
+    )
+    assert fit["slope"] == pytest.approx(slope, rel=1e-9)  # two points: the exact line
+    assert (root / "figures" / "cross_landscape.png").exists()
+
+    p = poison_study(fractions=(0.0, 0.3), steps=60, batch_size=32)
+    p.measure = MeasureConfig(
+        volume_directions=4,
+        volume_threshold=3.0,
+        volume_tolerance=0.05,
+        grid_size=3,
+        noise_samples=2,
+    )
+    reports = run_study(p, tmp_path, progress=False)
+    rows = [r.row() for r in reports]
+    assert [row["label_noise"] for row in rows] == [0.0, 0.3]
+    assert all(row["eps_sharpness_direct"] is not None for row in rows)
+    with pytest.raises(bs.BasinscopeError, match="fractions"):
+        poison_study(fractions=(1.5,))
+    with pytest.raises(bs.BasinscopeError, match="fractions"):
+        dataset_size_study(sizes=(0.0,))

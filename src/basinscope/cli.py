@@ -25,7 +25,9 @@ def _size(text: str) -> int | float:
         try:
             return float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is neither a count nor a fraction") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is neither a count nor a fraction"
+            ) from None
 
 
 def _example(text: str) -> str:
@@ -45,6 +47,11 @@ def _cmd_run(args: argparse.Namespace) -> None:
         options["epochs"] = args.epochs
     if args.data_dir is not None:
         options["data_dir"] = args.data_dir
+    for option, study_name in (("sizes", "dataset-size"), ("fractions", "poison")):
+        if getattr(args, option) is not None:
+            if args.study != study_name:
+                raise BasinscopeError(f"--{option} applies to --study {study_name} only")
+            options[option] = tuple(getattr(args, option))
     study = STUDIES[args.study](**options)
     if args.span <= 0:
         raise BasinscopeError(
@@ -58,6 +65,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         noise_samples=args.samples,
         direction_seed=args.seed,
         noise_seed=args.seed,
+        volume_threshold=args.threshold,
+        volume_directions=args.directions,
     )
     reports = run_study(study, args.out, progress=not args.quiet)
     root = Path(args.out) / study.name
@@ -222,6 +231,47 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
         print(f"written to {args.json}")
 
 
+# ------------------------------------------------------------------ volume
+def _cmd_volume(args: argparse.Namespace) -> None:
+    from ._io import atomic_write_json
+    from .volume import basin_volume
+
+    model, data = _load(args)
+    obj = _objective(args, model, data, skip_bias_norm=False)
+    res = basin_volume(
+        obj,
+        args.threshold,
+        n_directions=args.directions,
+        rule=args.rule,
+        seed=args.seed,
+        norm=args.norm,
+        r_max=args.r_max,
+        tolerance=args.tolerance,
+        progress=not args.quiet,
+    )
+    d = res.to_dict()
+    print(f"coordinates n              {res.n}")
+    print(f"loss at the minimum        {res.loss0:.6f}  ({res.rule} threshold {res.threshold:g})")
+    print(
+        f"log volume                 {res.log_volume:.2f}  "
+        f"({100 * res.ci_level:.0f}% bootstrap {res.ci[0]:.2f} … {res.ci[1]:.2f})"
+    )
+    print(f"log⟨rⁿ⟩                    {res.log_mean_rn:.2f}")
+    print(
+        f"radii min/median/max       {d['radius_min']:.4g} / {d['radius_median']:.4g} / "
+        f"{d['radius_max']:.4g}"
+    )
+    print(
+        f"effective sample size      {res.ess:.2f} of {len(res.radii)} "
+        f"(largest ray's share {res.top_share:.2f}; the estimate is a lower bound)"
+    )
+    print(f"rays not crossed by r_max  {res.n_uncrossed}")
+    print(f"loss evaluations           {res.evaluations}")
+    if args.json:
+        atomic_write_json(args.json, d)
+        print(f"written to {args.json}")
+
+
 # -------------------------------------------------------------------- plot
 def _cmd_plot(args: argparse.Namespace) -> None:
     from . import plots
@@ -272,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train, measure and report a built-in study (default: the 4-run grid)",
         formatter_class=_FORMATTER,
         epilog=_example(
-            "basinscope run\nbasinscope run --dataset digits --grid-size 21 --epochs 20 --out results"
+            "basinscope run\nbasinscope run --dataset digits --grid-size 21 --epochs 20 --out results\n"
+            "basinscope run --study dataset-size --sizes 0.05 0.1 0.3 1 --threshold 0.1\n"
+            "basinscope run --study poison --fractions 0 0.1 0.2 0.4"
         ),
     )
     p.add_argument("--study", default="lr-batch", help="built-in study (default: lr-batch)")
@@ -285,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radius", type=float, default=0.25, help="ε of the ε-sharpness")
     p.add_argument("--sigma", type=float, default=0.05, help="σ of the weight-noise sharpness")
     p.add_argument("--samples", type=int, default=32, help="weight-noise samples")
+    p.add_argument("--threshold", type=float, default=0.1, help="basin loss threshold (volume)")
+    p.add_argument("--directions", type=int, default=50, help="rays per volume estimate")
+    p.add_argument("--sizes", type=float, nargs="+", help="dataset-size: training fractions")
+    p.add_argument("--fractions", type=float, nargs="+", help="poison: mislabelled fractions")
     p.add_argument("--out", default="results", help="results directory (default: results/)")
     _common(p)
     p.set_defaults(func=_cmd_run)
@@ -356,6 +412,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=32, help="noise samples")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_sharpness)
+
+    p = sub.add_parser(
+        "volume",
+        help="Monte-Carlo star-convex basin volume of a checkpoint",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope volume runs/a --threshold 0.1 --directions 200 --json runs/a/volume.json\n"
+            "basinscope volume runs/a --rule relative --threshold 0.05 --norm filter"
+        ),
+    )
+    _checkpoint_args(p)
+    p.add_argument("--threshold", type=float, required=True, help="loss threshold τ")
+    p.add_argument(
+        "--rule",
+        choices=["absolute", "relative"],
+        default="absolute",
+        help="basin is L ≤ τ (absolute) or L − L(θ0) ≤ τ (relative)",
+    )
+    p.add_argument("--directions", type=int, default=100, help="number of rays N")
+    p.add_argument(
+        "--norm",
+        choices=["none", "filter", "layer"],
+        default="none",
+        help="ray directions: uniform on the sphere, or normalised first",
+    )
+    p.add_argument("--tolerance", type=float, default=1e-3, help="relative bisection tolerance")
+    p.add_argument("--r-max", type=float, default=1e4, help="largest radius searched")
+    p.add_argument("--json", help="also write the result to this JSON file")
+    p.set_defaults(func=_cmd_volume)
 
     p = sub.add_parser(
         "plot",

@@ -617,8 +617,9 @@ def load_dataset(
     standardize: bool = True,
     seed: int = 0,
     download: bool = True,
+    label_noise: float = 0.0,
 ) -> DataBundle:
-    """Load a dataset by registry name or ``.npz`` path, subset and standardise it.
+    """Load a dataset by registry name or ``.npz`` path, subset, poison and standardise it.
 
     Args:
         name: one of :func:`dataset_names` or a path to an ``.npz`` file holding
@@ -636,6 +637,8 @@ def load_dataset(
             and does not depend on it.
         download: fetch missing files into :func:`cache_dir` when no
             ``data_dir`` is given.
+        label_noise: mislabel this fraction of the (kept) training examples,
+            see :func:`poison_labels`; the test set is never changed.
 
     Returns:
         A :class:`DataBundle`: float32 inputs ``[N, *input_shape]``, int64 labels.
@@ -660,6 +663,27 @@ def load_dataset(
         bundle = dataclasses.replace(
             bundle, x_train=bundle.x_train[keep], y_train=bundle.y_train[keep]
         )
+    if label_noise:
+        bundle = poison_labels(bundle, label_noise, seed)
     if standardize:
         bundle = _standardize(bundle)
     return bundle
+
+
+def poison_labels(bundle: DataBundle, fraction: float, seed: int = 0) -> DataBundle:
+    """Mislabel ``round(fraction · N)`` training examples (Huang et al. 2020).
+
+    The examples are the first of a permutation seeded by ``seed`` (so a larger
+    fraction poisons a superset), and each gets a label drawn uniformly from the
+    *other* classes, so every poisoned label is wrong. Returns a new bundle.
+    """
+    if not (isinstance(fraction, numbers.Real) and 0.0 <= fraction < 1.0):
+        raise BasinscopeError(f"label_noise {fraction!r} is not valid; give a fraction in [0, 1).")
+    n = len(bundle.y_train)
+    k = int(round(fraction * n))
+    g = torch.Generator().manual_seed(int(seed) + 7919)  # apart from the subset's stream
+    idx = torch.randperm(n, generator=g)[:k]
+    shift = torch.randint(1, bundle.n_classes, (k,), generator=g)
+    y = bundle.y_train.clone()
+    y[idx] = (y[idx] + shift) % bundle.n_classes
+    return dataclasses.replace(bundle, y_train=y)

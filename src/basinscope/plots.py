@@ -38,7 +38,9 @@ __all__ = [
     "plot_contour",
     "plot_grid",
     "plot_line",
+    "plot_matrix",
     "plot_surface_3d",
+    "plot_xy",
 ]
 
 DPI = 150  # resolution of every PNG written here
@@ -564,4 +566,74 @@ def plot_bars(
     ax.set_ylabel(ylabel)
     ax.axhline(0.0, color="black", lw=0.6)
     ax.set_title(title if title is not None else f"{ylabel} by run")
+    return _save(fig, path)
+
+
+def plot_matrix(
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    label: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Path:
+    """A heat map of ``matrix[i, j]`` with the value written in each cell (NaN: "n/a")."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (len(rows), len(cols)):
+        raise BasinscopeError(
+            f"a {m.shape} matrix needs {m.shape[0]} row and {m.shape[1]} column labels"
+        )
+    fig = _figure((1.2 * len(cols) + 2.5, 0.8 * len(rows) + 1.8))
+    ax = fig.add_subplot()
+    finite = _finite(m)
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    image = ax.imshow(np.ma.masked_invalid(m), cmap=CMAP, vmin=vmin, vmax=vmax, aspect="auto")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            text = f"{m[i, j]:.4g}" if np.isfinite(m[i, j]) else "n/a"
+            ax.text(j, i, text, ha="center", va="center", fontsize="small", color="white")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(image, ax=ax, label=label)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_xy(
+    x: Sequence[float],
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    xlabel: str = "",
+    ylabel: str = "",
+    logx: bool = False,
+    fit: tuple[float, float] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Lines with markers of each series against ``x``; ``fit=(slope, intercept)`` adds
+    the line ``intercept + slope·log(x)`` (or ``·x`` without ``logx``)."""
+    if not series:
+        raise BasinscopeError("plot_xy needs at least one series")
+    fig = _figure((5.6, 4.2))
+    ax = fig.add_subplot()
+    xs = np.asarray(x, dtype=np.float64)
+    for name, ys in series.items():
+        ax.plot(xs, np.asarray(ys, dtype=np.float64), "o-", label=name)
+    if fit is not None:
+        grid = np.geomspace(xs.min(), xs.max(), 50) if logx else np.linspace(xs.min(), xs.max(), 50)
+        t = np.log(grid) if logx else grid
+        ax.plot(grid, fit[1] + fit[0] * t, "k--", lw=1, label=f"fit: slope {fit[0]:.3g}")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
     return _save(fig, path)

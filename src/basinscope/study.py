@@ -38,12 +38,13 @@ from torch import nn
 
 from . import plots, sharpness
 from ._io import atomic_write_json, atomic_write_text
-from .data import DataBundle, load_dataset
+from .data import DataBundle
 from .directions import random_directions
 from .errors import BasinscopeError
 from .objective import Objective
 from .surface import Surface, plane
-from .train import TrainConfig, train
+from .train import TrainConfig, load_config_data, train
+from .train import _fingerprint as data_fingerprint
 
 
 @dataclass
@@ -73,6 +74,10 @@ class MeasureConfig:
     noise_samples: int = 32
     noise_seed: int = 0
     eval_subset: int | None = None
+    volume_threshold: float = 0.1
+    volume_rule: str = "absolute"
+    volume_directions: int = 50
+    volume_tolerance: float = 1e-2
 
     def validate(self) -> None:
         if self.grid_size < 2:
@@ -86,6 +91,10 @@ class MeasureConfig:
             raise BasinscopeError(f"the noise sigma must be positive, got {self.sigma}")
         if self.noise_samples < 2:
             raise BasinscopeError(f"noise samples must be at least 2, got {self.noise_samples}")
+        if self.volume_directions < 2:
+            raise BasinscopeError(
+                f"the volume needs at least 2 directions, got {self.volume_directions}"
+            )
 
 
 @dataclass
@@ -96,11 +105,14 @@ class Study:
     runs: dict[str, TrainConfig]
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     description: str = ""
+    measures: tuple[str, ...] = ("surface",)
+    finish: Callable[[Study, list[RunReport], Path], str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
+            "measures": list(self.measures),
             "runs": {k: v.to_dict() for k, v in self.runs.items()},
             "measure": dataclasses.asdict(self.measure),
         }
@@ -117,6 +129,9 @@ class RunReport:
     message: str
     surface: Surface | None = None
     sharpness: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    model: nn.Module | None = None
+    data: DataBundle | None = None
 
     def row(self) -> dict[str, Any]:
         f = self.final
@@ -127,7 +142,8 @@ class RunReport:
             "run": self.name,
             "lr": self.config.lr,
             "batch_size": self.config.batch_size,
-            "epochs": self.config.epochs,
+            "epochs": self.config.epochs if self.config.steps is None else None,
+            "steps": self.config.steps,
             "train_loss": tl,
             "test_loss": tel,
             "train_acc": ta,
@@ -138,6 +154,7 @@ class RunReport:
             "eps_sharpness_direct": self.sharpness.get("direct", {}).get("value"),
             "noise_sharpness": self.sharpness.get("noise", {}).get("value"),
             "noise_sharpness_se": self.sharpness.get("noise", {}).get("stderr"),
+            **self.values,
             "status": "diverged" if self.diverged else "ok",
         }
 
@@ -181,20 +198,211 @@ def lr_batch_grid(
     )
 
 
-STUDIES: dict[str, Callable[..., Study]] = {"lr-batch": lr_batch_grid}
+def dataset_size_study(
+    *,
+    dataset: str = "digits",
+    sizes: tuple[float, ...] = (0.05, 0.1, 0.3, 1.0),
+    steps: int = 3000,
+    lr: float = 0.1,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+    epochs: int | None = None,
+    **overrides: Any,
+) -> Study:
+    """The same model trained on nested subsets of the data (Fan, Sandlund & Ko).
 
-
-# ------------------------------------------------------------------ running
-def _load_data(cfg: TrainConfig) -> DataBundle:
-    return load_dataset(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        train_size=cfg.train_size,
-        standardize=cfg.standardize,
-        seed=cfg.data_seed,
+    Every run takes the same number of optimizer steps (so smaller sets are not
+    under-trained), on nested seeded subsets (``data_seed`` is shared), without
+    standardisation so that every landscape sees the same inputs. Each minimum's
+    basin volume is measured on its own training data and on every other size's
+    (the cross-landscape matrix), and ``log V`` is fitted against ``log(size)``.
+    ``epochs`` is accepted for CLI symmetry and, if given, replaces ``steps``.
+    """
+    for f in sizes:
+        if not (isinstance(f, int | float) and 0 < f <= 1):
+            raise BasinscopeError(f"dataset fractions must lie in (0, 1], got {f}")
+    runs = {
+        f"size-{f:g}": TrainConfig(
+            dataset=dataset,
+            train_size=None if f == 1 else float(f),
+            standardize=False,
+            model="mlp",
+            model_kwargs={"widths": (64, 64)},
+            lr=lr,
+            batch_size=batch_size,
+            epochs=epochs or 1,
+            steps=None if epochs else steps,
+            seed=seed,
+            device=device,
+            **overrides,
+        )
+        for f in sorted(sizes)
+    }
+    return Study(
+        name="dataset-size",
+        runs=runs,
+        description="basin volume against training-set size (Fan, Sandlund & Ko)",
+        measures=("volume",),
+        finish=_dataset_size_finish,
     )
 
 
+def poison_study(
+    *,
+    dataset: str = "digits",
+    fractions: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4),
+    steps: int = 3000,
+    lr: float = 0.1,
+    batch_size: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+    epochs: int | None = None,
+    **overrides: Any,
+) -> Study:
+    """Clean data against growing fractions of deliberately mislabelled examples.
+
+    Poisoning as in Huang et al. (2020): each poisoned label is a wrong class.
+    Reports per fraction the basin volume on the (poisoned) training data, the
+    sharpness measures and test accuracy on clean test data.
+    """
+    for f in fractions:
+        if not (isinstance(f, int | float) and 0 <= f < 1):
+            raise BasinscopeError(f"poison fractions must lie in [0, 1), got {f}")
+    runs = {
+        f"poison-{f:g}": TrainConfig(
+            dataset=dataset,
+            label_noise=float(f),
+            model="mlp",
+            model_kwargs={"widths": (64, 64)},
+            lr=lr,
+            batch_size=batch_size,
+            epochs=epochs or 1,
+            steps=None if epochs else steps,
+            seed=seed,
+            device=device,
+            **overrides,
+        )
+        for f in sorted(fractions)
+    }
+    return Study(
+        name="poison",
+        runs=runs,
+        description="basin volume, sharpness and test accuracy against label poisoning",
+        measures=("volume", "surface"),
+        finish=_poison_finish,
+    )
+
+
+def _ok(reports: list[RunReport]) -> list[RunReport]:
+    return [r for r in reports if not r.diverged and r.values.get("log_volume") is not None]
+
+
+def _dataset_size_finish(study: Study, reports: list[RunReport], root: Path) -> str:
+    """Cross-landscape volume matrix, the power-law fit and their figures."""
+    from scipy import stats
+
+    fig = root / "figures"
+    done = [r for r in reports if not r.diverged]
+    for r in done:
+        r.values["n_train"] = len(r.data.y_train)
+    matrix = np.full((len(done), len(done)), np.nan)
+    for i, r in enumerate(done):
+        for j, other in enumerate(done):
+            own = other is r  # the diagonal is the run's own volume.json
+            path = root / r.name / ("volume.json" if own else f"volume_on_{other.name}.json")
+            res = cached_volume(r.model, other.data, study.measure, path, r.config.device)
+            matrix[i, j] = np.nan if res.get("log_volume") is None else res["log_volume"]
+    names = [r.name for r in done]
+    atomic_write_json(
+        root / "cross_landscape.json", {"rows": names, "cols": names, "log_volume": matrix.tolist()}
+    )
+    text = "\n## Cross-landscape log volume\n\nrow: model trained on; column: landscape.\n\n"
+    text += "| model \\ landscape | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    for name, row in zip(names, matrix, strict=True):
+        text += f"| {name} | " + " | ".join(_fmt(float(v), "{:.1f}") for v in row) + " |\n"
+    if done:
+        plots.plot_matrix(
+            matrix,
+            names,
+            names,
+            fig / "cross_landscape.png",
+            title="log basin volume",
+            label="log V",
+            xlabel="landscape (training data)",
+            ylabel="model trained on",
+        )
+    ok = _ok(done)
+    if len(ok) >= 2:
+        sizes = np.array([r.values["n_train"] for r in ok], dtype=np.float64)
+        logv = np.array([r.values["log_volume"] for r in ok])
+        fit = stats.linregress(np.log(sizes), logv)
+        atomic_write_json(
+            root / "fit.json",
+            {
+                "slope": fit.slope,
+                "intercept": fit.intercept,
+                "r2": fit.rvalue**2,
+                "sizes": sizes.tolist(),
+                "log_volume": logv.tolist(),
+            },
+        )
+        plots.plot_xy(
+            sizes,
+            {"log V (own landscape)": logv},
+            fig / "volume_vs_size.png",
+            xlabel="training examples",
+            ylabel="log basin volume",
+            logx=True,
+            fit=(fit.slope, fit.intercept),
+        )
+        plots.plot_xy(
+            sizes,
+            {"test accuracy": [r.final.get("test_acc") for r in ok]},
+            fig / "test_acc_vs_size.png",
+            xlabel="training examples",
+            ylabel="test accuracy",
+            logx=True,
+        )
+        text += (
+            f"\nPower-law fit on the own landscapes: log V = {fit.intercept:.2f} + "
+            f"{fit.slope:.2f}·log(size), R² = {fit.rvalue**2:.3f}.\n"
+        )
+    return text
+
+
+def _poison_finish(study: Study, reports: list[RunReport], root: Path) -> str:
+    """Volume and test accuracy against the poisoned fraction."""
+    ok = _ok(reports)
+    for r in reports:
+        r.values["label_noise"] = r.config.label_noise
+    if len(ok) >= 2:
+        x = [r.config.label_noise for r in ok]
+        plots.plot_xy(
+            x,
+            {"log V": [r.values["log_volume"] for r in ok]},
+            root / "figures" / "volume_vs_poison.png",
+            xlabel="fraction of mislabelled training examples",
+            ylabel="log basin volume",
+        )
+        plots.plot_xy(
+            x,
+            {"test accuracy": [r.final.get("test_acc") for r in ok]},
+            root / "figures" / "test_acc_vs_poison.png",
+            xlabel="fraction of mislabelled training examples",
+            ylabel="test accuracy",
+        )
+    return ""
+
+
+STUDIES: dict[str, Callable[..., Study]] = {
+    "lr-batch": lr_batch_grid,
+    "dataset-size": dataset_size_study,
+    "poison": poison_study,
+}
+
+
+# ------------------------------------------------------------------ running
 def measure_run(
     model: nn.Module,
     data: DataBundle,
@@ -265,24 +473,91 @@ def run_study(
     cache: dict[str, DataBundle] = {}
     for name, cfg in study.runs.items():
         key = json.dumps(
-            [cfg.dataset, cfg.data_dir, cfg.train_size, cfg.standardize, cfg.data_seed]
+            [
+                cfg.dataset,
+                cfg.data_dir,
+                cfg.train_size,
+                cfg.standardize,
+                cfg.data_seed,
+                cfg.label_noise,
+            ]
         )
-        data = cache.get(key) or cache.setdefault(key, _load_data(cfg))
+        data = cache.get(key) or cache.setdefault(key, load_config_data(cfg))
         if progress:
             print(f"[{study.name}] {name}: training", flush=True)
         result = train(cfg, data, out_dir=root / name, progress=progress)
         report = RunReport(name, cfg, result.final, result.diverged, result.message)
+        report.model, report.data = result.model, data
         if result.diverged:
             print(f"[{study.name}] {name}: {result.message}", flush=True)
         else:
-            if progress:
-                print(f"[{study.name}] {name}: surface and sharpness", flush=True)
-            report.surface, report.sharpness = measure_run(
-                result.model, data, study.measure, root / name, device=cfg.device, progress=progress
-            )
+            for measure in study.measures:
+                if progress:
+                    print(f"[{study.name}] {name}: {measure}", flush=True)
+                MEASURES[measure](report, study.measure, root / name, progress)
         reports.append(report)
-    write_report(reports, root)
+    extra = study.finish(study, reports, root) if study.finish else ""
+    write_report(reports, root, extra)
     return reports
+
+
+def _measure_surface(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
+    """The 2-D surface, ε-sharpness and noise sharpness (:func:`measure_run`)."""
+    report.surface, report.sharpness = measure_run(
+        report.model, report.data, m, out, device=report.config.device, progress=progress
+    )
+
+
+def _measure_volume(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
+    """The star-convex basin volume on the run's own training data (``volume.json``)."""
+    result = cached_volume(report.model, report.data, m, out / "volume.json", report.config.device)
+    report.values["log_volume"] = result.get("log_volume")
+    report.values["volume_ess"] = result.get("ess")
+
+
+def cached_volume(
+    model: nn.Module, data: DataBundle, m: MeasureConfig, path: Path, device: str = "cpu"
+) -> dict[str, Any]:
+    """Volume of ``model``'s basin on ``data``'s training set, cached in ``path``.
+
+    An empty basin (the model's loss there is above the absolute threshold) is
+    recorded with ``log_volume = None`` and the reason, not raised.
+    """
+    from .volume import basin_volume
+
+    settings = {
+        "threshold": m.volume_threshold,
+        "rule": m.volume_rule,
+        "n_directions": m.volume_directions,
+        "tolerance": m.volume_tolerance,
+        "seed": m.direction_seed,
+        "fingerprint": data_fingerprint(data),
+    }
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("settings") == settings:
+            return saved
+    obj = Objective(model, nn.CrossEntropyLoss(), (data.x_train, data.y_train), device=device)
+    try:
+        res = basin_volume(
+            obj,
+            m.volume_threshold,
+            n_directions=m.volume_directions,
+            rule=m.volume_rule,
+            tolerance=m.volume_tolerance,
+            seed=m.direction_seed,
+        ).to_dict()
+    except BasinscopeError as exc:
+        res = {"log_volume": None, "reason": str(exc)}
+    res["settings"] = settings
+    atomic_write_json(path, res)
+    return json.loads(json.dumps(res))
+
+
+MEASURES: dict[str, Callable[[RunReport, MeasureConfig, Path, bool], None]] = {
+    "surface": _measure_surface,
+    "volume": _measure_volume,
+}
 
 
 # ------------------------------------------------------------------ report
@@ -290,6 +565,8 @@ _COLUMNS = [
     ("run", "run", "{}"),
     ("lr", "lr", "{:g}"),
     ("batch_size", "batch", "{}"),
+    ("epochs", "epochs", "{}"),
+    ("steps", "steps", "{}"),
     ("train_loss", "train loss", "{:.4f}"),
     ("test_loss", "test loss", "{:.4f}"),
     ("train_acc", "train acc", "{:.3f}"),
@@ -300,6 +577,10 @@ _COLUMNS = [
     ("eps_sharpness_direct", "ε-sharpness (direct)", "{:.4f}"),
     ("noise_sharpness", "noise sharpness", "{:.4f}"),
     ("noise_sharpness_se", "± SE", "{:.4f}"),
+    ("label_noise", "label noise", "{:g}"),
+    ("n_train", "train examples", "{}"),
+    ("log_volume", "log volume", "{:.1f}"),
+    ("volume_ess", "volume ESS", "{:.2f}"),
     ("status", "status", "{}"),
 ]
 
@@ -310,16 +591,25 @@ def _fmt(value: Any, spec: str) -> str:
     return spec.format(value)
 
 
+def _columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Known columns in their order, then any others; columns empty in every row dropped."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    known = {k: (k, title, spec) for k, title, spec in _COLUMNS}
+    cols = [known[k] for k, _, _ in _COLUMNS if k in keys]
+    cols += [(k, k.replace("_", " "), "{:.4g}") for k in keys if k not in known]
+    return [c for c in cols if any(row.get(c[0]) not in (None, "") for row in rows)]
+
+
 def summary_markdown(reports: list[RunReport], measure: dict[str, Any] | None = None) -> str:
     """The summary table as Markdown."""
-    head = "| " + " | ".join(title for _, title, _ in _COLUMNS) + " |"
-    sep = "|" + "|".join("---" for _ in _COLUMNS) + "|"
-    lines = [head, sep]
-    for r in reports:
-        row = r.row()
-        lines.append("| " + " | ".join(_fmt(row[k], spec) for k, _, spec in _COLUMNS) + " |")
+    rows = [r.row() for r in reports]
+    cols = _columns(rows)
+    lines = ["| " + " | ".join(title for _, title, _ in cols) + " |"]
+    lines.append("|" + "|".join("---" for _ in cols) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(k), spec) for k, _, spec in cols) + " |")
     text = "\n".join(lines) + "\n"
-    if measure:
+    if measure and any(r.surface is not None for r in reports):
         text += (
             f"\nε-sharpness: max train-loss increase within radius ε = {measure['radius']} "
             "of the minimum in the plane of two filter-normalised directions (grid: read off "
@@ -330,17 +620,17 @@ def summary_markdown(reports: list[RunReport], measure: dict[str, Any] | None = 
     return text
 
 
-def write_report(reports: list[RunReport], root: Path) -> None:
-    """summary.csv, summary.md and the figures of a study."""
+def write_report(reports: list[RunReport], root: Path, extra: str = "") -> None:
+    """summary.csv, summary.md (plus ``extra`` Markdown) and the figures of a study."""
     rows = [r.row() for r in reports]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(root / "summary.csv", buf.getvalue())
     measured = [r for r in reports if r.surface is not None]
     settings = measured[0].sharpness.get("settings") if measured else None
-    atomic_write_text(root / "summary.md", summary_markdown(reports, settings))
+    atomic_write_text(root / "summary.md", summary_markdown(reports, settings) + extra)
     if not measured:
         return
     fig = root / "figures"

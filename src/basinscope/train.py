@@ -106,6 +106,8 @@ class TrainConfig:
         data_dir: where downloaded data is cached; ``None`` for the default.
         train_size: keep a seeded subset of the training set: a count ``>= 1`` or a
             fraction in ``(0, 1]``; ``None`` keeps all of it.
+        label_noise: fraction of training labels deliberately flipped to a wrong
+            class (data poisoning, :func:`basinscope.data.poison_labels`).
         standardize: standardise the inputs with training-set statistics.
         data_seed: seed of the training subset, kept apart from ``seed`` so that
             runs with different ``seed`` see the same data.
@@ -130,6 +132,7 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     train_size: int | float | None = None
+    label_noise: float = 0.0
     standardize: bool = True
     data_seed: int = 0
     model: str = "mlp"
@@ -219,6 +222,8 @@ class TrainConfig:
             (_is_int(size) and size > 0) or (isinstance(size, float) and 0.0 < size <= 1.0)
         ):
             raise bad("train_size", "give a count >= 1, a fraction in (0, 1], or leave it unset")
+        if not (_is_number(self.label_noise) and 0.0 <= self.label_noise < 1.0):
+            raise bad("label_noise", "give a fraction in [0, 1)")
         for name in ("standardize", "nesterov", "eval_every_epoch"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "give true or false")
@@ -526,6 +531,20 @@ def _load_state(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     return state if state.get("identity") == identity else None
 
 
+def load_config_data(config: TrainConfig) -> DataBundle:
+    """The dataset a config trains on (subset, label noise and standardisation applied)."""
+    from basinscope.data import load_dataset
+
+    return load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        train_size=config.train_size,
+        standardize=config.standardize,
+        seed=config.data_seed,
+        label_noise=config.label_noise,
+    )
+
+
 def train(
     config: TrainConfig,
     data: DataBundle | None = None,
@@ -558,15 +577,7 @@ def train(
     config.validate()
     device = _device(config.device)
     if data is None:
-        from basinscope.data import load_dataset
-
-        data = load_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            train_size=config.train_size,
-            standardize=config.standardize,
-            seed=config.data_seed,
-        )
+        data = load_config_data(config)
     _check_data(data)
     fingerprint = _fingerprint(data)
     out = Path(out_dir) if out_dir is not None else None
