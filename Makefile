@@ -27,6 +27,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/surface.py
+	$(PY) benchmarks/volume.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
