@@ -8,11 +8,12 @@ surf = bs.plane(obj, d[0], d[1], span=(-1, 1), steps=31)
 
 from __future__ import annotations
 
-from . import directions, sharpness
+from . import directions, sharpness, volume
 from .directions import normalize, random_directions
 from .errors import BasinscopeError
 from .objective import Objective, ParamSpace
 from .surface import Surface, line, plane
+from .volume import basin_volume
 
 __version__ = "0.1.0"
 
@@ -21,10 +22,12 @@ __all__ = [
     "Objective",
     "ParamSpace",
     "Surface",
+    "basin_volume",
     "directions",
     "line",
     "normalize",
     "plane",
     "random_directions",
     "sharpness",
+    "volume",
 ]
