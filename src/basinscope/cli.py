@@ -6,6 +6,7 @@ Bad input ends with one sentence on stderr and exit status 2, no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -117,7 +118,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model, DataBundle) for a checkpoint command."""
     from .data import load_dataset
     from .models import build_model
-    from .train import load_checkpoint, load_weights
+    from .train import load_checkpoint, load_config_data, load_weights
 
     path = Path(args.checkpoint)
     if not path.exists():
@@ -126,13 +127,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     if has_config and args.model is None:
         ckpt = load_checkpoint(path, device=args.device)
         cfg = ckpt.config
-        data = load_dataset(
-            args.dataset or cfg.dataset,
-            data_dir=args.data_dir or cfg.data_dir,
-            train_size=cfg.train_size if args.dataset is None else None,
-            standardize=cfg.standardize,
-            seed=cfg.data_seed,
-        )
+        if args.dataset is not None:  # another dataset: all of it, no label noise
+            cfg = dataclasses.replace(cfg, dataset=args.dataset, train_size=None, label_noise=0.0)
+        if args.data_dir is not None:
+            cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
+        data = load_config_data(cfg)
         return ckpt.model, data
     if args.model is None or args.dataset is None:
         raise BasinscopeError(

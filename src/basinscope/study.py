@@ -222,23 +222,18 @@ def dataset_size_study(
     for f in sizes:
         if not (isinstance(f, int | float) and 0 < f <= 1):
             raise BasinscopeError(f"dataset fractions must lie in (0, 1], got {f}")
-    runs = {
-        f"size-{f:g}": TrainConfig(
-            dataset=dataset,
-            train_size=None if f == 1 else float(f),
-            standardize=False,
-            model="mlp",
-            model_kwargs={"widths": (64, 64)},
-            lr=lr,
-            batch_size=batch_size,
-            epochs=epochs or 1,
-            steps=None if epochs else steps,
-            seed=seed,
-            device=device,
-            **overrides,
-        )
-        for f in sorted(sizes)
-    }
+    runs = _step_runs(
+        {f"size-{f:g}": {"train_size": None if f == 1 else float(f)} for f in sorted(sizes)},
+        dataset=dataset,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        steps=steps,
+        epochs=epochs,
+        standardize=False,
+        **overrides,
+    )
     return Study(
         name="dataset-size",
         runs=runs,
@@ -269,22 +264,17 @@ def poison_study(
     for f in fractions:
         if not (isinstance(f, int | float) and 0 <= f < 1):
             raise BasinscopeError(f"poison fractions must lie in [0, 1), got {f}")
-    runs = {
-        f"poison-{f:g}": TrainConfig(
-            dataset=dataset,
-            label_noise=float(f),
-            model="mlp",
-            model_kwargs={"widths": (64, 64)},
-            lr=lr,
-            batch_size=batch_size,
-            epochs=epochs or 1,
-            steps=None if epochs else steps,
-            seed=seed,
-            device=device,
-            **overrides,
-        )
-        for f in sorted(fractions)
-    }
+    runs = _step_runs(
+        {f"poison-{f:g}": {"label_noise": float(f)} for f in sorted(fractions)},
+        dataset=dataset,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        steps=steps,
+        epochs=epochs,
+        **overrides,
+    )
     return Study(
         name="poison",
         runs=runs,
@@ -292,6 +282,17 @@ def poison_study(
         measures=("volume", "surface"),
         finish=_poison_finish,
     )
+
+
+def _step_runs(
+    variants: dict[str, dict[str, Any]], *, steps: int, epochs: int | None, **common: Any
+) -> dict[str, TrainConfig]:
+    """One MLP run per variant, all with the same budget: ``steps`` (or ``epochs``)."""
+    budget = {"epochs": epochs, "steps": None} if epochs else {"epochs": 1, "steps": steps}
+    return {
+        name: TrainConfig(model="mlp", model_kwargs={"widths": (64, 64)}, **budget, **common, **v)
+        for name, v in variants.items()
+    }
 
 
 def _ok(reports: list[RunReport]) -> list[RunReport]:
