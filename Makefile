@@ -20,10 +20,10 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	MPLBACKEND=Agg $(VENV)/bin/basinscope run
+	OMP_WAIT_POLICY=PASSIVE MPLBACKEND=Agg $(VENV)/bin/basinscope run
 
 test: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest
+	OMP_WAIT_POLICY=PASSIVE MPLBACKEND=Agg $(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/surface.py

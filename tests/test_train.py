@@ -257,12 +257,18 @@ def test_loads_the_dataset_from_the_config(monkeypatch, data):
         return data
 
     monkeypatch.setattr(basinscope.data, "load_dataset", fake_load_dataset, raising=False)
-    config = _small(dataset="mnist1d", train_size=100, data_seed=5, epochs=1)
+    config = _small(dataset="mnist1d", train_size=100, data_seed=5, epochs=1, label_noise=0.1)
     train(config, progress=False)
     assert calls == [
         (
             "mnist1d",
-            {"data_dir": None, "train_size": 100, "standardize": True, "seed": 5},
+            {
+                "data_dir": None,
+                "train_size": 100,
+                "standardize": True,
+                "seed": 5,
+                "label_noise": 0.1,
+            },
         )
     ]
 

@@ -15,8 +15,11 @@ the model is untouched even when an evaluation raises or is interrupted.
 Fast path for points on lines, planes and rays, ``θ = θ0 + Σ_j c_j d_j``: the
 first parametrised layer (Linear, Conv, Embedding) is linear in its weights, so
 its output is ``out(θ0) + Σ_j c_j out(d_j)``, computed once per data chunk;
-only the rest of the network runs per point. It gives the same numbers as the
-plain path (to rounding) and is verified against it before first use.
+only the rest of the network runs per point, with only the parameters after
+the first layer formed per point. The first layer's outputs are kept between
+calls with the same origin and directions (a surface evaluates its grid a chunk
+at a time). It gives the same numbers as the plain path (to rounding) and is
+verified against it before first use.
 """
 
 from __future__ import annotations
@@ -378,13 +381,7 @@ class Objective:
             layer.forward = lambda *args, **kwargs: injected[0]
             try:
                 for k, c in enumerate(rows):
-                    # out(θ0) + Σ_j c_j out(d_j), elementwise, so each point's value
-                    # is independent of which points are evaluated with it. The
-                    # model gets a fresh tensor (it may modify it in place).
-                    h = torch.add(base, outs[0], alpha=c[0])
-                    for j in range(1, len(c)):
-                        h.add_(outs[j], alpha=c[j])
-                    injected[:] = [h]
+                    injected[:] = [_combine_rows(base, outs, c)]
                     out = self._forward(tail.at(c), x)
                     dl, dc = self._stats(out, y)
                     loss[k] += dl
@@ -609,9 +606,7 @@ class _Tail:
         self.dirs = gather(dirs) if keep else dirs[:, :0]
 
     def at(self, c: Sequence[float]) -> dict[str, Tensor]:
-        vec = torch.add(self.origin, self.dirs[0], alpha=c[0])
-        for j in range(1, len(c)):
-            vec.add_(self.dirs[j], alpha=c[j])
+        vec = _combine_rows(self.origin, self.dirs, c)
         return dict(
             zip(
                 self.names,
@@ -619,6 +614,21 @@ class _Tail:
                 strict=True,
             )
         )
+
+
+def _combine_rows(base: Tensor, rows: Sequence[Tensor] | Tensor, c: Sequence[float]) -> Tensor:
+    """``base + Σ_j c_j rows[j]`` as a new tensor, adding in order and skipping zero ``c_j``.
+
+    Elementwise fused adds (not a tensordot) so each point's value does not
+    depend on which other points are evaluated with it, and skipping zeros
+    makes a batch of rays (one nonzero coefficient per point) cost O(1) per
+    point instead of O(m).
+    """
+    out = None
+    for j, cj in enumerate(c):
+        if cj != 0:
+            out = torch.add(base, rows[j], alpha=cj) if out is None else out.add_(rows[j], alpha=cj)
+    return base.clone() if out is None else out
 
 
 class _StopForward(Exception):
