@@ -131,3 +131,79 @@ def test_own_model_from_factory(capsys, tmp_path, monkeypatch):
     assert Surface.load(tmp_path / "line.h5").train_loss.shape == (5,)
     for k, v in torch.load(tmp_path / "w.pt").items():
         assert torch.equal(v, before[k])
+
+
+def test_hessian_and_volume_commands(capsys, tmp_path):
+    run = tmp_path / "run"
+    _run(
+        capsys,
+        "train",
+        "--dataset",
+        "digits",
+        "--train-size",
+        "150",
+        "--epochs",
+        "2",
+        "--widths",
+        "8",
+        "--out",
+        str(run),
+        "--quiet",
+    )
+    code, out, err = _run(
+        capsys,
+        "hessian",
+        str(run),
+        "--k",
+        "2",
+        "--per-layer",
+        "--json",
+        str(tmp_path / "h.json"),
+        "--quiet",
+    )
+    assert code == 0, err
+    h = json.loads((tmp_path / "h.json").read_text())
+    assert h["lambda_max"] == h["top_k"][0] >= h["top_k"][1]
+    assert h["lambda_min"] <= h["top_k"][1]
+    # per-layer traces are diagonal blocks: they add up to the whole trace
+    total = sum(layer["trace"] for layer in h["per_layer"].values())
+    assert total == pytest.approx(
+        h["trace"],
+        abs=4 * (h["trace_se"] + sum(layer["trace_se"] for layer in h["per_layer"].values())),
+    )
+    code, _, err = _run(capsys, "hessian", str(run), "--layers", "nope", "--quiet")
+    assert code == 2 and "nope" in err
+    code, out, err = _run(
+        capsys,
+        "volume",
+        str(run),
+        "--threshold",
+        "5",
+        "--directions",
+        "3",
+        "--json",
+        str(tmp_path / "v.json"),
+        "--quiet",
+    )
+    assert code == 0, err
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["n_directions"] == 3 and v["radius_min"] <= v["radius_median"] <= v["radius_max"]
+    code, _, err = _run(capsys, "volume", str(run), "--threshold", "0.0001", "--quiet")
+    assert code == 2 and "below the loss" in err
+    code, _, err = _run(
+        capsys,
+        "surface",
+        str(run),
+        "--directions",
+        "hessian",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path / "hs.h5"),
+        "--quiet",
+    )
+    assert code == 0, err
+    s = Surface.load(tmp_path / "hs.h5")
+    d = s.directions
+    assert abs(float((d[0] * d[1]).sum())) < 1e-4  # eigenvectors: orthonormal
+    assert float((d[0] * d[0]).sum()) == pytest.approx(1.0, rel=1e-4)

@@ -132,3 +132,26 @@ def test_volume_studies_small(tmp_path):
         poison_study(fractions=(1.5,))
     with pytest.raises(bs.BasinscopeError, match="fractions"):
         dataset_size_study(sizes=(0.0,))
+
+
+def test_hessian_measure_in_a_study(tmp_path):
+    s = _tiny()
+    s.runs = {"a": s.runs["a"]}
+    s.measures = ("hessian",)
+    (report,) = run_study(s, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "tiny" / "a" / "hessian.json").read_text())
+    row = report.row()
+    assert row["lambda_max"] == saved["lambda_max"] > 0
+    assert row["hessian_trace"] == saved["trace"]
+    # λ_max is the top eigenvalue: no Rayleigh quotient of H may exceed it
+    from torch import nn
+
+    from basinscope.data import load_dataset
+
+    data = load_dataset("digits", train_size=200)
+    obj = bs.Objective(report.model, nn.CrossEntropyLoss(), (data.x_train, data.y_train))
+    import torch
+
+    v = torch.randn(obj.n, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()
+    assert float(v @ obj.hvp(v)) <= saved["lambda_max"] * (1 + 1e-4)
