@@ -176,7 +176,12 @@ def _cmd_surface(args: argparse.Namespace) -> None:
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=not args.include_bias_norm)
     test = (data.x_test, data.y_test) if args.data == "both" else None
-    d = random_directions(obj, args.dim, norm=args.norm, seed=args.seed)
+    if args.directions == "hessian":
+        from .hessian import top_directions
+
+        d = top_directions(obj, args.dim, seed=args.seed)
+    else:
+        d = random_directions(obj, args.dim, norm=args.norm, seed=args.seed)
     out = Path(args.out)
     common = {
         "span": (-args.span, args.span),
@@ -184,7 +189,12 @@ def _cmd_surface(args: argparse.Namespace) -> None:
         "test": test,
         "path": out,
         "progress": not args.quiet,
-        "attrs": {"norm": args.norm, "direction_seed": args.seed, "data": args.data},
+        "attrs": {
+            "norm": args.norm if args.directions == "random" else "unit",
+            "directions": args.directions,
+            "direction_seed": args.seed,
+            "data": args.data,
+        },
     }
     surf = line(obj, d[0], **common) if args.dim == 1 else plane(obj, d[0], d[1], **common)
     stem = out.with_suffix("")
@@ -227,6 +237,41 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
     print(f"noise sharpness (σ = {noise.sigma:g})  {noise.value:.6f} ± {noise.stderr:.6f}")
     if args.json:
         atomic_write_json(args.json, result)
+        print(f"written to {args.json}")
+
+
+# ----------------------------------------------------------------- hessian
+def _cmd_hessian(args: argparse.Namespace) -> None:
+    from . import hessian
+    from ._io import atomic_write_json
+
+    model, data = _load(args)
+    obj = _objective(args, model, data, skip_bias_norm=False)
+    per_layer: bool | list[str] = args.layers if args.layers else bool(args.per_layer)
+    res = hessian.summary(
+        obj, args.k, tol=args.tol, trace_rtol=args.trace_rtol, per_layer=per_layer, seed=args.seed
+    )
+    out = res.to_dict()
+    print(f"coordinates n        {res.n}")
+    print(f"λ_max                {res.lambda_max:.6g}")
+    print(f"λ_min                {res.lambda_min:.6g}")
+    print("top-k                " + ", ".join(f"{v:.6g}" for v in out["top_k"]))
+    print(f"trace                {res.trace.value:.6g} ± {res.trace.stderr:.2g} (SE)")
+    print(f"Hessian-vector products {res.n_products}")
+    if res.per_layer:
+        print(f"\n{'block':<24} {'n':>8} {'λ_max':>12} {'λ_min':>12} {'trace':>12} {'± SE':>10}")
+        for name, layer in res.per_layer.items():
+            print(
+                f"{name:<24} {layer.n:>8} {layer.lambda_max:>12.5g} {layer.lambda_min:>12.5g} "
+                f"{layer.trace:>12.5g} {layer.trace_se:>10.2g}"
+            )
+    if args.density:
+        dens = hessian.density(obj, seed=args.seed)
+        png = hessian.plot_density(dens, args.density)
+        out["density"] = dens.to_dict()
+        print(f"spectral density drawn in {png}")
+    if args.json:
+        atomic_write_json(args.json, out)
         print(f"written to {args.json}")
 
 
@@ -382,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_FORMATTER,
         epilog=_example(
             "basinscope surface runs/a --dim 2 --steps 41 --span 1 --out runs/a/plane.h5\n"
-            "basinscope surface runs/a --dim 1 --norm layer --data both --out line.h5"
+            "basinscope surface runs/a --dim 1 --norm layer --data both --out line.h5\n"
+            "basinscope surface runs/a --directions hessian --span 0.5 --out hess.h5"
         ),
     )
     _checkpoint_args(p)
@@ -390,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=31, help="points per axis (default 31)")
     p.add_argument("--span", type=float, default=1.0, help="grid is [-span, span] (default 1)")
     p.add_argument("--norm", choices=["filter", "layer", "none"], default="filter")
+    p.add_argument(
+        "--directions",
+        choices=["random", "hessian"],
+        default="random",
+        help="random normalised directions, or the top Hessian eigenvectors (unit length)",
+    )
     p.add_argument(
         "--include-bias-norm", action="store_true", help="move biases and norm parameters too"
     )
@@ -411,6 +463,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=32, help="noise samples")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_sharpness)
+
+    p = sub.add_parser(
+        "hessian",
+        help="Hessian λ_max, λ_min, top-k, trace (and per layer) of a checkpoint",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope hessian runs/a --k 5 --per-layer --json runs/a/hessian.json\n"
+            "basinscope hessian runs/a --layers net.1 net.3 --density runs/a/density.png"
+        ),
+    )
+    _checkpoint_args(p)
+    p.add_argument("--k", type=int, default=5, help="number of top eigenvalues (default 5)")
+    p.add_argument("--tol", type=float, default=1e-4, help="relative eigenvalue tolerance")
+    p.add_argument("--trace-rtol", type=float, default=1e-2, help="trace: stop at SE ≤ rtol·|tr|")
+    p.add_argument("--per-layer", action="store_true", help="also one block per module")
+    p.add_argument("--layers", nargs="+", help="blocks to measure: module names or patterns")
+    p.add_argument("--density", help="draw the spectral density (SLQ) into this PNG")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=_cmd_hessian)
 
     p = sub.add_parser(
         "volume",

@@ -195,6 +195,7 @@ def lr_batch_grid(
         name="lr-batch",
         runs=runs,
         description="high/low learning rate × large/small batch (Keskar et al. 2017)",
+        measures=("surface", "hessian"),
     )
 
 
@@ -555,9 +556,37 @@ def cached_volume(
     return json.loads(json.dumps(res))
 
 
+def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
+    """λ_max and trace of the training-loss Hessian (``hessian.json``, cached)."""
+    from .hessian import summary
+
+    path = out / "hessian.json"
+    settings = {
+        "k": 1,
+        "tol": 1e-4,
+        "trace_rtol": 1e-2,
+        "seed": m.direction_seed,
+        "fingerprint": data_fingerprint(report.data),
+    }
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if saved.get("settings") != settings:
+        obj = Objective(
+            report.model,
+            nn.CrossEntropyLoss(),
+            (report.data.x_train, report.data.y_train),
+            device=report.config.device,
+        )
+        saved = summary(obj, 1, tol=1e-4, trace_rtol=1e-2, seed=m.direction_seed).to_dict()
+        saved["settings"] = settings
+        atomic_write_json(path, saved)
+    report.values["lambda_max"] = saved["lambda_max"]
+    report.values["hessian_trace"] = saved["trace"]
+
+
 MEASURES: dict[str, Callable[[RunReport, MeasureConfig, Path, bool], None]] = {
     "surface": _measure_surface,
     "volume": _measure_volume,
+    "hessian": _measure_hessian,
 }
 
 
@@ -580,6 +609,8 @@ _COLUMNS = [
     ("noise_sharpness_se", "± SE", "{:.4f}"),
     ("label_noise", "label noise", "{:g}"),
     ("n_train", "train examples", "{}"),
+    ("lambda_max", "λ_max", "{:.4g}"),
+    ("hessian_trace", "tr H", "{:.4g}"),
     ("log_volume", "log volume", "{:.1f}"),
     ("volume_ess", "volume ESS", "{:.2f}"),
     ("status", "status", "{}"),

@@ -818,7 +818,6 @@ def load_weights(model: nn.Module, model_path: str | Path, what: str) -> None:
         problems.append(f"shape mismatch for {_few(shapes)}")
     if problems:
         raise BasinscopeError(
-            f"checkpoint {str(model_path)!r} does not match {what}: "
-            f"{'; '.join(problems)}."
+            f"checkpoint {str(model_path)!r} does not match {what}: {'; '.join(problems)}."
         )
     model.load_state_dict(state)
