@@ -37,7 +37,7 @@ def _example(text: str) -> str:
 
 # --------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> None:
-    from .study import STUDIES, MeasureConfig, run_study, summary_markdown
+    from .study import STUDIES, run_study, summary_markdown
 
     if args.study not in STUDIES:
         raise BasinscopeError(f"unknown study {args.study!r}; choose one of {', '.join(STUDIES)}")
@@ -58,7 +58,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         raise BasinscopeError(
             f"--span must be positive (the grid is [-span, span]), got {args.span}"
         )
-    study.measure = MeasureConfig(
+    study.measure = dataclasses.replace(
+        study.measure,
         grid_size=args.grid_size,
         span=(-args.span, args.span),
         radius=args.radius,
@@ -68,6 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         noise_seed=args.seed,
         volume_threshold=args.threshold,
         volume_directions=args.directions,
+        volume_rule=args.rule or study.measure.volume_rule,
     )
     reports = run_study(study, args.out, progress=not args.quiet)
     root = Path(args.out) / study.name
@@ -383,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=32, help="weight-noise samples")
     p.add_argument("--threshold", type=float, default=0.1, help="basin loss threshold (volume)")
     p.add_argument("--directions", type=int, default=50, help="rays per volume estimate")
+    p.add_argument(
+        "--rule",
+        choices=["absolute", "relative"],
+        help="basin is L ≤ τ or L − L(θ0) ≤ τ (default: the study's)",
+    )
     p.add_argument("--sizes", type=float, nargs="+", help="dataset-size: training fractions")
     p.add_argument("--fractions", type=float, nargs="+", help="poison: mislabelled fractions")
     p.add_argument("--out", default="results", help="results directory (default: results/)")
