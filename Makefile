@@ -28,6 +28,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/surface.py
 	$(PY) benchmarks/volume.py
+	$(PY) benchmarks/hessian.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

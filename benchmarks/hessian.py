@@ -32,17 +32,22 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib
+import os
 import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import torch
-from torch import nn
+# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine a
+# spinning thread steals the other's core (as `make test` / `make demo` do).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import basinscope as bs
-from basinscope import hessian
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import basinscope as bs  # noqa: E402
+from basinscope import hessian  # noqa: E402
 
 N_EXAMPLES = 2048
 TARGET = 1e-4

@@ -91,7 +91,7 @@ def test_linreg_trace_and_seeded_probes(linreg):
     obj = bs.Objective(linreg.model, linreg.loss_fn, (linreg.X, linreg.y))
     exact = float(torch.trace(linreg.A))
     # Hutch++ with a sketch spanning the whole space is exact, with no probes.
-    pp = hessian.trace(obj, sketch=obj.n)
+    pp = hessian.trace(obj, method="hutch++", sketch=obj.n)
     assert pp.value == pytest.approx(exact, rel=1e-12) and pp.stderr == 0.0 and pp.converged
     hu = hessian.trace(obj, method="hutchinson", rtol=0.01, seed=3)
     assert hu.converged and hu.stderr <= 0.01 * abs(hu.value) and len(hu.samples) >= 10
@@ -219,6 +219,11 @@ def test_summary_and_per_layer_blocks(mlp_case):
     d = s.to_dict()
     json.dumps(d)
     assert d["lambda_max"] == s.lambda_max and d["per_layer"]["5"]["n"] == 24
+    # without λ_min: the same top, fewer products
+    fast = hessian.summary(obj, k=2, tol=1e-8, trace_rtol=0.1, lambda_min=False)
+    assert fast.lambda_min is None and fast.to_dict()["lambda_min_residual"] is None
+    np.testing.assert_allclose(fast.top.values, s.top.values, rtol=1e-8)
+    assert fast.top.n_products <= s.top.n_products
     # a block given by pattern: the last layer's weight only
     w = hessian.restrict(obj, "5.weight")
     lw = torch.linalg.eigvalsh(H[-24:-3, -24:-3])

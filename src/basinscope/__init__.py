@@ -8,7 +8,7 @@ surf = bs.plane(obj, d[0], d[1], span=(-1, 1), steps=31)
 
 from __future__ import annotations
 
-from . import directions, sharpness, volume
+from . import directions, hessian, sharpness, volume
 from .directions import normalize, random_directions
 from .errors import BasinscopeError
 from .objective import Objective, ParamSpace
@@ -24,6 +24,7 @@ __all__ = [
     "Surface",
     "basin_volume",
     "directions",
+    "hessian",
     "line",
     "normalize",
     "plane",

@@ -32,12 +32,18 @@ Every random vector (Lanczos start, probe, sketch column, SLQ start) is drawn
 from ``(seed, index)`` alone (see :mod:`basinscope._rng`), in a stream of its
 own per purpose, so work can be split or resumed and give the same numbers.
 
-Measured on a 2-core CPU (MLP 784-256-128-10, 2,048 examples, float32, time per
-product): reverse-over-reverse with the kept graph 11 ms; the same vmapped over
-8 vectors (``is_grads_batched``) 14 ms; forward-over-reverse
-(``jvp(grad(L))``) 31 ms, vmapped over 8 vectors 16 ms; ``torch.func.linearize``
-12 ms after 0.4 s of tracing. So the default is reverse-over-reverse, one
-vector at a time; ``batched=True`` vmaps the double backward over the vectors.
+Which product: measured on the shared 2-core CPU (MLP 784-256-128-10, 2,048
+examples, float32; ms per product, minimum of repeated runs; machine quiet / busy with
+1 thread / busy with 2 threads):
+
+    reverse-over-reverse, gradient graph kept (the default)    11 / 33 / 23
+    reverse-over-reverse, graph rebuilt per call of 8 vectors  13 / 60 / 106
+    kept graph, 8 vectors vmapped (``batched=True``)           14 / 70 / 64
+    forward-over-reverse ``jvp(grad(L))``                      31 / 81 / 121
+    forward-over-reverse vmapped over 8 vectors                16 / 75 / 59
+    ``torch.func.linearize(grad(L))`` after 0.4 s tracing      12 / 60 / 45
+
+so products are reverse-over-reverse on the kept graph, one vector at a time.
 """
 
 from __future__ import annotations
@@ -798,7 +804,7 @@ def _hutchinson(
 def trace(
     obj: Curvature,
     *,
-    method: str = "hutch++",
+    method: str = "hutchinson",
     rtol: float = 1e-2,
     atol: float = 0.0,
     min_probes: int = 10,
@@ -816,6 +822,13 @@ def trace(
       ``P = I − QQᵀ``, the first exact, the second by Hutchinson on ``Pz``.
       Costs ``2·sketch`` products up front and removes the variance of the
       few dominant eigenvalues of a trained network (Papyan 2019).
+
+    Which is cheaper depends on the spectrum. Hutch++ wins when a few
+    eigenvalues carry most of ``tr H`` (small or heavily overfit models); when
+    the bulk carries it, Hutchinson's relative variance is already small (on
+    the benchmark MLP, n = 235k: 11 products to 1% for Hutchinson, 42 for
+    Hutch++), hence the default. :func:`summary` gets both: it deflates by
+    its Lanczos basis, whose products it already has.
 
     Probes are added one at a time until ``stderr ≤ max(rtol·|value|, atol)``
     (after at least ``min_probes``) or ``max_products`` is spent
@@ -1042,7 +1055,7 @@ class LayerCurvature:
     name: str
     n: int
     lambda_max: float
-    lambda_min: float
+    lambda_min: float | None
     trace: float
     trace_se: float
     n_products: int
@@ -1055,13 +1068,14 @@ class LayerCurvature:
 class HessianSummary:
     """Curvature at a point, for a table: ``λ_max``, ``λ_min``, top-k, trace ± SE, per layer.
 
-    ``top`` / ``bottom`` hold the full :class:`Eigenpairs` (vectors included);
+    ``top`` / ``bottom`` hold the full :class:`Eigenpairs` (vectors included;
+    ``bottom`` is empty and ``lambda_min`` None when not asked for);
     ``trace`` the :class:`TraceEstimate` (Hutchinson deflated by the Lanczos
     basis, i.e. Hutch++ with a Krylov sketch).
     """
 
     lambda_max: float
-    lambda_min: float
+    lambda_min: float | None
     top: Eigenpairs
     bottom: Eigenpairs
     trace: TraceEstimate
@@ -1075,12 +1089,15 @@ class HessianSummary:
             "lambda_min": self.lambda_min,
             "top_k": [float(v) for v in self.top.values],
             "top_residuals": [float(r) for r in self.top.residuals],
-            "lambda_min_residual": float(self.bottom.residuals[0]),
+            "lambda_min_residual": (
+                float(self.bottom.residuals[0]) if len(self.bottom.residuals) else None
+            ),
             "converged": self.top.converged,
             "tol": self.top.tol,
             "trace": self.trace.value,
             "trace_se": self.trace.stderr,
             "trace_probes": len(self.trace.samples),
+            "trace_converged": self.trace.converged,
             "n": self.n,
             "n_products": self.n_products,
             "per_layer": {k: v.to_dict() for k, v in self.per_layer.items()},
@@ -1090,6 +1107,7 @@ class HessianSummary:
 def _measure(
     obj: Curvature,
     k: int,
+    bottom: int,
     *,
     tol: float,
     trace_rtol: float,
@@ -1104,7 +1122,7 @@ def _measure(
     kr = _lanczos(
         op,
         k,
-        1,
+        bottom,
         tol=_check_tol(tol, op.dtype),
         seed=seed,
         max_products=max_products,
@@ -1136,6 +1154,7 @@ def summary(
     tol: float = 1e-4,
     trace_rtol: float = 1e-2,
     per_layer: bool | Sequence[str] = False,
+    lambda_min: bool = True,
     seed: int = 0,
     max_products: int = 2000,
 ) -> HessianSummary:
@@ -1154,6 +1173,10 @@ def summary(
             grouped by their module path, e.g. ``fc1.weight`` + ``fc1.bias``),
             or a list of names/patterns, one block each; every block gets its
             own λ_max, λ_min and trace (same tolerances).
+        lambda_min: also find the smallest eigenvalue. It converges more slowly
+            than the top (it sits at the edge of the bulk near 0: 65 products
+            instead of 24 for top-5 on the benchmark MLP); a study that only
+            needs λ_max and the trace passes ``False``.
     """
     if not isinstance(obj, Objective):
         raise BasinscopeError(f"summary needs a basinscope Objective, got {type(obj).__name__}")
@@ -1172,22 +1195,23 @@ def summary(
         blocks = list(per_layer)
     subs = {name: restrict(obj, name) for name in blocks}  # bad names fail before any work
     op = HessianOperator(obj)
-    top, bottom, tr, used = _measure(op, k, **opts)
+    n_bottom = 1 if lambda_min else 0
+    top, bottom, tr, used = _measure(op, k, n_bottom, **opts)
     layers: dict[str, LayerCurvature] = {}
     for name, sub in subs.items():
-        t, b, s, u = _measure(HessianOperator(sub), 1, **opts)
+        t, b, s, u = _measure(HessianOperator(sub), 1, n_bottom, **opts)
         layers[name] = LayerCurvature(
             name=name,
             n=sub.n,
             lambda_max=float(t.values[0]),
-            lambda_min=float(b.values[0]),
+            lambda_min=float(b.values[0]) if n_bottom else None,
             trace=s.value,
             trace_se=s.stderr,
             n_products=u,
         )
     return HessianSummary(
         lambda_max=float(top.values[0]),
-        lambda_min=float(bottom.values[0]),
+        lambda_min=float(bottom.values[0]) if n_bottom else None,
         top=top,
         bottom=bottom,
         trace=tr,

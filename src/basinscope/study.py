@@ -579,7 +579,9 @@ def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: b
             (report.data.x_train, report.data.y_train),
             device=report.config.device,
         )
-        saved = summary(obj, 1, tol=1e-4, trace_rtol=1e-2, seed=m.direction_seed).to_dict()
+        saved = summary(
+            obj, 1, tol=1e-4, trace_rtol=1e-2, lambda_min=False, seed=m.direction_seed
+        ).to_dict()
         saved["settings"] = settings
         atomic_write_json(path, saved)
     report.values["lambda_max"] = saved["lambda_max"]
