@@ -130,8 +130,11 @@ def test_volume_studies_small(tmp_path):
     assert all(row["eps_sharpness_direct"] is not None for row in rows)
     with pytest.raises(bs.BasinscopeError, match="fractions"):
         poison_study(fractions=(1.5,))
-    with pytest.raises(bs.BasinscopeError, match="fractions"):
-        dataset_size_study(sizes=(0.0,))
+    for bad in (0.0, 1.5, -3):
+        with pytest.raises(bs.BasinscopeError, match="dataset sizes"):
+            dataset_size_study(sizes=(bad,))
+    counts = dataset_size_study(sizes=(100, 0.5, 1))
+    assert [c.train_size for c in counts.runs.values()] == [0.5, None, 100]
 
 
 def test_hessian_measure_in_a_study(tmp_path):
