@@ -457,25 +457,32 @@ def measure_run(
         progress=progress,
         attrs={"norm": "filter", "direction_seed": measure.direction_seed},
     )
-    settings = dataclasses.asdict(measure)
-    path = out_dir / "sharpness.json"
+
+    def compute() -> dict[str, Any]:
+        noise = sharpness.average_case(
+            obj, measure.sigma, samples=measure.noise_samples, seed=measure.noise_seed
+        )
+        return {
+            "surface": _asdict(sharpness.from_surface(surf, measure.radius)),
+            "direct": _asdict(sharpness.epsilon(obj, d, measure.radius)),
+            "noise": {k: v for k, v in _asdict(noise).items() if k != "increases"},
+        }
+
+    return surf, _cached_json(out_dir / "sharpness.json", dataclasses.asdict(measure), compute)
+
+
+def _cached_json(
+    path: Path, settings: dict[str, Any], compute: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """``compute()`` stored in ``path`` with its ``settings``; reused while they match."""
+    settings = json.loads(json.dumps(settings))
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("settings") == json.loads(json.dumps(settings)):
-            return surf, saved
-    eps_s = sharpness.from_surface(surf, measure.radius)
-    eps_d = sharpness.epsilon(obj, d, measure.radius)
-    noise = sharpness.average_case(
-        obj, measure.sigma, samples=measure.noise_samples, seed=measure.noise_seed
-    )
-    result = {
-        "settings": settings,
-        "surface": _asdict(eps_s),
-        "direct": _asdict(eps_d),
-        "noise": {k: v for k, v in _asdict(noise).items() if k != "increases"},
-    }
+        if saved.get("settings") == settings:
+            return saved
+    result = {**compute(), "settings": settings}
     atomic_write_json(path, result)
-    return surf, json.loads(json.dumps(result))
+    return json.loads(json.dumps(result))
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
@@ -557,25 +564,22 @@ def cached_volume(
         "seed": m.direction_seed,
         "fingerprint": data_fingerprint(data),
     }
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("settings") == settings:
-            return saved
-    obj = Objective(model, nn.CrossEntropyLoss(), (data.x_train, data.y_train), device=device)
-    try:
-        res = basin_volume(
-            obj,
-            m.volume_threshold,
-            n_directions=m.volume_directions,
-            rule=m.volume_rule,
-            tolerance=m.volume_tolerance,
-            seed=m.direction_seed,
-        ).to_dict()
-    except BasinscopeError as exc:
-        res = {"log_volume": None, "reason": str(exc)}
-    res["settings"] = settings
-    atomic_write_json(path, res)
-    return json.loads(json.dumps(res))
+
+    def compute() -> dict[str, Any]:
+        obj = Objective(model, nn.CrossEntropyLoss(), (data.x_train, data.y_train), device=device)
+        try:
+            return basin_volume(
+                obj,
+                m.volume_threshold,
+                n_directions=m.volume_directions,
+                rule=m.volume_rule,
+                tolerance=m.volume_tolerance,
+                seed=m.direction_seed,
+            ).to_dict()
+        except BasinscopeError as exc:
+            return {"log_volume": None, "reason": str(exc)}
+
+    return _cached_json(path, settings, compute)
 
 
 def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
@@ -587,22 +591,23 @@ def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: b
         "k": 1,
         "tol": 1e-4,
         "trace_rtol": 1e-2,
+        "lambda_min": False,
         "seed": m.direction_seed,
         "fingerprint": data_fingerprint(report.data),
     }
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    if saved.get("settings") != settings:
+
+    def compute() -> dict[str, Any]:
         obj = Objective(
             report.model,
             nn.CrossEntropyLoss(),
             (report.data.x_train, report.data.y_train),
             device=report.config.device,
         )
-        saved = summary(
+        return summary(
             obj, 1, tol=1e-4, trace_rtol=1e-2, lambda_min=False, seed=m.direction_seed
         ).to_dict()
-        saved["settings"] = settings
-        atomic_write_json(path, saved)
+
+    saved = _cached_json(path, settings, compute)
     report.values["lambda_max"] = saved["lambda_max"]
     report.values["hessian_trace"] = saved["trace"]
 
