@@ -22,7 +22,9 @@ surfaces of different networks can be compared side by side.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -144,3 +146,68 @@ def gram_schmidt(directions: Tensor) -> Tensor:
 def interpolation_direction(theta_a: Tensor, theta_b: Tensor) -> Tensor:
     """``θ_b − θ_a``: with origin ``θ_a``, coefficient α gives ``(1−α)θ_a + αθ_b``."""
     return theta_b - theta_a
+
+
+@dataclass(frozen=True)
+class PCADirections:
+    """Principal directions of a training trajectory (Li et al. 2018, §7).
+
+    Attributes:
+        directions: ``[k, n]`` orthonormal rows ``e_1 … e_k``.
+        explained_variance_ratio: ``[k]`` share of the trajectory's variance
+            along each, ``s_i² / Σ_j s_j²`` (singular values of the centred matrix).
+        coordinates: ``[T, k]`` the snapshots' projections ``(θ_t − θ_final)·e_i``.
+    """
+
+    directions: Tensor
+    explained_variance_ratio: np.ndarray
+    coordinates: np.ndarray
+
+
+def pca_directions(snapshots: Tensor, final: Tensor | None = None, k: int = 2) -> PCADirections:
+    """The top-``k`` principal directions of ``M = [θ_t − θ_final]_t`` (Li et al. 2018).
+
+    As Li et al.'s code (which fits scikit-learn's PCA to ``M``), the rows of
+    ``M`` are centred before the SVD ``M − mean = U S Vᵀ``; the directions are the
+    first ``k`` rows of ``Vᵀ``, each signed so that the snapshot farthest along
+    it projects positively (reproducible plots). Computed in
+    float64. The trajectory is drawn on the plane through ``θ_final`` spanned
+    by them, each snapshot at ``((θ_t − θ_final)·e_1, (θ_t − θ_final)·e_2)``.
+
+    Args:
+        snapshots: ``[T, n]`` flat parameter vectors along training.
+        final: ``[n]``, default the last snapshot.
+        k: number of directions (``1 ≤ k < T``).
+    """
+    snapshots = torch.as_tensor(snapshots)
+    if snapshots.ndim != 2 or len(snapshots) < 3:
+        raise BasinscopeError(
+            f"PCA of a trajectory needs at least 3 snapshots as a [T, n] array, "
+            f"got shape {tuple(snapshots.shape)}"
+        )
+    if not 1 <= k < len(snapshots):
+        raise BasinscopeError(f"k must be in [1, {len(snapshots) - 1}], got {k}")
+    m64 = snapshots.detach().to("cpu", torch.float64)
+    fin = m64[-1] if final is None else torch.as_tensor(final).detach().to("cpu", torch.float64)
+    if fin.shape != m64.shape[1:]:
+        raise BasinscopeError(
+            f"final has shape {tuple(fin.shape)}, the snapshots have {m64.shape[1]} coordinates"
+        )
+    diff = m64 - fin
+    centred = diff - diff.mean(dim=0)
+    _, s, vt = torch.linalg.svd(centred, full_matrices=False)
+    total = float((s**2).sum())
+    if total == 0:
+        raise BasinscopeError("the snapshots are all the same point; there is no trajectory")
+    dirs = vt[:k].clone()
+    coords = diff @ dirs.T
+    # Sign convention: the largest-|coordinate| snapshot is on the positive side.
+    for i in range(k):
+        j = int(coords[:, i].abs().argmax())
+        if coords[j, i] < 0:
+            dirs[i], coords[:, i] = -dirs[i], -coords[:, i]
+    return PCADirections(
+        directions=dirs.to(snapshots.dtype if snapshots.is_floating_point() else torch.float32),
+        explained_variance_ratio=(s[:k] ** 2 / total).numpy(),
+        coordinates=coords.numpy(),
+    )

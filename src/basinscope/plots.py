@@ -176,9 +176,23 @@ def _label(key: str, log: bool = False) -> str:
     return f"log10 {name}" if log else name
 
 
-def _mark_points(ax, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+def _draw_paths(ax, surface: Surface) -> None:
+    """Draw what a path surface stores: the models it passes through
+    (``attrs["marks"]``) and a training trajectory (``attrs["trajectory"]``)."""
+    traj = surface.attrs.get("trajectory")
+    if traj:
+        t = np.asarray(traj, dtype=np.float64)
+        ax.plot(t[:, 0], t[:, 1], "-o", color="black", ms=3, lw=1.2, label="trajectory")
+        ax.plot(t[:1, 0], t[:1, 1], "s", color="white", mec="black", ms=6, label="start")
+    for i, (lab, pos) in enumerate((surface.attrs.get("marks") or {}).items()):
+        if len(pos) == 2:
+            ax.plot([pos[0]], [pos[1]], marker="o", ms=8, color=f"C{i}", mec="black", ls="")
+            ax.annotate(lab, (pos[0], pos[1]), xytext=(5, 5), textcoords="offset points")
+
+
+def _mark_points(ax, x: np.ndarray, y: np.ndarray, z: np.ndarray, origin: bool = True) -> None:
     """Mark the trained point (α, β) = (0, 0) and the grid's lowest value."""
-    if x.min() <= 0 <= x.max() and y.min() <= 0 <= y.max():
+    if origin and x.min() <= 0 <= x.max() and y.min() <= 0 <= y.max():
         ax.plot([0.0], [0.0], marker="o", ms=6, mfc="white", mec="black", ls="", label="θ0")
     zf = np.where(np.isfinite(z), z, np.inf)
     if np.isfinite(zf).any():
@@ -252,9 +266,24 @@ def plot_line(
             handles.append(h)
         ax2.set_ylim(-2.0, 102.0)
         ax2.set_ylabel("accuracy (%)")
-    ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
-    ax.set_xlabel("α (direction 1)")
-    ax.set_title(title if title is not None else "1-D slice through θ0")
+    marks = surface.attrs.get("marks") or {}
+    if marks:  # a path between models: mark each model where it lies
+        for i, (lab, pos) in enumerate(marks.items()):
+            ax.axvline(float(pos[0]), color=f"C{i + 2}", lw=1.0, ls=":")
+            ax.annotate(
+                lab,
+                (float(pos[0]), 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize="small",
+                color=f"C{i + 2}",
+            )
+    else:
+        ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+    ax.set_xlabel(surface.attrs.get("xlabel", "α (direction 1)"))
+    default = "interpolation between two models" if marks else "1-D slice through θ0"
+    ax.set_title(title if title is not None else default)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
     return _save(fig, path)
 
@@ -365,14 +394,15 @@ def plot_contour(
     ax = fig.add_subplot()
     cs = ax.contourf(X, Y, zm, levels=lv, norm=norm, cmap=CMAP, extend=_extend(zm, lo, hi))
     ax.contour(X, Y, zm, levels=lv, colors="black", linewidths=0.3, alpha=0.5)
+    _draw_paths(ax, surface)
     if mark_origin:
-        _mark_points(ax, x, y, np.where(zm.mask, np.nan, z))
+        _mark_points(ax, x, y, np.where(zm.mask, np.nan, z), origin="marks" not in surface.attrs)
     if log:  # ticks at decades, not at each of the geometric levels
         fig.colorbar(cs, ax=ax, label=_label(key), ticks=LogLocator())
     else:
         fig.colorbar(cs, ax=ax, label=_label(key), format="%.3g")
-    ax.set_xlabel("α (direction 1)")
-    ax.set_ylabel("β (direction 2)")
+    ax.set_xlabel(surface.attrs.get("xlabel", "α (direction 1)"))
+    ax.set_ylabel(surface.attrs.get("ylabel", "β (direction 2)"))
     ax.set_aspect("auto")
     ax.set_title(title if title is not None else _label(key))
     return _save(fig, path)

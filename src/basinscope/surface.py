@@ -228,7 +228,17 @@ def _compute(
     chunk: int,
     progress: bool,
     attrs: dict[str, Any] | None,
+    *,
+    origin: Tensor | None = None,
+    coef_map: tuple[np.ndarray, np.ndarray] | None = None,
+    update_bn: Any = None,
 ) -> Surface:
+    """Evaluate ``origin + Σ_j c_j dirs[j]`` at every grid point, resumably.
+
+    ``c = grid point`` by default; with ``coef_map = (offset, matrix)`` the
+    coefficients are the affine image ``offset + point @ matrix`` (how a path
+    through several models is written with the models themselves as directions).
+    """
     from tqdm.auto import tqdm
 
     from .errors import BasinscopeError
@@ -243,10 +253,21 @@ def _compute(
         test_obj = test if isinstance(test, Objective) else obj.with_data(test)
     shape = tuple(len(c) for c in coords)
     mesh = np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1).reshape(-1, len(coords))
+    if coef_map is not None:
+        offset, matrix = (np.asarray(a, dtype=np.float64) for a in coef_map)
+        mesh = offset + mesh @ matrix
     dirs_np = dirs.detach().to("cpu", torch.float32).numpy()
     meta = {"dim": len(coords), "n_params": obj.n, **(attrs or {})}
+    if coef_map is not None:
+        meta["coefficient_map"] = {"offset": offset.tolist(), "matrix": matrix.tolist()}
+    if update_bn is not None:
+        meta["update_bn"] = True
+    theta = obj.theta0 if origin is None else origin.to(device=obj.device, dtype=obj.dtype)
+    if origin is not None:
+        meta["origin"] = "given"
+    bn = None if update_bn is None else _BatchNormUpdate(obj, update_bn)
 
-    surface = _resume(path, coords, dirs_np, test_obj is not None) if path else None
+    surface = _resume(path, coords, dirs_np, test_obj is not None, meta) if path else None
     if surface is None:
         empty = lambda: np.full(shape, np.nan)  # noqa: E731
         surface = Surface(
@@ -260,7 +281,7 @@ def _compute(
             directions=dirs_np,
             attrs=meta,
         )
-        if "origin_train_loss" not in surface.attrs:
+        if "origin_train_loss" not in surface.attrs and origin is None and bn is None:
             loss0, acc0 = obj.evaluate(obj.theta0)
             surface.attrs.update(origin_train_loss=float(loss0[0]), origin_train_acc=float(acc0[0]))
             if test_obj is not None:
@@ -281,11 +302,20 @@ def _compute(
             idx = idx[~done[idx]]
             coef = torch.from_numpy(mesh[idx])
             updates = {}
-            updates["train_loss"], updates["train_acc"] = obj.evaluate_affine(coef, directions)
-            if test_obj is not None:
-                updates["test_loss"], updates["test_acc"] = test_obj.evaluate_affine(
-                    coef, directions, origin=obj.theta0
+            if bn is not None:
+                objs = {"train": obj} | ({"test": test_obj} if test_obj is not None else {})
+                for key, result in zip(
+                    objs, bn.evaluate(list(objs.values()), coef, directions, theta), strict=True
+                ):
+                    updates[f"{key}_loss"], updates[f"{key}_acc"] = result
+            else:
+                updates["train_loss"], updates["train_acc"] = obj.evaluate_affine(
+                    coef, directions, origin=theta
                 )
+                if test_obj is not None:
+                    updates["test_loss"], updates["test_acc"] = test_obj.evaluate_affine(
+                        coef, directions, origin=theta
+                    )
             for key, value in updates.items():
                 getattr(surface, key).reshape(-1)[idx] = value.numpy()
             done[idx] = True
@@ -296,7 +326,11 @@ def _compute(
 
 
 def _resume(
-    path: str | Path, coords: list[np.ndarray], dirs: np.ndarray, has_test: bool
+    path: str | Path,
+    coords: list[np.ndarray],
+    dirs: np.ndarray,
+    has_test: bool,
+    meta: dict[str, Any],
 ) -> Surface | None:
     from .errors import BasinscopeError
 
@@ -312,6 +346,7 @@ def _resume(
         and (len(coords) == 1) == (old.ycoordinates is None)
         and (len(coords) == 1 or np.array_equal(old.ycoordinates, coords[1]))
         and (old.test_loss is not None) == has_test
+        and all(old.attrs.get(k) == meta.get(k) for k in ("coefficient_map", "update_bn"))
     )
     if not same:
         raise BasinscopeError(
@@ -331,3 +366,298 @@ def _write_chunk(path: str | Path, surface: Surface, idx: np.ndarray, keys: list
             f[key][...] = flat.reshape(surface.shape)
         f["computed"][...] = surface.computed
         f.flush()
+
+
+# ------------------------------------------------------------------ paths between minima
+def _flat(obj: Objective, source: Any, what: str) -> Tensor:
+    """A model, a name->tensor dict or a flat vector as a point of ``obj.space``.
+
+    A model (or dict) that differs from the Objective's model in a parameter
+    *outside* the space cannot be reached by moving inside it: refused.
+    """
+    from torch import nn
+
+    from .errors import BasinscopeError
+
+    if isinstance(source, nn.Module | dict):
+        params = dict(source.named_parameters()) if isinstance(source, nn.Module) else source
+        own = dict(obj.model.named_parameters())
+        for name, p in own.items():
+            if name in obj.space.names or name not in params:
+                continue
+            if p.shape != params[name].shape or not torch.equal(
+                p.detach().cpu().to(torch.float64), params[name].detach().cpu().to(torch.float64)
+            ):
+                raise BasinscopeError(
+                    f"{what} differs from the objective's model in {name!r}, which the "
+                    "objective keeps fixed; build the Objective with all parameters in its space"
+                )
+        vec = obj.space.flatten(params)
+    else:
+        vec = torch.as_tensor(source).reshape(-1)
+    if vec.shape != (obj.n,):
+        raise BasinscopeError(
+            f"{what} has {vec.numel()} coordinates, the objective's space has {obj.n}"
+        )
+    return vec.detach().to(device=obj.device, dtype=obj.dtype)
+
+
+def interpolate(
+    obj: Objective,
+    theta_b: Any,
+    *,
+    theta_a: Any = None,
+    span: tuple[float, float] = (-0.5, 1.5),
+    steps: int = 41,
+    test: Any = None,
+    path: str | Path | None = None,
+    chunk: int = 64,
+    progress: bool = False,
+    update_bn: Any = None,
+    labels: tuple[str, str] = ("θ_a", "θ_b"),
+    attrs: dict[str, Any] | None = None,
+) -> Surface:
+    """Loss and accuracy on the line ``θ(α) = (1−α)·θ_a + α·θ_b`` (Goodfellow et al. 2015;
+    Keskar et al. 2017, Fig. 3, between a small-batch and a large-batch minimum).
+
+    The two models are the path's directions and ``(1−α, α)`` its coefficients,
+    so ``α = 0`` and ``α = 1`` evaluate exactly ``θ_a`` and ``θ_b`` (no rounding
+    of ``θ_a + (θ_b − θ_a)``): the end points reproduce the two models' losses.
+
+    Args:
+        obj: Objective on the training data; its model gives everything outside
+            the space (buffers, fixed parameters).
+        theta_b: the other end: a model, a state dict or a flat ``[n]`` vector.
+        theta_a: the first end (default ``obj.theta0``).
+        span, steps: ``α = linspace(*span, steps)``; ``(-0.5, 1.5)`` shows both
+            basins and the barrier between them.
+        test, path, chunk, progress: as in :func:`line`.
+        update_bn: data whose batches recompute BatchNorm running statistics at
+            every point (see :class:`_BatchNormUpdate`); ``None`` keeps ``θ_a``'s.
+        labels: names of the two models, stored for the plots.
+    """
+    a = obj.theta0 if theta_a is None else _flat(obj, theta_a, "theta_a")
+    b = _flat(obj, theta_b, "theta_b")
+    coords = [_grid(span, steps, "an interpolation")]
+    meta = {"kind": "interpolation", "marks": {labels[0]: [0.0], labels[1]: [1.0]}}
+    return _compute(
+        obj,
+        torch.stack([a, b]),
+        coords,
+        test,
+        path,
+        chunk,
+        progress,
+        {**meta, **(attrs or {})},
+        origin=torch.zeros_like(a),
+        coef_map=(np.array([1.0, 0.0]), np.array([[-1.0, 1.0]])),
+        update_bn=update_bn,
+    )
+
+
+def three_model_plane(
+    obj: Objective,
+    models: tuple[Any, Any, Any],
+    *,
+    labels: tuple[str, str, str] = ("θ1", "θ2", "θ3"),
+    margin: float = 0.25,
+    steps: int = 31,
+    test: Any = None,
+    path: str | Path | None = None,
+    chunk: int = 64,
+    progress: bool = False,
+    update_bn: Any = None,
+    attrs: dict[str, Any] | None = None,
+) -> Surface:
+    """The plane through three models (Garipov et al. 2018; Fan, Sandlund & Ko,
+    "Sharp Minima Can Generalize", Fig. 1: minima from 100 %, 10 % and 1 % of the data).
+
+    With ``u = θ2 − θ1``, ``v = θ3 − θ1``, the plane's orthonormal axes are
+    ``e1 = u/‖u‖`` and ``e2 = (v − (v·e1)e1)/‖…‖``, so its coordinates are
+    Euclidean distances in parameter space: ``θ1`` sits at ``(0, 0)``, ``θ2`` at
+    ``(‖u‖, 0)``, ``θ3`` at ``(v·e1, ‖v − (v·e1)e1‖)``. A point ``(x, y)`` is
+    evaluated as ``(1−s−t)θ1 + sθ2 + tθ3`` with ``(s, t)`` its affine
+    coordinates, so at the three marks the weights are ``(1,0,0)``, ``(0,1,0)``,
+    ``(0,0,1)`` up to rounding. The grid covers the triangle plus ``margin``
+    times its extent on every side. ``attrs["marks"]`` holds the three models'
+    coordinates, ``attrs["mark_losses"]`` their own train losses.
+    """
+    from .errors import BasinscopeError
+
+    if len(models) != 3:
+        raise BasinscopeError(f"three_model_plane needs exactly 3 models, got {len(models)}")
+    if not (np.isfinite(margin) and margin >= 0):
+        raise BasinscopeError(f"margin must be a non-negative number, got {margin}")
+    thetas = [_flat(obj, m, f"model {i + 1}") for i, m in enumerate(models)]
+    u64 = (thetas[1] - thetas[0]).to(torch.float64)
+    v64 = (thetas[2] - thetas[0]).to(torch.float64)
+    x2 = float(u64.norm())
+    if x2 == 0:
+        raise BasinscopeError("models 1 and 2 are identical; a plane needs three distinct models")
+    x3 = float(v64 @ u64) / x2
+    y3 = float((v64 - x3 / x2 * u64).norm())
+    if y3 <= 1e-9 * max(x2, float(v64.norm())):
+        raise BasinscopeError("the three models lie on one line; they do not span a plane")
+    xs, ys = np.array([0.0, x2, x3]), np.array([0.0, 0.0, y3])
+    w, h = xs.max() - xs.min(), ys.max() - ys.min()
+    xspan = (xs.min() - margin * w, xs.max() + margin * w)
+    yspan = (ys.min() - margin * h, ys.max() + margin * h)
+    coords = [_grid(xspan, steps, "a plane"), _grid(yspan, steps, "a plane")]
+    # (x, y) -> (s, t) -> weights (1 - s - t, s, t) on (θ1, θ2, θ3).
+    ds_dx, dt_dy, ds_dy = 1.0 / x2, 1.0 / y3, -x3 / (x2 * y3)
+    matrix = np.array([[-ds_dx, ds_dx, 0.0], [-(ds_dy + dt_dy), ds_dy, dt_dy]])
+    loss_marks, _ = obj.evaluate(torch.stack(thetas))
+    meta = {
+        "kind": "three_model_plane",
+        "marks": {lab: [float(x), float(y)] for lab, x, y in zip(labels, xs, ys, strict=True)},
+        "mark_losses": {lab: float(v) for lab, v in zip(labels, loss_marks, strict=True)},
+        "xlabel": f"distance along {labels[1]} − {labels[0]}",
+        "ylabel": f"distance toward {labels[2]}",
+    }
+    return _compute(
+        obj,
+        torch.stack(thetas),
+        coords,
+        test,
+        path,
+        chunk,
+        progress,
+        {**meta, **(attrs or {})},
+        origin=torch.zeros_like(thetas[0]),
+        coef_map=(np.array([1.0, 0.0, 0.0]), matrix),
+        update_bn=update_bn,
+    )
+
+
+def trajectory_plane(
+    obj: Objective,
+    snapshots: Any,
+    *,
+    margin: float = 0.2,
+    steps: int = 31,
+    test: Any = None,
+    path: str | Path | None = None,
+    chunk: int = 64,
+    progress: bool = False,
+    update_bn: Any = None,
+    attrs: dict[str, Any] | None = None,
+) -> Surface:
+    """The loss on the plane of the training trajectory's two principal directions
+    (Li et al. 2018, §7), through ``obj.theta0`` (the final weights).
+
+    Directions come from :func:`basinscope.directions.pca_directions`; the grid
+    covers the projected trajectory plus ``margin`` times its extent. The
+    trajectory's coordinates and the explained variance are stored in
+    ``attrs["trajectory"]`` and ``attrs["explained_variance_ratio"]``.
+    """
+    from .directions import pca_directions
+    from .errors import BasinscopeError
+
+    rows = (
+        snapshots
+        if isinstance(snapshots, Tensor)
+        else [_flat(obj, s, f"snapshot {i}") for i, s in enumerate(snapshots)]
+    )
+    traj = torch.stack(list(rows)) if not isinstance(rows, Tensor) else rows
+    pca = pca_directions(traj.to(obj.dtype), obj.theta0)
+    xy = pca.coordinates
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    ext = np.maximum(hi - lo, 1e-12)
+    if not (np.isfinite(margin) and margin >= 0):
+        raise BasinscopeError(f"margin must be a non-negative number, got {margin}")
+    coords = [
+        _grid((lo[k] - margin * ext[k], hi[k] + margin * ext[k]), steps, "a trajectory plane")
+        for k in range(2)
+    ]
+    meta = {
+        "kind": "trajectory_plane",
+        "trajectory": xy.tolist(),
+        "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
+        "xlabel": f"PC1 ({100 * pca.explained_variance_ratio[0]:.1f} %)",
+        "ylabel": f"PC2 ({100 * pca.explained_variance_ratio[1]:.1f} %)",
+    }
+    return _compute(
+        obj,
+        pca.directions.to(obj.dtype),
+        coords,
+        test,
+        path,
+        chunk,
+        progress,
+        {**meta, **(attrs or {})},
+        update_bn=update_bn,
+    )
+
+
+class _BatchNormUpdate:
+    """Recompute BatchNorm running statistics at each point, as SWA's ``update_bn`` does.
+
+    At a point θ the running mean and variance of every BatchNorm layer are
+    reset and re-estimated from the batches of ``data`` in train mode (the
+    cumulative average, ``momentum=None``, over batches of ``obj.batch_size``),
+    with every other module left in eval mode (dropout off); the point is then
+    evaluated in eval mode with those statistics. Without it a point far from
+    θ0 is evaluated with θ0's statistics, which can make a basin look sharper
+    than it is (Izmailov et al. 2018; Garipov et al. 2018).
+
+    **Cost:** one extra forward pass over ``data`` per point, and every point
+    runs the whole network (the first-layer shortcut does not apply): roughly
+    ``1 + |data|/|eval data|`` times the plain evaluation of the point.
+    """
+
+    def __init__(self, obj: Objective, data: Any):
+        from torch import nn
+
+        from .errors import BasinscopeError
+
+        self.bn = {
+            name: m
+            for name, m in obj.model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        }
+        if not self.bn:
+            raise BasinscopeError(
+                "update_bn needs a model with BatchNorm layers that track running statistics"
+            )
+        self.data = obj.with_data(data)
+
+    def _buffers(self, obj: Objective, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        buffers: dict[str, Tensor] = {}
+        for name, m in self.bn.items():
+            prefix = f"{name}." if name else ""
+            buffers[prefix + "running_mean"] = torch.zeros_like(m.running_mean)
+            buffers[prefix + "running_var"] = torch.ones_like(m.running_var)
+            buffers[prefix + "num_batches_tracked"] = torch.zeros_like(m.num_batches_tracked)
+        saved = {name: (m.training, m.momentum) for name, m in self.bn.items()}
+        try:
+            for m in self.bn.values():
+                m.train()
+                m.momentum = None  # cumulative average over the batches
+            for x, _ in self.data._chunks():
+                obj._forward({**params, **buffers}, x)
+        finally:
+            for name, m in self.bn.items():
+                m.train(saved[name][0])
+                m.momentum = saved[name][1]
+        return buffers
+
+    @torch.no_grad()
+    def evaluate(
+        self, objs: list[Objective], coef: Tensor, dirs: Tensor, origin: Tensor
+    ) -> list[tuple[Tensor, Tensor]]:
+        """``(loss[K], acc[K])`` on each Objective's data at ``origin + coef @ dirs``."""
+        first = objs[0]
+        sums = [torch.zeros(2, len(coef), dtype=torch.float64) for _ in objs]
+        for k, c in enumerate(coef.tolist()):
+            theta = origin.clone()
+            for j, cj in enumerate(c):
+                if cj != 0:
+                    theta.add_(dirs[j], alpha=cj)
+            params = first.space.unflatten(theta)
+            full = {**params, **self._buffers(first, params)}
+            for o, acc in zip(objs, sums, strict=True):
+                for x, y in o._chunks():
+                    dl, dc = o._stats(o._forward(full, x), y)
+                    acc[0, k] += float(dl)
+                    acc[1, k] += float(dc)
+        return [(a[0] / o.n_examples, a[1] / o.n_examples) for o, a in zip(objs, sums, strict=True)]
