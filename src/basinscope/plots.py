@@ -667,3 +667,44 @@ def plot_xy(
     if title:
         ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_scatter(
+    x: Sequence[float],
+    y: Sequence[float],
+    path: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+    logx: bool = False,
+    title: str | None = None,
+) -> Path:
+    """One point per run, coloured by ``groups`` (e.g. the learning rate) and
+    annotated with ``labels`` when there are few; NaN points are left out."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise BasinscopeError(f"x and y must be 1-D of equal length, got {xs.shape} and {ys.shape}")
+    keep = np.isfinite(xs) & np.isfinite(ys) & ((xs > 0) if logx else True)
+    fig = _figure((5.6, 4.4))
+    ax = fig.add_subplot()
+    group = np.asarray(groups if groups is not None else [""] * len(xs), dtype=object)
+    for i, g in enumerate(dict.fromkeys(group[keep])):
+        sel = keep & (group == g)
+        ax.scatter(xs[sel], ys[sel], s=36, color=f"C{i}", edgecolor="black", label=str(g) or None)
+    if labels is not None and keep.sum() <= 12:
+        for xi, yi, lab, k in zip(xs, ys, labels, keep, strict=True):
+            if k:
+                ax.annotate(
+                    str(lab), (xi, yi), xytext=(4, 3), textcoords="offset points", fontsize=7
+                )
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if groups is not None:
+        ax.legend(fontsize="small")
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
