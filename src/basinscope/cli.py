@@ -318,6 +318,69 @@ def _cmd_volume(args: argparse.Namespace) -> None:
         print(f"written to {args.json}")
 
 
+# -------------------------------------------------------------------- path
+def _cmd_path(args: argparse.Namespace) -> None:
+    from . import plots
+    from .surface import interpolate, three_model_plane, trajectory_plane
+
+    if args.steps < 2:
+        raise BasinscopeError(f"--steps must be at least 2, got {args.steps}")
+    if not 2 <= len(args.checkpoints) <= 3 and not (args.trajectory and len(args.checkpoints) == 1):
+        raise BasinscopeError(
+            f"give two checkpoints (interpolation), three (their plane), or one with "
+            f"--trajectory; got {len(args.checkpoints)}"
+        )
+    loaded = []
+    for ckpt in args.checkpoints:
+        args.checkpoint = ckpt
+        loaded.append(_load(args))
+    model, data = loaded[0]
+    # All parameters are coordinates: the models differ in their biases too.
+    obj = _objective(args, model, data, skip_bias_norm=False)
+    labels = args.labels or [Path(c).name or str(c) for c in args.checkpoints]
+    if len(labels) != len(args.checkpoints):
+        raise BasinscopeError(
+            f"--labels needs one name per checkpoint ({len(args.checkpoints)}), got {len(labels)}"
+        )
+    common = {
+        "steps": args.steps,
+        "test": (data.x_test, data.y_test) if args.data == "both" else None,
+        "path": Path(args.out),
+        "progress": not args.quiet,
+        "update_bn": (data.x_train, data.y_train) if args.update_bn else None,
+    }
+    stem = Path(args.out).with_suffix("")
+    if args.trajectory:
+        from .train import load_trajectory
+
+        epochs, snaps = load_trajectory(args.checkpoints[0])
+        surf = trajectory_plane(obj, snaps, margin=args.margin, **common)
+        written = [plots.plot_contour(surf, f"{stem}_contour.png", title="training trajectory")]
+    elif len(args.checkpoints) == 2:
+        if not args.span[1] > args.span[0]:
+            raise BasinscopeError(f"--span must be MIN MAX with MAX > MIN, got {args.span}")
+        surf = interpolate(obj, loaded[1][0], span=tuple(args.span), labels=tuple(labels), **common)
+        written = [plots.plot_line(surf, f"{stem}_line.png")]
+    else:
+        surf = three_model_plane(
+            obj, tuple(m for m, _ in loaded), labels=tuple(labels), margin=args.margin, **common
+        )
+        written = [plots.plot_contour(surf, f"{stem}_contour.png", title="plane of three models")]
+    print(f"path written to {args.out}; figures: {', '.join(str(p) for p in written)}")
+
+
+# ------------------------------------------------------------------ report
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .report import correlation_report, read_summary
+
+    rows = read_summary(args.study_dir)
+    out = Path(args.study_dir) if Path(args.study_dir).is_dir() else Path(args.study_dir).parent
+    print(
+        correlation_report(rows, out, title=f"Measures against the generalisation gap ({out.name})")
+    )
+    print(f"correlation.md, correlation.json and figures/scatter_*.png in {out}/")
+
+
 # -------------------------------------------------------------------- plot
 def _cmd_plot(args: argparse.Namespace) -> None:
     from . import plots
@@ -518,6 +581,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r-max", type=float, default=1e4, help="largest radius searched")
     p.add_argument("--json", help="also write the result to this JSON file")
     p.set_defaults(func=_cmd_volume)
+
+    p = sub.add_parser(
+        "path",
+        help="paths between minima: interpolation, plane of three models, PCA trajectory",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope path results/lr-batch/high-lr_small-batch results/lr-batch/high-lr_large-batch\n"
+            "basinscope path runs/full runs/tenth runs/hundredth --labels 100% 10% 1% --out plane3.h5\n"
+            "basinscope path runs/a --trajectory --out trajectory.h5   # needs --snapshot-every"
+        ),
+    )
+    p.add_argument("checkpoints", nargs="+", help="run directories (the first gives the data)")
+    p.add_argument("--trajectory", action="store_true", help="PCA plane of one run's trajectory")
+    p.add_argument("--span", type=float, nargs=2, default=[-0.5, 1.5], help="interpolation α range")
+    p.add_argument("--steps", type=int, default=41, help="points per axis (default 41)")
+    p.add_argument("--margin", type=float, default=0.25, help="planes: border around the models")
+    p.add_argument("--labels", nargs="+", help="names of the models in the figures")
+    p.add_argument("--data", choices=["train", "both"], default="both", help="also the test data")
+    p.add_argument("--update-bn", action="store_true", help="recompute BatchNorm stats per point")
+    p.add_argument("--out", default="path.h5", help="HDF5 file; resumed if it exists")
+    p.add_argument("--model", help="package.module:factory for your own state-dict .pt files")
+    p.add_argument("--dataset", help="evaluate on this dataset instead of the first run's")
+    p.add_argument("--data-dir", help="where dataset files are (or are cached)")
+    p.add_argument("--eval-subset", type=int, help="evaluate on a fixed random subset of this size")
+    _common(p)
+    p.set_defaults(func=_cmd_path)
+
+    p = sub.add_parser(
+        "report",
+        help="rank correlation of every sharpness measure with the generalisation gap",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope run --study lr-batch-grid\nbasinscope report results/lr-batch-grid"
+        ),
+    )
+    p.add_argument("study_dir", help="a study directory written by `basinscope run` (summary.csv)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser(
         "plot",

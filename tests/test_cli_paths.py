@@ -1,0 +1,86 @@
+"""`basinscope path` and `basinscope report` from the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from basinscope import Surface
+from basinscope.cli import main
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for seed in (0, 1, 2):
+        code = main(
+            [
+                "train", "--dataset", "digits", "--train-size", "150", "--epochs", "3",
+                "--widths", "16", "--seed", str(seed), "--out", str(root / f"s{seed}"), "--quiet",
+            ]
+        )  # fmt: skip
+        assert code == 0
+    return root
+
+
+def test_interpolation_and_three_model_plane(capsys, runs, tmp_path):
+    a, b, c = (runs / f"s{k}" for k in range(3))
+    out = tmp_path / "interp.h5"
+    code, text, err = _run(
+        capsys, "path", a, b, "--steps", 5, "--span", 0, 1, "--out", out, "--quiet"
+    )
+    assert code == 0, err
+    s = Surface.load(out)
+    final = [json.loads((r / "metrics.json").read_text())["final"] for r in (a, b)]
+    # same training data: the end points are the two runs' own final train and test losses
+    assert s.train_loss[0] == pytest.approx(final[0]["train_loss"], rel=1e-5)
+    assert s.train_loss[-1] == pytest.approx(final[1]["train_loss"], rel=1e-5)
+    assert s.test_acc[-1] == pytest.approx(final[1]["test_acc"], abs=1e-12)
+    assert (tmp_path / "interp_line.png").is_file()
+    out3 = tmp_path / "plane.h5"
+    code, _, err = _run(
+        capsys, "path", a, b, c, "--labels", "A", "B", "C", "--steps", 4, "--out", out3, "--quiet"
+    )
+    assert code == 0, err
+    p = Surface.load(out3)
+    assert p.train_loss.shape == (4, 4) and p.complete
+    assert set(p.attrs["marks"]) == {"A", "B", "C"}
+    losses = list(p.attrs["mark_losses"].values())
+    assert losses[0] == pytest.approx(final[0]["train_loss"], rel=1e-5)
+    code, _, err = _run(capsys, "path", a, "--out", tmp_path / "x.h5")
+    assert code == 2 and "two checkpoints" in err
+    code, _, err = _run(capsys, "path", a, b, "--labels", "A", "--out", tmp_path / "y.h5")
+    assert code == 2 and "--labels" in err
+
+
+def test_report_command(capsys, tmp_path):
+    rows = [
+        {"run": f"r{k}", "lr": lr, "batch_size": 16, "gap_loss": g, "gap_acc": g / 3,
+         "lambda_max": lm, "status": "ok"}
+        for k, (lr, g, lm) in enumerate([(0.1, 0.1, 1.0), (0.2, 0.3, 5.0), (0.3, 0.2, 2.0), (0.4, 0.5, 9.0)])
+    ]  # fmt: skip
+    with (tmp_path / "summary.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    code, text, err = _run(capsys, "report", tmp_path)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "correlation.json").read_text())
+    lam = next(d for d in saved if d["measure"] == "lambda_max" and d["gap"] == "gap_loss")
+    assert lam["tau"] == pytest.approx(1.0) and lam["n"] == 4
+    assert np.isfinite(lam["p_value"])
+    with (tmp_path / "summary.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows[:2])
+    code, _, err = _run(capsys, "report", tmp_path)
+    assert code == 2 and "at least 3 finished runs" in err and "Traceback" not in err
