@@ -158,3 +158,32 @@ def test_hessian_measure_in_a_study(tmp_path):
     v = torch.randn(obj.n, generator=torch.Generator().manual_seed(0))
     v = v / v.norm()
     assert float(v @ obj.hvp(v)) <= saved["lambda_max"] * (1 + 1e-4)
+
+
+def test_lr_batch_grid_adds_interpolation_and_correlations(tmp_path):
+    st = study.lr_batch_grid(epochs=2, train_size=200, batch_sizes=(100, 20))
+    st.measures = ("surface",)
+    st.measure = MeasureConfig(grid_size=3, noise_samples=4, radius=0.5)
+    reports = run_study(st, tmp_path, progress=False)
+    root = tmp_path / "lr-batch"
+    by = {r.name: r for r in reports}
+    for lr in ("high-lr", "low-lr"):
+        s = bs.Surface.load(root / f"interpolation_{lr}.h5")
+        x = s.xcoordinates
+        assert s.complete and x[0] == -0.5 and x[-1] == 1.5
+        small, large = by[f"{lr}_small-batch"].final, by[f"{lr}_large-batch"].final
+        assert s.train_loss[x == 0][0] == pytest.approx(small["train_loss"], rel=1e-5)
+        assert s.train_loss[x == 1][0] == pytest.approx(large["train_loss"], rel=1e-5)
+        assert s.test_acc[x == 1][0] == pytest.approx(large["test_acc"], abs=1e-12)
+        assert (root / "figures" / f"interpolation_{lr}.png").is_file()
+    text = (root / "summary.md").read_text()
+    assert "Interpolation between minima" in text and "Kendall" in text
+    corr = json.loads((root / "correlation.json").read_text())
+    assert {c["measure"] for c in corr} >= {"noise_sharpness", "param_norm"}
+    assert all(c["n"] == 4 for c in corr)
+    with (root / "summary.csv").open() as fh:
+        norms = [float(r["param_norm"]) for r in csv.DictReader(fh)]
+    model = by["high-lr_small-batch"].model
+    assert norms[list(by).index("high-lr_small-batch")] == pytest.approx(
+        float(sum(p.detach().double().pow(2).sum() for p in model.parameters()).sqrt()), rel=1e-12
+    )

@@ -42,7 +42,7 @@ from .data import DataBundle
 from .directions import random_directions
 from .errors import BasinscopeError
 from .objective import Objective
-from .surface import Surface, plane
+from .surface import Surface, interpolate, plane
 from .train import TrainConfig, load_config_data, train
 from .train import _fingerprint as data_fingerprint
 
@@ -196,6 +196,63 @@ def lr_batch_grid(
         runs=runs,
         description="high/low learning rate × large/small batch (Keskar et al. 2017)",
         measures=("surface", "hessian"),
+        finish=_lr_batch_finish,
+    )
+
+
+def _interpolation_pairs(reports: list[RunReport]) -> list[tuple[str, RunReport, RunReport]]:
+    """(label, small-batch run, large-batch run) for each learning rate of the grid."""
+    by_name = {r.name: r for r in reports if not r.diverged}
+    pairs = []
+    for name, r in by_name.items():
+        if name.endswith("_small-batch"):
+            prefix = name[: -len("_small-batch")]
+            other = by_name.get(prefix + "_large-batch")
+            if other is not None:
+                pairs.append((prefix, r, other))
+    return pairs
+
+
+def _lr_batch_finish(study: Study, reports: list[RunReport], root: Path) -> str:
+    """Keskar et al.'s Fig. 3: the line from the small-batch to the large-batch
+    minimum, ``(1−α)θ_small + αθ_large`` for α ∈ [−0.5, 1.5], at each learning rate."""
+    text = ""
+    for label, small, large in _interpolation_pairs(reports):
+        obj = Objective(
+            small.model,
+            nn.CrossEntropyLoss(),
+            (small.data.x_train, small.data.y_train),
+            device=small.config.device,
+        )
+        surf = interpolate(
+            obj,
+            large.model,
+            span=(-0.5, 1.5),
+            steps=41,
+            test=(small.data.x_test, small.data.y_test),
+            path=root / f"interpolation_{label}.h5",
+            labels=("small batch", "large batch"),
+        )
+        plots.plot_line(
+            surf,
+            root / "figures" / f"interpolation_{label}.png",
+            title=f"{label}: small-batch (α=0) to large-batch (α=1) minimum",
+        )
+        inside = (surf.xcoordinates >= 0) & (surf.xcoordinates <= 1)
+        ends = max(
+            surf.train_loss[surf.xcoordinates == 0][0], surf.train_loss[surf.xcoordinates == 1][0]
+        )
+        barrier = float(surf.train_loss[inside].max() - ends)
+        left = float(surf.train_loss[surf.xcoordinates == -0.5][0])
+        right = float(surf.train_loss[surf.xcoordinates == 1.5][0])
+        text += (
+            f"\n**{label}**, interpolation small → large batch: train-loss barrier between them "
+            f"{barrier:.4f}; at α = −0.5 (beyond the small-batch minimum) the train loss is "
+            f"{left:.4f}, at α = 1.5 (beyond the large-batch one) {right:.4f}. "
+            f"Figure: figures/interpolation_{label}.png.\n"
+        )
+    return (
+        ("\n## Interpolation between minima (Keskar et al. 2017, Fig. 3)\n" + text) if text else ""
     )
 
 
@@ -519,6 +576,10 @@ def run_study(
         result = train(cfg, data, out_dir=root / name, progress=progress)
         report = RunReport(name, cfg, result.final, result.diverged, result.message)
         report.model, report.data = result.model, data
+        # ‖θ‖₂, the baseline every sharpness measure is compared with (Jiang et al. 2019).
+        report.values["param_norm"] = float(
+            sum(p.detach().double().pow(2).sum() for p in result.model.parameters()) ** 0.5
+        )
         if result.diverged:
             print(f"[{study.name}] {name}: {result.message}", flush=True)
         else:
@@ -528,8 +589,24 @@ def run_study(
                 MEASURES[measure](report, study.measure, root / name, progress)
         reports.append(report)
     extra = study.finish(study, reports, root) if study.finish else ""
+    extra += _correlations(reports, root)
     write_report(reports, root, extra)
     return reports
+
+
+def _correlations(reports: list[RunReport], root: Path) -> str:
+    """The measures' rank correlation with the gap, for studies with ≥ 3 finished runs."""
+    from .report import correlation_report
+
+    if sum(not r.diverged for r in reports) < 3:
+        return ""
+    try:
+        text = correlation_report(
+            [r.row() for r in reports], root, title="Which measure tracks the generalisation gap"
+        )
+    except BasinscopeError:  # no measure columns (e.g. a volume-only study without gaps)
+        return ""
+    return "\n" + text
 
 
 def _measure_surface(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
