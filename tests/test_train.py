@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,6 +17,8 @@ from basinscope.train import (
     Checkpoint,
     TrainConfig,
     load_checkpoint,
+    load_trajectory,
+    make_model,
     make_scheduler,
     train,
 )
@@ -122,6 +125,20 @@ def test_from_toml(tmp_path):
             r"train_size 0 is not valid; give a count >= 1, a fraction in \(0, 1\]",
         ),
         ({"train_size": 1.5}, "train_size 1.5 is not valid"),
+        ({"sam_rho": -0.05}, r"sam_rho -0.05 is not valid; give 0 \(no SAM\) or a positive"),
+        ({"sam_rho": float("inf")}, "sam_rho inf is not valid"),
+        ({"sam_adaptive": True}, "sam_adaptive True is not valid; ASAM needs a positive sam_rho"),
+        ({"sam_adaptive": 1, "sam_rho": 0.5}, "sam_adaptive 1 is not valid; give true or false"),
+        ({"swa_start": 0}, r"swa_start 0 is not valid; give the epoch \(>= 1\)"),
+        ({"swa_start": 2.0}, "swa_start 2.0 is not valid"),
+        (
+            {"swa_start": 21},
+            "swa_start 21 is not valid; give an epoch no later than the last one, 20",
+        ),
+        ({"swa_lr": 0.01}, "swa_lr 0.01 is not valid; swa_lr needs swa_start"),
+        ({"swa_lr": 0.0, "swa_start": 5}, "swa_lr 0.0 is not valid; give a positive"),
+        ({"snapshot_every": -1}, r"snapshot_every -1 is not valid; give 0 \(off\)"),
+        ({"snapshot_every": True}, "snapshot_every True is not valid"),
     ],
 )
 def test_validate_errors(kw, match):
@@ -379,3 +396,242 @@ def test_finished_run_is_not_trained_again(data, tmp_path, monkeypatch):
     # Different data in the same directory is trained afresh.
     with pytest.raises(AssertionError, match="optimizer.step called"):
         train(config, _clusters(seed=1), out_dir=tmp_path, progress=False)
+
+
+# ----------------------------------------------------------------------------- SAM, SWA, trajectory
+
+
+def bn_mlp(input_shape, n_classes):
+    """A model with BatchNorm for the SWA test (built by name: 'test_train:bn_mlp')."""
+    d = math.prod(input_shape)
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(d, 8),
+        torch.nn.BatchNorm1d(8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, n_classes),
+    )
+
+
+def _flat(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _crash_at(epoch: int):
+    class Crash(Exception):
+        pass
+
+    def hook(rec):
+        if rec["epoch"] == epoch:
+            raise Crash
+
+    return Crash, hook
+
+
+def test_config_json_records_every_training_choice(data, tmp_path):
+    config = _small(
+        optimizer="adamw",
+        weight_decay=5e-3,
+        dropout=0.1,
+        warmup_steps=2,
+        schedule="cosine",
+        sam_rho=0.5,
+        sam_adaptive=True,
+        swa_start=2,
+        swa_lr=0.01,
+        snapshot_every=1,
+        epochs=2,
+    )
+    train(config, data, out_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    expected = {
+        "optimizer": "adamw",
+        "weight_decay": 5e-3,
+        "dropout": 0.1,
+        "warmup_steps": 2,
+        "schedule": "cosine",
+        "sam_rho": 0.5,
+        "sam_adaptive": True,
+        "swa_start": 2,
+        "swa_lr": 0.01,
+        "snapshot_every": 1,
+    }
+    assert {k: saved[k] for k in expected} == expected
+    assert load_checkpoint(tmp_path).config == config
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_sam_wraps_each_optimizer_and_follows_the_schedule(data, optimizer):
+    lr = 0.1 if optimizer == "sgd" else 0.01
+    config = _small(optimizer=optimizer, lr=lr, weight_decay=0.01, warmup_steps=2)
+    config.schedule = "cosine"
+    plain = train(config, data, progress=False)
+    sam = train(dataclasses.replace(config, sam_rho=0.05), data, progress=False)
+    total, w = 12, 2
+    for rec in sam.history[1:]:  # the base optimizer's lr follows warm-up + cosine
+        t = rec["step"]
+        assert rec["lr"] == pytest.approx(
+            lr * 0.5 * (1 + math.cos(math.pi * (t - w) / (total - w))), abs=1e-15
+        )
+    assert [r["lr"] for r in sam.history] == [r["lr"] for r in plain.history]
+    assert not _params_equal(sam.model, plain.model)
+    assert sam.final["train_loss"] < sam.history[0]["train_loss"]
+
+
+def test_swa_model_is_the_mean_of_the_iterates(data, tmp_path):
+    config = _small(epochs=4, swa_start=2, snapshot_every=1, momentum=0.9)
+    result = train(config, data, out_dir=tmp_path, progress=False)
+    traj = result.trajectory
+    assert traj.epochs == (0, 1, 2, 3, 4)
+    mean = traj.params[2:].double().mean(0)  # the iterates after epochs 2, 3, 4
+    torch.testing.assert_close(_flat(result.model).double(), mean, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(_flat(result.model), traj.params[-1])
+
+    # The last record describes the saved SWA model; final_iterate the last iterate.
+    assert result.final["weights"] == "swa" and result.final["swa_n_averaged"] == 3
+    assert result.final_iterate == result.history[-2] and "weights" not in result.final_iterate
+    assert [r["epoch"] for r in result.history] == [0, 1, 2, 3, 4, 4]
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(result.model(data.x_train).double(), data.y_train)
+        last = make_model(config, (1, 4, 4), 3)
+        torch.nn.utils.vector_to_parameters(traj.params[-1], last.parameters())
+        last_loss = torch.nn.functional.cross_entropy(last(data.x_train).double(), data.y_train)
+    assert result.final["train_loss"] == pytest.approx(loss.item(), rel=1e-6)
+    assert result.final_iterate["train_loss"] == pytest.approx(last_loss.item(), rel=1e-6)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["final"] == result.final and metrics["final_iterate"] == result.final_iterate
+    ckpt = load_checkpoint(tmp_path)
+    assert torch.equal(_flat(ckpt.model), _flat(result.model))
+
+
+def test_swa_lr_anneals_to_the_target_from_swa_start(data):
+    # 4 steps per epoch: SWALR starts after epoch 2 and reaches swa_lr one epoch later.
+    config = _small(epochs=5, swa_start=2, swa_lr=0.01, lr=0.05)
+    result = train(config, data, progress=False)
+    lrs = [r["lr"] for r in result.history[:-1]]
+    assert lrs[:3] == pytest.approx([0.05, 0.05, 0.05], rel=1e-12)
+    assert lrs[3:] == pytest.approx([0.01, 0.01, 0.01], rel=1e-12)
+    no_swalr = train(dataclasses.replace(config, swa_lr=None), data, progress=False)
+    assert [r["lr"] for r in no_swalr.history] == pytest.approx([0.05] * 7)
+    assert not _params_equal(result.model, no_swalr.model)
+
+
+def test_swa_recomputes_batchnorm_statistics(data):
+    config = _small(model="test_train:bn_mlp", model_kwargs={}, epochs=3, swa_start=2)
+    result = train(config, data, progress=False)
+    bn = result.model[2]
+    # update_bn: cumulative average over the training set in batches of 32 (32, 32, 32, 4).
+    with torch.no_grad():
+        h = result.model[1](result.model[0](data.x_train))
+        chunks = list(h.split(32))
+        mean = torch.stack([c.mean(0) for c in chunks]).mean(0)
+        var = torch.stack([c.var(0, unbiased=True) for c in chunks]).mean(0)
+    assert bn.num_batches_tracked.item() == 4
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-5, atol=1e-6)
+    assert result.final["weights"] == "swa"
+
+
+@pytest.mark.parametrize(
+    ("extra", "crash"),
+    [
+        ({"sam_rho": 0.05}, 1),
+        ({"sam_rho": 0.5, "sam_adaptive": True, "swa_start": 2}, 1),
+        ({"swa_start": 2, "swa_lr": 0.02, "snapshot_every": 1}, 3),
+        ({"sam_rho": 0.05, "swa_start": 1, "swa_lr": 0.02, "snapshot_every": 2}, 2),
+        ({"sam_rho": 0.05, "swa_start": 3, "snapshot_every": 1}, 4),  # after the last epoch
+    ],
+)
+def test_resume_is_bit_identical_with_sam_and_swa(data, tmp_path, extra, crash):
+    config = _small(epochs=4, dropout=0.2, momentum=0.9, warmup_steps=3, schedule="cosine", **extra)
+    whole = train(config, data, out_dir=tmp_path / "whole", progress=False)
+    Crash, hook = _crash_at(crash)
+    run = tmp_path / "crashed"
+    with pytest.raises(Crash):
+        train(config, data, out_dir=run, progress=False, on_epoch_end=hook)
+    assert (run / "state.pt").exists() and not (run / "model.pt").exists()
+    seen = []
+    resumed = train(config, data, out_dir=run, progress=False, on_epoch_end=seen.append)
+    assert [r["epoch"] for r in seen] == list(range(crash + 1, 5))
+    assert _params_equal(resumed.model, whole.model)
+    assert resumed.history == whole.history
+    assert resumed.final_iterate == whole.final_iterate
+    if config.snapshot_every:
+        assert resumed.trajectory.epochs == whole.trajectory.epochs
+        assert torch.equal(resumed.trajectory.params, whole.trajectory.params)
+        assert torch.equal(load_trajectory(run).params, whole.trajectory.params)
+
+
+def test_trajectory_snapshots(data, tmp_path):
+    config = _small(epochs=5, snapshot_every=2)
+    result = train(config, data, out_dir=tmp_path, progress=False)
+    traj = result.trajectory
+    n = sum(p.numel() for p in result.model.parameters())
+    assert traj.epochs == (0, 2, 4, 5)
+    assert traj.params.shape == (4, n) and traj.params.dtype == torch.float32
+    assert traj.names == tuple(name for name, _ in result.model.named_parameters())
+    assert torch.equal(traj.params[-1], _flat(result.model))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        init = make_model(config, (1, 4, 4), 3)
+    assert torch.equal(traj.params[0], _flat(init))
+    assert all(not torch.equal(traj.params[i], traj.params[i + 1]) for i in range(3))
+    last = traj.unflatten(3)
+    assert all(torch.equal(last[k], v) for k, v in result.model.named_parameters())
+
+    loaded = load_trajectory(tmp_path)
+    assert loaded.epochs == traj.epochs and torch.equal(loaded.params, traj.params)
+    assert loaded.names == traj.names and loaded.shapes == traj.shapes
+    again = train(config, data, out_dir=tmp_path, progress=False)
+    assert again.reused and torch.equal(again.trajectory.params, traj.params)
+    # A finished run whose trajectory went missing is trained again, and writes it.
+    (tmp_path / "trajectory.pt").unlink()
+    redone = train(config, data, out_dir=tmp_path, progress=False)
+    assert not redone.reused and torch.equal(load_trajectory(tmp_path).params, traj.params)
+    # Turning snapshots off removes the stale file.
+    train(dataclasses.replace(config, snapshot_every=0), data, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "trajectory.pt").exists()
+    assert train(_small(epochs=1), data, progress=False).trajectory is None
+
+
+def test_resume_without_its_trajectory_starts_afresh(data, tmp_path):
+    config = _small(epochs=3, snapshot_every=1)
+    whole = train(config, data, progress=False)
+    Crash, hook = _crash_at(2)
+    with pytest.raises(Crash):
+        train(config, data, out_dir=tmp_path, progress=False, on_epoch_end=hook)
+    (tmp_path / "trajectory.pt").unlink()
+    seen = []
+    resumed = train(config, data, out_dir=tmp_path, progress=False, on_epoch_end=seen.append)
+    assert [r["epoch"] for r in seen] == [1, 2, 3]
+    assert torch.equal(resumed.trajectory.params, whole.trajectory.params)
+
+
+def test_load_trajectory_errors(tmp_path):
+    with pytest.raises(BasinscopeError, match="does not exist; train with snapshot_every > 0"):
+        load_trajectory(tmp_path)
+    (tmp_path / "trajectory.pt").write_text("junk")
+    with pytest.raises(BasinscopeError, match="could not be read as a weight trajectory"):
+        load_trajectory(tmp_path / "trajectory.pt")
+
+
+def test_swa_start_beyond_a_steps_budget(data):
+    # 100 examples in batches of 32: 5 steps make 2 epochs.
+    with pytest.raises(BasinscopeError, match="swa_start 3 is not valid; these 5 steps make 2 ep"):
+        train(_small(steps=5, swa_start=3), data, progress=False)
+
+
+def test_runs_saved_before_the_new_options_are_reused(data, tmp_path):
+    first = train(_small(), data, out_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    for key in ("sam_rho", "sam_adaptive", "swa_start", "swa_lr", "snapshot_every"):
+        del saved[key]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    again = train(_small(), data, out_dir=tmp_path, progress=False)
+    assert again.reused and _params_equal(again.model, first.model)
+
+
+def test_sam_updates_batchnorm_statistics_once_per_step(data):
+    config = _small(model="test_train:bn_mlp", model_kwargs={}, epochs=1, sam_rho=0.05)
+    result = train(config, data, progress=False)
+    assert result.model[2].num_batches_tracked.item() == 4  # 4 steps, not 8 passes

@@ -16,6 +16,13 @@ built on it:
   training again.
 * **Divergence is a result, not an exception.** A NaN/inf minibatch loss stops
   training and is reported in :attr:`TrainResult.message` and ``metrics.json``.
+
+The training choices the studies compare are config options, all recorded in the
+run's ``config.json``: optimizer (SGD with coupled weight decay, Adam, AdamW with
+decoupled weight decay), dropout, linear warm-up + cosine annealing, SAM/ASAM
+around the optimizer (:class:`basinscope.optim.SAM`), stochastic weight averaging
+(``torch.optim.swa_utils``), and snapshots of the weight trajectory for
+PCA-of-trajectory directions (:class:`Trajectory`, :func:`load_trajectory`).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from tqdm import tqdm
 
 from basinscope._io import atomic_torch_save, atomic_write_json
@@ -43,17 +51,19 @@ from basinscope._rng import item_generator, item_seed
 from basinscope.data import DataBundle
 from basinscope.errors import BasinscopeError
 from basinscope.models import MODELS, _check_options, build_model
+from basinscope.optim import SAM, frozen_running_stats
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 """Accepted values of :attr:`TrainConfig.optimizer`."""
 SCHEDULES = ("constant", "cosine")
 """Accepted values of :attr:`TrainConfig.schedule`."""
 
-MODEL_FILE, CONFIG_FILE, METRICS_FILE, STATE_FILE = (
+MODEL_FILE, CONFIG_FILE, METRICS_FILE, STATE_FILE, TRAJECTORY_FILE = (
     "model.pt",
     "config.json",
     "metrics.json",
     "state.pt",
+    "trajectory.pt",
 )
 # Keys config.json holds beside the TrainConfig fields: facts about the run.
 _RUN_KEYS = (
@@ -68,6 +78,8 @@ _RUN_KEYS = (
 _METRIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 # Dropout streams use indices far above any epoch index used for shuffling.
 _DROPOUT_STREAM = 1 << 32
+# The stream of dropout masks drawn while update_bn recomputes the SWA model's statistics.
+_UPDATE_BN_STREAM = 2 << 32
 _EVAL_BATCH = 1024
 
 
@@ -124,6 +136,22 @@ class TrainConfig:
         steps: if set, train exactly this many optimizer steps instead of ``epochs``.
         warmup_steps: linear warm-up length in optimizer steps.
         schedule: one of :data:`SCHEDULES` after the warm-up; see :func:`lr_factor`.
+        sam_rho: SAM radius ``ρ`` (Foret et al. 2021) around the optimizer, see
+            :class:`basinscope.optim.SAM`; ``0`` trains without SAM. The papers'
+            values are 0.05 (SAM) and 0.5 (ASAM).
+        sam_adaptive: ASAM (Kwon et al. 2021, ``η = 0.01``) instead of SAM; needs ``sam_rho > 0``.
+        swa_start: stochastic weight averaging (Izmailov et al. 2018): average the
+            weights at the end of epochs ``swa_start, swa_start + 1, …, last``
+            (``torch.optim.swa_utils.AveragedModel``, equal weights); the average,
+            with BatchNorm statistics recomputed over the training set
+            (``update_bn``), is the model returned, saved and measured. ``None``: off.
+        swa_lr: with SWA, from the end of epoch ``swa_start`` on the learning rate
+            anneals (cosine, over one epoch's steps, ``torch.optim.swa_utils.SWALR``)
+            from its current value to ``swa_lr`` and stays there; ``None`` keeps the
+            warm-up/``schedule`` running to the end.
+        snapshot_every: keep the flat trainable-parameter vector after epoch 0
+            (initialisation), every ``snapshot_every``-th epoch and the last epoch
+            (:attr:`TrainResult.trajectory`, ``trajectory.pt``); ``0``: off.
         eval_every_epoch: evaluate after every epoch; else only before and after training.
         seed: seed of initialisation, shuffling and dropout.
         device: torch device string, e.g. ``"cpu"`` or ``"cuda:0"``.
@@ -148,6 +176,11 @@ class TrainConfig:
     steps: int | None = None
     warmup_steps: int = 0
     schedule: str = "constant"
+    sam_rho: float = 0.0
+    sam_adaptive: bool = False
+    swa_start: int | None = None
+    swa_lr: float | None = None
+    snapshot_every: int = 0
     eval_every_epoch: bool = True
     seed: int = 0
     device: str = "cpu"
@@ -224,7 +257,7 @@ class TrainConfig:
             raise bad("train_size", "give a count >= 1, a fraction in (0, 1], or leave it unset")
         if not (_is_number(self.label_noise) and 0.0 <= self.label_noise < 1.0):
             raise bad("label_noise", "give a fraction in [0, 1)")
-        for name in ("standardize", "nesterov", "eval_every_epoch"):
+        for name in ("standardize", "nesterov", "eval_every_epoch", "sam_adaptive"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "give true or false")
         for name in ("seed", "data_seed"):
@@ -266,6 +299,20 @@ class TrainConfig:
             raise bad("warmup_steps", "give a non-negative integer")
         if self.schedule not in SCHEDULES:
             raise bad("schedule", f"accepted: {', '.join(SCHEDULES)}")
+        if not (_is_number(self.sam_rho) and self.sam_rho >= 0):
+            raise bad("sam_rho", "give 0 (no SAM) or a positive radius, e.g. 0.05 (0.5 for ASAM)")
+        if self.sam_adaptive and self.sam_rho == 0:
+            raise bad("sam_adaptive", "ASAM needs a positive sam_rho, e.g. 0.5")
+        if self.swa_start is not None and not (_is_int(self.swa_start) and self.swa_start >= 1):
+            raise bad("swa_start", "give the epoch (>= 1) SWA averages from, or leave it unset")
+        if self.swa_start is not None and self.steps is None and self.swa_start > self.epochs:
+            raise bad("swa_start", f"give an epoch no later than the last one, {self.epochs}")
+        if self.swa_lr is not None and not (_is_number(self.swa_lr) and self.swa_lr > 0):
+            raise bad("swa_lr", "give a positive learning rate or leave it unset")
+        if self.swa_lr is not None and self.swa_start is None:
+            raise bad("swa_lr", "swa_lr needs swa_start, the epoch SWA begins")
+        if not (_is_int(self.snapshot_every) and self.snapshot_every >= 0):
+            raise bad("snapshot_every", "give 0 (off) or a positive number of epochs")
         try:
             torch.device(self.device)
         except (RuntimeError, ValueError, TypeError) as e:
@@ -339,9 +386,65 @@ def make_optimizer(config: TrainConfig, params: Iterable[torch.Tensor]) -> torch
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def make_sam(config: TrainConfig, optimizer: torch.optim.Optimizer, model: nn.Module) -> SAM | None:
+    """SAM/ASAM around ``optimizer`` as the config asks, or ``None`` when ``sam_rho`` is 0.
+
+    The second pass runs inside :func:`basinscope.optim.frozen_running_stats` of
+    ``model``: BatchNorm statistics are updated once per step, at the unperturbed weights.
+    """
+    if config.sam_rho == 0:
+        return None
+    return SAM(optimizer, config.sam_rho, adaptive=config.sam_adaptive, model=model)
+
+
+def make_swa_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> SWALR:
+    """``SWALR`` to ``config.swa_lr``: cosine annealing over one epoch of optimizer steps.
+
+    Built when SWA begins (building it applies its first value to ``optimizer``)
+    and stepped once per optimizer step in place of :func:`make_scheduler`'s.
+    """
+    return SWALR(
+        optimizer, swa_lr=config.swa_lr, anneal_epochs=steps_per_epoch, anneal_strategy="cos"
+    )
+
+
 def make_model(config: TrainConfig, input_shape: Iterable[int], n_classes: int) -> nn.Module:
     """``build_model`` for the config's model, options and dropout (not seeded: caller seeds)."""
     return build_model(config.model, tuple(input_shape), n_classes, **config._model_options())
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Snapshots of the trainable weights along training (for PCA directions, Li et al. 2018).
+
+    Row ``i`` of ``params`` is the flat vector of all trainable parameters after
+    ``epochs[i]`` epochs (0 = initialisation), concatenated in
+    ``model.named_parameters()`` order (the layout of the default
+    :class:`basinscope.ParamSpace`), as float32 on the CPU. With SWA the rows
+    are the optimizer's iterates, not the average.
+
+    Attributes:
+        epochs: ``(k,)`` epoch of each snapshot, increasing.
+        params: ``[k, n]`` float32 CPU tensor.
+        names: the ``len(shapes)`` parameter names, in the order concatenated.
+        shapes: their shapes.
+    """
+
+    epochs: tuple[int, ...]
+    params: torch.Tensor
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    def unflatten(self, i: int) -> dict[str, torch.Tensor]:
+        """Snapshot ``i`` as a name -> tensor dict (views into :attr:`params`)."""
+        out, offset = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            k = math.prod(shape)
+            out[name] = self.params[i, offset : offset + k].view(shape)
+            offset += k
+        return out
 
 
 @dataclass
@@ -349,19 +452,27 @@ class TrainResult:
     """The outcome of :func:`train`.
 
     Attributes:
-        model: the trained model, in eval mode, on ``config.device``.
+        model: the trained model, in eval mode, on ``config.device``: with SWA the
+            averaged model (BatchNorm statistics recomputed), else the last iterate.
+            It is what ``model.pt`` holds.
         config: the config it was trained with.
         history: one record per evaluation: ``{epoch, step, lr, train_loss,
             train_acc, test_loss, test_acc}``; epoch 0 is before training,
             ``lr`` is the rate the next step would use, losses are exact
             dataset means, accuracies fractions in [0, 1] (``test_*`` are
-            ``None`` without test data).
-        diverged: training stopped on a NaN/inf minibatch loss.
+            ``None`` without test data). These describe the optimizer's
+            iterates; with SWA one last record, marked ``"weights": "swa"`` and
+            holding ``swa_n_averaged``, describes the averaged model.
+        diverged: training stopped on a NaN/inf minibatch loss (no SWA model is
+            formed then: the last iterate is returned).
         message: why it stopped, if it diverged; else ``""``.
-        final: the last history record.
+        final: the last history record: the returned, saved model's numbers.
+        final_iterate: the last record of the optimizer's own weights (the final
+            SGD/Adam iterate); equal to ``final`` without SWA.
         out_dir: the run directory, or ``None``.
         wall_time_s: training time in seconds (summed over resumed parts).
         reused: the finished run in ``out_dir`` was returned without training.
+        trajectory: the weight snapshots when ``config.snapshot_every > 0``, else ``None``.
     """
 
     model: nn.Module
@@ -373,6 +484,8 @@ class TrainResult:
     out_dir: Path | None = None
     wall_time_s: float = 0.0
     reused: bool = False
+    final_iterate: dict[str, Any] = field(default_factory=dict)
+    trajectory: Trajectory | None = None
 
 
 @dataclass
@@ -481,9 +594,11 @@ def _identity(config: TrainConfig, fingerprint: str) -> dict[str, Any]:
 
 
 def _saved_identity(saved: Mapping[str, Any]) -> dict[str, Any]:
+    # An option missing from an older config.json had its default value then.
+    defaults = TrainConfig().to_dict()
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "device"]
     return {
-        "config": {k: saved.get(k) for k in names},
+        "config": {k: saved.get(k, defaults[k]) for k in names},
         "data": saved.get("data_fingerprint"),
     }
 
@@ -504,8 +619,15 @@ def _load_finished(out: Path, config: TrainConfig, fingerprint: str) -> TrainRes
         saved, metrics = _read_json(out / CONFIG_FILE), _read_json(out / METRICS_FILE)
     except BasinscopeError:
         return None
-    if _saved_identity(saved) != _identity(config, fingerprint) or not metrics.get("completed"):
+    identity = _identity(config, fingerprint)
+    if _saved_identity(saved) != identity or not metrics.get("completed"):
         return None
+    trajectory = None
+    if config.snapshot_every:
+        saved_trajectory = _read_trajectory(out / TRAJECTORY_FILE)
+        if saved_trajectory is None or saved_trajectory.get("identity") != identity:
+            return None
+        trajectory = _as_trajectory(saved_trajectory)
     ckpt = load_checkpoint(out, device=config.device)
     return TrainResult(
         model=ckpt.model,
@@ -517,6 +639,8 @@ def _load_finished(out: Path, config: TrainConfig, fingerprint: str) -> TrainRes
         out_dir=out,
         wall_time_s=metrics["wall_time_s"],
         reused=True,
+        final_iterate=metrics.get("final_iterate", metrics["final"]),
+        trajectory=trajectory,
     )
 
 
@@ -529,6 +653,107 @@ def _load_state(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     except Exception:  # unreadable state: start afresh, it is only a cache
         return None
     return state if state.get("identity") == identity else None
+
+
+def _snapshot_due(epoch: int, every: int, n_epochs: int) -> bool:
+    """Whether a snapshot is kept after ``epoch`` (0 = initialisation)."""
+    return epoch == 0 or epoch % every == 0 or epoch == n_epochs
+
+
+def _flat(params: list[torch.Tensor]) -> torch.Tensor:
+    """The flat float32 CPU vector of ``params`` (a copy)."""
+    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in params])
+
+
+def _read_trajectory(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    keys = {"epochs", "params", "names", "shapes"}
+    return saved if isinstance(saved, dict) and keys <= set(saved) else None
+
+
+def _as_trajectory(saved: Mapping[str, Any]) -> Trajectory:
+    return Trajectory(
+        epochs=tuple(int(e) for e in saved["epochs"]),
+        params=saved["params"],
+        names=tuple(saved["names"]),
+        shapes=tuple(tuple(int(d) for d in s) for s in saved["shapes"]),
+    )
+
+
+def load_trajectory(run_dir: str | Path) -> Trajectory:
+    """The weight snapshots a run with ``snapshot_every > 0`` wrote (``trajectory.pt``).
+
+    Args:
+        run_dir: the run directory, or its ``trajectory.pt``.
+
+    Returns:
+        A :class:`Trajectory`; ``params`` is ``[k, n]`` float32 on the CPU. A run that
+        is still training (or was interrupted) gives the snapshots taken so far.
+
+    Raises:
+        BasinscopeError: no readable ``trajectory.pt`` there.
+    """
+    path = Path(run_dir)
+    if path.suffix != ".pt":
+        path = path / TRAJECTORY_FILE
+    if not path.is_file():
+        raise BasinscopeError(
+            f"{str(path)!r} does not exist; train with snapshot_every > 0 to record the "
+            "weight trajectory."
+        )
+    saved = _read_trajectory(path)
+    if saved is None:
+        raise BasinscopeError(
+            f"{str(path)!r} could not be read as a weight trajectory; train the run again."
+        )
+    return _as_trajectory(saved)
+
+
+class _Snapshots:
+    """The trajectory being recorded; with a run directory, each new snapshot is saved."""
+
+    def __init__(self, model: nn.Module, identity: dict[str, Any], path: Path | None) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.names = [n for n, _ in named]
+        self.shapes = [list(p.shape) for p in self.params]
+        self.identity, self.path = identity, path
+        self.epochs: list[int] = []
+        self.rows: list[torch.Tensor] = []
+
+    def resume(self, epoch: int, expected: list[int]) -> bool:
+        """Reload the snapshots up to ``epoch`` from the file; False if it lacks them."""
+        saved = _read_trajectory(self.path) if self.path is not None else None
+        if saved is None or saved.get("identity") != self.identity:
+            return False
+        keep = [i for i, e in enumerate(saved["epochs"]) if e <= epoch]
+        if [saved["epochs"][i] for i in keep] != expected:
+            return False
+        self.epochs = list(expected)
+        self.rows = [saved["params"][i].clone() for i in keep]
+        return True
+
+    def take(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+        self.rows.append(_flat(self.params))
+        if self.path is not None:
+            atomic_torch_save(self.path, {"identity": self.identity, **self._content()})
+
+    def _content(self) -> dict[str, Any]:
+        return {
+            "epochs": list(self.epochs),
+            "params": torch.stack(self.rows),
+            "names": list(self.names),
+            "shapes": self.shapes,
+        }
+
+    def trajectory(self) -> Trajectory:
+        return _as_trajectory(self._content())
 
 
 def load_config_data(config: TrainConfig) -> DataBundle:
@@ -555,14 +780,19 @@ def train(
 ) -> TrainResult:
     """Train ``config.model`` on ``data`` with cross-entropy, minibatch by minibatch.
 
+    With ``sam_rho > 0`` every step is a SAM/ASAM step (two forward/backward
+    passes, :class:`basinscope.optim.SAM`); with ``swa_start`` the weights of the
+    last epochs are averaged and the average is the result; with
+    ``snapshot_every`` the weight trajectory is kept.
+
     Args:
         config: the run's settings; validated first.
         data: the dataset; ``None`` loads ``config.dataset`` with
             :func:`basinscope.data.load_dataset`.
-        out_dir: run directory for ``config.json``, ``model.pt``, ``metrics.json``
-            and, while training, the resume state ``state.pt``. A finished run
-            there with the same config and data is returned without training; an
-            interrupted one is resumed.
+        out_dir: run directory for ``config.json``, ``model.pt``, ``metrics.json``,
+            ``trajectory.pt`` (with ``snapshot_every``) and, while training, the
+            resume state ``state.pt``. A finished run there with the same config
+            and data is returned without training; an interrupted one is resumed.
         progress: show a tqdm progress bar (on stderr) with the current loss.
         on_epoch_end: called with each epoch's record (the history entry, or
             ``{epoch, step, lr}`` when the epoch is not evaluated) after the
@@ -579,6 +809,13 @@ def train(
     if data is None:
         data = load_config_data(config)
     _check_data(data)
+    n = len(data.y_train)
+    n_epochs = math.ceil(config.total_steps(n) / config.steps_per_epoch(n))
+    if config.swa_start is not None and config.swa_start > n_epochs:
+        raise BasinscopeError(
+            f"swa_start {config.swa_start} is not valid; these {config.total_steps(n)} steps "
+            f"make {n_epochs} epochs, so give an epoch from 1 to {n_epochs}."
+        )
     fingerprint = _fingerprint(data)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
@@ -602,20 +839,35 @@ def _train(
     _seed_global(config.seed, device)
     model = make_model(config, data.input_shape, data.n_classes).to(device)  # init on the CPU
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
+    sam = make_sam(config, optimizer, model)
     n, bs = len(data.y_train), config.batch_size
     per_epoch, total = config.steps_per_epoch(n), config.total_steps(n)
     n_epochs = math.ceil(total / per_epoch)
-    scheduler = make_scheduler(optimizer, config, total)
+    scheduler = make_scheduler(optimizer, config, total)  # the base optimizer's lr, also under SAM
+    swa_model: AveragedModel | None = None
+    swa_scheduler: SWALR | None = None
     tensors = tuple(t.to(device) for t in (data.x_train, data.y_train, data.x_test, data.y_test))
     x_train, y_train = tensors[0], tensors[1]
     identity = _identity(config, fingerprint)
+    every = config.snapshot_every
+    snapshots = _Snapshots(model, identity, out / TRAJECTORY_FILE if out else None)
 
     epoch, step, history, elapsed = 0, 0, [], 0.0
     state = _load_state(out, identity) if out is not None else None
+    if state is not None and every:
+        expected = [e for e in range(state["epoch"] + 1) if _snapshot_due(e, every, n_epochs)]
+        if not snapshots.resume(state["epoch"], expected):
+            state = None  # the trajectory so far is lost: train afresh rather than leave a gap
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        (sam if sam is not None else optimizer).load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state["swa_model"] is not None:
+            swa_model = AveragedModel(model)
+            swa_model.load_state_dict(state["swa_model"])
+        if state["swa_scheduler"] is not None:  # built after the optimizer's lr is restored
+            swa_scheduler = make_swa_scheduler(optimizer, config, per_epoch)
+            swa_scheduler.load_state_dict(state["swa_scheduler"])
         epoch, step, history, elapsed = (
             state["epoch"],
             state["step"],
@@ -625,7 +877,10 @@ def _train(
     if out is not None:
         from basinscope import __version__
 
-        for name in (MODEL_FILE, METRICS_FILE):  # stale results of another config
+        stale = [MODEL_FILE, METRICS_FILE]  # results of another config
+        if state is None or not every:
+            stale.append(TRAJECTORY_FILE)
+        for name in stale:
             (out / name).unlink(missing_ok=True)
         run_info = {
             "input_shape": list(data.input_shape),
@@ -639,6 +894,8 @@ def _train(
         atomic_write_json(out / CONFIG_FILE, {**config.to_dict(), **run_info})
     if state is None:
         history.append(_record(0, 0, optimizer.param_groups[0]["lr"], model, tensors))
+        if every:
+            snapshots.take(0)
 
     diverged, message = False, ""
     bar = tqdm(
@@ -653,8 +910,9 @@ def _train(
                 if step >= total:
                     break
                 idx = perm[i : i + bs]
+                xb, yb = x_train[idx], y_train[idx]
                 optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+                loss = F.cross_entropy(model(xb), yb)
                 value = loss.item()
                 if not math.isfinite(value):
                     lr = optimizer.param_groups[0]["lr"]
@@ -665,13 +923,27 @@ def _train(
                     )
                     break
                 loss.backward()
-                optimizer.step()
-                scheduler.step()
+                if sam is None:
+                    optimizer.step()
+                else:  # second pass at w + ε̂; BatchNorm statistics come from the first
+                    sam.first_step(zero_grad=True)
+                    with frozen_running_stats(model):
+                        F.cross_entropy(model(xb), yb).backward()
+                    sam.second_step()
+                (swa_scheduler if swa_scheduler is not None else scheduler).step()
                 step += 1
                 bar.update(1)
                 if progress:
                     bar.set_postfix(loss=f"{value:.4g}", epoch=epoch + 1, refresh=False)
             epoch += 1
+            if config.swa_start is not None and epoch >= config.swa_start and not diverged:
+                if swa_model is None:
+                    swa_model = AveragedModel(model)
+                swa_model.update_parameters(model)
+                if config.swa_lr is not None and swa_scheduler is None:
+                    swa_scheduler = make_swa_scheduler(optimizer, config, per_epoch)
+            if every and not diverged and _snapshot_due(epoch, every, n_epochs):
+                snapshots.take(epoch)
             lr = optimizer.param_groups[0]["lr"]
             if config.eval_every_epoch or epoch == n_epochs or diverged:
                 rec = _record(epoch, step, lr, model, tensors)
@@ -686,8 +958,12 @@ def _train(
                     {
                         "identity": identity,
                         "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
+                        "optimizer": (sam if sam is not None else optimizer).state_dict(),
                         "scheduler": scheduler.state_dict(),
+                        "swa_model": None if swa_model is None else swa_model.state_dict(),
+                        "swa_scheduler": None
+                        if swa_scheduler is None
+                        else swa_scheduler.state_dict(),
                         "epoch": epoch,
                         "step": step,
                         "history": history,
@@ -698,6 +974,17 @@ def _train(
                 on_epoch_end(dict(rec))
 
     model.eval()
+    final_iterate = dict(history[-1])
+    if swa_model is not None and not diverged:
+        model = swa_model.module
+        # Recompute BatchNorm statistics for the averaged weights: one pass over the
+        # training set in order (update_bn leaves models without BatchNorm as they are).
+        _seed_global(item_seed(config.seed, _UPDATE_BN_STREAM), device)
+        update_bn([x_train[i : i + bs] for i in range(0, n, bs)], model)
+        rec = _record(epoch, step, optimizer.param_groups[0]["lr"], model, tensors)
+        rec.update(weights="swa", swa_n_averaged=int(swa_model.n_averaged))
+        history.append(rec)
+        model.eval()
     wall = elapsed + time.perf_counter() - start
     final = dict(history[-1])
     if out is not None:
@@ -709,6 +996,7 @@ def _train(
             {
                 "history": history,
                 "final": final,
+                "final_iterate": final_iterate,
                 "diverged": diverged,
                 "message": message,
                 "wall_time_s": wall,
@@ -727,6 +1015,8 @@ def _train(
         final=final,
         out_dir=out,
         wall_time_s=wall,
+        final_iterate=final_iterate,
+        trajectory=snapshots.trajectory() if every else None,
     )
 
 
