@@ -84,3 +84,28 @@ def test_report_command(capsys, tmp_path):
         w.writerows(rows[:2])
     code, _, err = _run(capsys, "report", tmp_path)
     assert code == 2 and "at least 3 finished runs" in err and "Traceback" not in err
+
+
+def test_sam_swa_snapshots_from_the_cli_and_trajectory_plane(capsys, tmp_path):
+    run = tmp_path / "swa"
+    code, _, err = _run(
+        capsys, "train", "--dataset", "digits", "--train-size", "150", "--epochs", "4",
+        "--widths", "16", "--sam-rho", "0.05", "--swa-start", "2", "--swa-lr", "0.05",
+        "--snapshot-every", "1", "--out", run, "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["sam_rho"], cfg["swa_start"], cfg["swa_lr"], cfg["snapshot_every"]) == (
+        0.05, 2, 0.05, 1,
+    )  # fmt: skip
+    out = tmp_path / "traj.h5"
+    # The trajectory holds the SGD iterates; the run's model is their SWA average,
+    # so the plane is centred on the average and the last iterate lies off-centre.
+    code, _, err = _run(capsys, "path", run, "--trajectory", "--steps", 3, "--out", out, "--quiet")
+    assert code == 0, err
+    s = Surface.load(out)
+    assert s.complete and s.train_loss.shape == (3, 3)
+    assert s.attrs["trajectory_epochs"] == [0, 1, 2, 3, 4]
+    evr = s.attrs["explained_variance_ratio"]
+    assert 0 < evr[1] <= evr[0] <= 1
+    assert (tmp_path / "traj_contour.png").is_file()

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import basinscope as bs
 from basinscope import sharpness, study
@@ -187,3 +188,24 @@ def test_lr_batch_grid_adds_interpolation_and_correlations(tmp_path):
     assert norms[list(by).index("high-lr_small-batch")] == pytest.approx(
         float(sum(p.detach().double().pow(2).sum() for p in model.parameters()).sqrt()), rel=1e-12
     )
+
+
+def test_suite_measure_matches_direct_calls(tmp_path):
+    st = _tiny()
+    st.measures = ("suite",)
+    st.measure = MeasureConfig(noise_samples=4, pac_samples=4)
+    reports = run_study(st, tmp_path, progress=False)
+    rep = reports[0]
+    obj = bs.Objective(
+        rep.model, torch.nn.CrossEntropyLoss(), (rep.data.x_train, rep.data.y_train),
+        skip_bias_norm=True,
+    )  # fmt: skip
+    wc = sharpness.worst_case(obj, 0.1, seed=0)
+    pb = sharpness.pac_bayes(obj, target=0.1, samples=4, seed=0, magnitude_aware=True)
+    assert rep.values["worst_case_l2"] == pytest.approx(wc.value, rel=1e-12)
+    assert rep.values["pac_bayes_mag_sigma"] == pytest.approx(pb.sigma, rel=1e-12)
+    saved = json.loads((tmp_path / "tiny" / "a" / "suite.json").read_text())
+    assert saved["keskar"]["value"] == rep.values["keskar"] > 0
+    assert saved["worst_case_linf"]["norm"] == "linf"
+    text = (tmp_path / "tiny" / "summary.md").read_text()
+    assert "Keskar φ" in text and "PAC-Bayes σ" in text

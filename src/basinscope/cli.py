@@ -99,6 +99,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
         "schedule": args.schedule,
         "seed": args.seed,
         "device": args.device,
+        "sam_rho": args.sam_rho,
+        "sam_adaptive": args.sam_adaptive or None,
+        "swa_start": args.swa_start,
+        "swa_lr": args.swa_lr,
+        "snapshot_every": args.snapshot_every,
     }
     base.update({k: v for k, v in fields.items() if v is not None})
     if args.widths is not None:
@@ -353,8 +358,9 @@ def _cmd_path(args: argparse.Namespace) -> None:
     if args.trajectory:
         from .train import load_trajectory
 
-        epochs, snaps = load_trajectory(args.checkpoints[0])
-        surf = trajectory_plane(obj, snaps, margin=args.margin, **common)
+        surf = trajectory_plane(
+            obj, load_trajectory(args.checkpoints[0]), margin=args.margin, **common
+        )
         written = [plots.plot_contour(surf, f"{stem}_contour.png", title="training trajectory")]
     elif len(args.checkpoints) == 2:
         if not args.span[1] > args.span[0]:
@@ -466,7 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_example(
             "basinscope train --dataset digits --lr 0.1 --batch-size 32 --epochs 20 --out runs/a\n"
             "basinscope train --config run.toml --out runs/b\n"
-            "basinscope train --model mypkg.nets:make_net --dataset data.npz --out runs/c"
+            "basinscope train --model mypkg.nets:make_net --dataset data.npz --out runs/c\n"
+            "basinscope train --sam-rho 0.05 --batch-size 512 --out runs/sam\n"
+            "basinscope train --swa-start 60 --swa-lr 0.05 --snapshot-every 5 --out runs/swa"
         ),
     )
     p.add_argument("--config", help="TOML file with TrainConfig fields")
@@ -486,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--schedule", choices=["constant", "cosine"])
+    p.add_argument("--sam-rho", type=float, help="SAM radius ρ around the base optimizer (0: off)")
+    p.add_argument("--sam-adaptive", action="store_true", help="ASAM: elementwise |w|+η scaling")
+    p.add_argument("--swa-start", type=int, help="average weights from this epoch on (SWA)")
+    p.add_argument("--swa-lr", type=float, help="SWA learning rate (SWALR anneals to it)")
+    p.add_argument("--snapshot-every", type=int, help="keep weights every k epochs (PCA paths)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -78,6 +78,13 @@ class MeasureConfig:
     volume_rule: str = "absolute"
     volume_directions: int = 50
     volume_tolerance: float = 1e-2
+    worst_radius: float = 0.1
+    worst_linf_radius: float = 0.002
+    adaptive_radius: float = 0.5
+    adaptive_sigma: float = 0.05
+    keskar_epsilon: float = 1e-3
+    pac_target: float = 0.1
+    pac_samples: int = 16
 
     def validate(self) -> None:
         if self.grid_size < 2:
@@ -91,6 +98,18 @@ class MeasureConfig:
             raise BasinscopeError(f"the noise sigma must be positive, got {self.sigma}")
         if self.noise_samples < 2:
             raise BasinscopeError(f"noise samples must be at least 2, got {self.noise_samples}")
+        for name in (
+            "worst_radius",
+            "worst_linf_radius",
+            "adaptive_radius",
+            "adaptive_sigma",
+            "keskar_epsilon",
+        ):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise BasinscopeError(f"{name.replace('_', ' ')} must be positive, got {value}")
+        if not 0 < self.pac_target < 1:
+            raise BasinscopeError(f"the PAC-Bayes target must lie in (0, 1), got {self.pac_target}")
         if self.volume_directions < 2:
             raise BasinscopeError(
                 f"the volume needs at least 2 directions, got {self.volume_directions}"
@@ -689,10 +708,73 @@ def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: b
     report.values["hessian_trace"] = saved["trace"]
 
 
+def _measure_suite(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
+    """The rest of the sharpness suite (``suite.json``, cached): worst case in an L2 and
+    an L∞ ball and its adaptive version, adaptive noise sharpness, Keskar et al.'s
+    φ, and Jiang et al.'s PAC-Bayes σ (plain and magnitude-aware)."""
+    keys = (
+        "worst_radius",
+        "worst_linf_radius",
+        "adaptive_radius",
+        "adaptive_sigma",
+        "keskar_epsilon",
+        "pac_target",
+        "pac_samples",
+        "direction_seed",
+        "skip_bias_norm",
+        "eval_subset",
+    )
+    settings = {k: getattr(m, k) for k in keys} | {"fingerprint": data_fingerprint(report.data)}
+
+    def compute() -> dict[str, Any]:
+        obj = Objective(
+            report.model,
+            nn.CrossEntropyLoss(),
+            (report.data.x_train, report.data.y_train),
+            skip_bias_norm=m.skip_bias_norm,
+            device=report.config.device,
+            subset=m.eval_subset if m.eval_subset else None,
+        )
+        seed = m.direction_seed
+        parts = {
+            "worst_case_l2": sharpness.worst_case(obj, m.worst_radius, seed=seed),
+            "worst_case_linf": sharpness.worst_case(
+                obj, m.worst_linf_radius, norm="linf", seed=seed
+            ),
+            "adaptive_worst_case": sharpness.worst_case(
+                obj, m.adaptive_radius, adaptive=True, seed=seed
+            ),
+            "adaptive_noise_sharpness": sharpness.average_case(
+                obj, m.adaptive_sigma, samples=m.noise_samples, seed=seed, adaptive=True
+            ),
+            "keskar": sharpness.keskar(obj, m.keskar_epsilon, seed=seed),
+            "pac_bayes": sharpness.pac_bayes(
+                obj, target=m.pac_target, samples=m.pac_samples, seed=seed
+            ),
+            "pac_bayes_mag": sharpness.pac_bayes(
+                obj, target=m.pac_target, samples=m.pac_samples, seed=seed, magnitude_aware=True
+            ),
+        }
+        return {
+            k: (v.to_dict() if hasattr(v, "to_dict") else _asdict(v))
+            | ({"increases": None} if k == "adaptive_noise_sharpness" else {})
+            for k, v in parts.items()
+        }
+
+    saved = _cached_json(out / "suite.json", settings, compute)
+    for key in ("worst_case_l2", "worst_case_linf", "adaptive_worst_case", "keskar"):
+        report.values[key] = saved[key]["value"]
+    report.values["adaptive_noise_sharpness"] = saved["adaptive_noise_sharpness"]["value"]
+    for key in ("pac_bayes", "pac_bayes_mag"):
+        report.values[f"{key}_sigma"] = saved[key]["sigma"]
+        report.values[f"{key}_bound"] = saved[key]["bound"]
+
+
 MEASURES: dict[str, Callable[[RunReport, MeasureConfig, Path, bool], None]] = {
     "surface": _measure_surface,
     "volume": _measure_volume,
     "hessian": _measure_hessian,
+    "suite": _measure_suite,
 }
 
 
@@ -717,6 +799,16 @@ _COLUMNS = [
     ("n_train", "train examples", "{}"),
     ("lambda_max", "λ_max", "{:.4g}"),
     ("hessian_trace", "tr H", "{:.4g}"),
+    ("param_norm", "‖θ‖", "{:.2f}"),
+    ("worst_case_l2", "worst-case L2", "{:.4f}"),
+    ("worst_case_linf", "worst-case L∞", "{:.4f}"),
+    ("adaptive_worst_case", "adaptive worst-case", "{:.4f}"),
+    ("adaptive_noise_sharpness", "adaptive noise", "{:.4f}"),
+    ("keskar", "Keskar φ", "{:.3f}"),
+    ("pac_bayes_sigma", "PAC-Bayes σ", "{:.4g}"),
+    ("pac_bayes_bound", "PAC-Bayes term", "{:.4g}"),
+    ("pac_bayes_mag_sigma", "PAC-Bayes mag. σ", "{:.4g}"),
+    ("pac_bayes_mag_bound", "PAC-Bayes mag. term", "{:.4g}"),
     ("log_volume", "log volume", "{:.1f}"),
     ("volume_ess", "volume ESS", "{:.2f}"),
     ("status", "status", "{}"),

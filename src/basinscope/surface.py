@@ -545,6 +545,9 @@ def trajectory_plane(
     """The loss on the plane of the training trajectory's two principal directions
     (Li et al. 2018, §7), through ``obj.theta0`` (the final weights).
 
+    ``snapshots``: a :class:`basinscope.train.Trajectory` (``load_trajectory(run)``
+    or ``TrainResult.trajectory``), a ``[T, n]`` tensor in ``obj.space``, or a list
+    of models / state dicts; the last one should be ``obj``'s model.
     Directions come from :func:`basinscope.directions.pca_directions`; the grid
     covers the projected trajectory plus ``margin`` times its extent. The
     trajectory's coordinates and the explained variance are stored in
@@ -553,6 +556,10 @@ def trajectory_plane(
     from .directions import pca_directions
     from .errors import BasinscopeError
 
+    epochs = None
+    if hasattr(snapshots, "unflatten") and hasattr(snapshots, "epochs"):  # a train.Trajectory
+        epochs = [int(e) for e in snapshots.epochs]
+        snapshots = [snapshots.unflatten(i) for i in range(len(epochs))]
     rows = (
         snapshots
         if isinstance(snapshots, Tensor)
@@ -572,6 +579,7 @@ def trajectory_plane(
     meta = {
         "kind": "trajectory_plane",
         "trajectory": xy.tolist(),
+        "trajectory_epochs": epochs,
         "explained_variance_ratio": pca.explained_variance_ratio.tolist(),
         "xlabel": f"PC1 ({100 * pca.explained_variance_ratio[0]:.1f} %)",
         "ylabel": f"PC2 ({100 * pca.explained_variance_ratio[1]:.1f} %)",
