@@ -109,3 +109,26 @@ def test_sam_swa_snapshots_from_the_cli_and_trajectory_plane(capsys, tmp_path):
     evr = s.attrs["explained_variance_ratio"]
     assert 0 < evr[1] <= evr[0] <= 1
     assert (tmp_path / "traj_contour.png").is_file()
+
+
+def test_sharpness_suite_and_rescale_from_the_cli(capsys, runs, tmp_path):
+    run = runs / "s0"
+    out = tmp_path / "sharp.json"
+    code, text, err = _run(
+        capsys, "sharpness", run, "--worst-case", "0.1", "--keskar", "1e-3", "--pac-bayes",
+        "--samples", "4", "--json", out, "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    saved = json.loads(out.read_text())
+    assert saved["worst_case"]["radius"] == 0.1 and saved["worst_case"]["value"] > 0
+    assert saved["keskar"]["epsilon"] == 1e-3 and "Keskar φ" in text
+    assert 0 < saved["pac_bayes"]["sigma"] and "PAC-Bayes" in text
+    code, text, err = _run(capsys, "sharpness", run, "--rescale", "net.1", "8", "--quiet")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[-1] for line in text.splitlines()[2:]}
+    assert rows["worst_case_adaptive"] == "yes" and rows["filter_line"] == "yes"
+    assert rows["worst_case_l2"] == "no" and rows["lambda_max"] == "no"
+    code, _, err = _run(capsys, "sharpness", run, "--rescale", "net.3", "2", "--quiet")
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    code, _, err = _run(capsys, "sharpness", run, "--worst-case", "-1", "--quiet")
+    assert code == 2 and "radius" in err

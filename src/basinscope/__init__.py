@@ -8,16 +8,19 @@ surf = bs.plane(obj, d[0], d[1], span=(-1, 1), steps=31)
 
 from __future__ import annotations
 
-from . import directions, hessian, sharpness, volume
-from .directions import normalize, random_directions
+from . import directions, hessian, optim, report, sharpness, volume
+from .directions import normalize, pca_directions, random_directions
 from .errors import BasinscopeError
 from .objective import Objective, ParamSpace
-from .surface import Surface, line, plane
+from .optim import SAM
+from .reparam import rescale
+from .surface import Surface, interpolate, line, plane, three_model_plane, trajectory_plane
 from .volume import basin_volume
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAM",
     "BasinscopeError",
     "Objective",
     "ParamSpace",
@@ -25,10 +28,17 @@ __all__ = [
     "basin_volume",
     "directions",
     "hessian",
+    "interpolate",
     "line",
     "normalize",
+    "optim",
+    "pca_directions",
     "plane",
     "random_directions",
+    "report",
+    "rescale",
     "sharpness",
+    "three_model_plane",
+    "trajectory_plane",
     "volume",
 ]

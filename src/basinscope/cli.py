@@ -223,12 +223,15 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
 
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=True)
+    if args.rescale is not None:
+        _sharpness_rescale(args, model, data, obj)
+        return
     d = random_directions(obj, 2, norm="filter", seed=args.seed)
     eps = sharpness.epsilon(obj, d, args.radius)
     noise = sharpness.average_case(
         obj, args.sigma, samples=args.samples, seed=args.seed, progress=not args.quiet
     )
-    result = {
+    result: dict[str, Any] = {
         "loss": eps.loss0,
         "eps_sharpness": {"radius": eps.radius, "value": eps.value, "argmax": eps.argmax},
         "noise_sharpness": {
@@ -242,8 +245,68 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
     print(f"loss at the minimum        {eps.loss0:.6f}")
     print(f"ε-sharpness (ε = {eps.radius:g})     {eps.value:.6f}")
     print(f"noise sharpness (σ = {noise.sigma:g})  {noise.value:.6f} ± {noise.stderr:.6f}")
+    if args.worst_case is not None:
+        wc = sharpness.worst_case(
+            obj,
+            args.worst_case,
+            norm=args.norm,
+            adaptive=args.adaptive,
+            steps=args.steps,
+            restarts=args.restarts,
+            m=args.m,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        result["worst_case"] = wc.to_dict()
+        kind = ("adaptive " if args.adaptive else "") + args.norm.upper()
+        print(f"worst case, {kind} ball ρ = {wc.radius:g}  {wc.value:.6f}")
+    if args.keskar is not None:
+        k = sharpness.keskar(obj, args.keskar, subspace_dim=args.subspace, seed=args.seed)
+        result["keskar"] = k.to_dict()
+        where = f"{args.subspace}-dim subspace" if args.subspace else "full space"
+        print(f"Keskar φ (ε = {k.epsilon:g}, {where})  {k.value:.6f}")
+    if args.pac_bayes:
+        pb = sharpness.pac_bayes(
+            obj,
+            target=args.target,
+            magnitude_aware=args.magnitude_aware,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+        result["pac_bayes"] = pb.to_dict()
+        kind = "magnitude-aware " if args.magnitude_aware else ""
+        print(
+            f"PAC-Bayes {kind}σ' (error +{pb.target:g})  {pb.sigma:.6g}; bound term {pb.bound:.6g}"
+        )
     if args.json:
         atomic_write_json(args.json, result)
+        print(f"written to {args.json}")
+
+
+def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any) -> None:
+    """Dinh et al. (2017): the same function, rescaled weights; which measures move."""
+    from ._io import atomic_write_json
+    from .reparam import compare_measures, rescale
+
+    layer, alpha_text = args.rescale
+    try:
+        alpha = float(alpha_text)
+    except ValueError:
+        raise BasinscopeError(
+            f"--rescale needs LAYER ALPHA with a number ALPHA, got {alpha_text!r}"
+        ) from None
+    other = _objective(args, rescale(model, layer, alpha), data, skip_bias_norm=True)
+    table = compare_measures(obj, other, seed=args.seed)
+    print(f"rescaling {layer!r} by α = {alpha:g} and the next layer by 1/α (same function):")
+    print(f"{'measure':24s} {'before':>12s} {'after':>12s} {'rel. change':>12s}  invariant")
+    for name, c in table.items():
+        mark = "yes" if c.invariant else "no"
+        print(f"{name:24s} {c.before:12.6g} {c.after:12.6g} {c.rel_change:12.2e}  {mark}")
+    if args.json:
+        atomic_write_json(
+            args.json,
+            {"layer": layer, "alpha": alpha} | {k: dataclasses.asdict(v) for k, v in table.items()},
+        )
         print(f"written to {args.json}")
 
 
@@ -536,14 +599,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "sharpness",
-        help="ε-sharpness and weight-noise sharpness of a checkpoint",
+        help="sharpness measures of a checkpoint (ε, noise, worst case, Keskar, PAC-Bayes)",
         formatter_class=_FORMATTER,
-        epilog=_example("basinscope sharpness runs/a --radius 0.25 --sigma 0.05 --json sharp.json"),
+        epilog=_example(
+            "basinscope sharpness runs/a --radius 0.25 --sigma 0.05 --json sharp.json\n"
+            "basinscope sharpness runs/a --worst-case 0.1 --norm linf --keskar 1e-3 --pac-bayes\n"
+            "basinscope sharpness runs/a --worst-case 0.5 --adaptive --m 128\n"
+            "basinscope sharpness runs/a --rescale net.1 10   # Dinh et al.'s reparameterisation"
+        ),
     )
     _checkpoint_args(p)
     p.add_argument("--radius", type=float, default=0.25, help="ε (filter-normalised units)")
     p.add_argument("--sigma", type=float, default=0.05, help="noise standard deviation")
     p.add_argument("--samples", type=int, default=32, help="noise samples")
+    p.add_argument(
+        "--worst-case", type=float, metavar="RHO", help="worst case in a ball of radius ρ"
+    )
+    p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="the ball's norm")
+    p.add_argument("--adaptive", action="store_true", help="ball scaled by |w| (ASAM-style)")
+    p.add_argument("--m", type=int, help="m-sharpness: worst case per batch of m examples")
+    p.add_argument("--steps", type=int, default=20, help="ascent steps (1: SAM's step)")
+    p.add_argument("--restarts", type=int, default=2, help="ascent restarts")
+    p.add_argument("--keskar", type=float, metavar="EPS", help="Keskar et al.'s φ with box ε")
+    p.add_argument("--subspace", type=int, help="Keskar: a random p-dimensional subspace")
+    p.add_argument("--pac-bayes", action="store_true", help="PAC-Bayes σ' (Jiang et al. 2019)")
+    p.add_argument("--magnitude-aware", action="store_true", help="PAC-Bayes noise σ²w² + ε²")
+    p.add_argument("--target", type=float, default=0.1, help="PAC-Bayes: allowed error increase")
+    p.add_argument(
+        "--rescale",
+        nargs=2,
+        metavar=("LAYER", "ALPHA"),
+        help="compare measures before/after the function-preserving α, 1/α rescaling",
+    )
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=_cmd_sharpness)
 
