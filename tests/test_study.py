@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import numpy as np
@@ -209,3 +210,58 @@ def test_suite_measure_matches_direct_calls(tmp_path):
     assert saved["worst_case_linf"]["norm"] == "linf"
     text = (tmp_path / "tiny" / "summary.md").read_text()
     assert "Keskar φ" in text and "PAC-Bayes σ" in text
+
+
+def test_remedies_study_compares_each_remedy_with_the_base(tmp_path):
+    st = study.remedies_study(epochs=4, train_size=200, batch_size=100)
+    assert list(st.runs) == list(study.REMEDIES)
+    runs = st.runs
+    assert runs["sam"].sam_rho == 0.05 and runs["asam"].sam_adaptive
+    assert runs["swa"].swa_start == 3 and runs["small-batch"].batch_size == 16
+    assert runs["warmup-cosine"].schedule == "cosine" and runs["weight-decay"].weight_decay > 0
+    for name, cfg in runs.items():  # one change each
+        diff = {k for k, v in cfg.to_dict().items() if runs["base"].to_dict()[k] != v}
+        assert (name == "base") == (not diff)
+    st.measures = ("surface", "suite")
+    st.measure = MeasureConfig(grid_size=3, noise_samples=4, pac_samples=4, radius=0.5)
+    reports = run_study(st, tmp_path, progress=False)
+    text = (tmp_path / "remedies" / "summary.md").read_text()
+    assert "Did the remedy flatten the minimum?" in text and "SWA: the averaged weights" in text
+    rows = {r.name: r.row() for r in reports}
+    base, sam = rows["base"], rows["sam"]
+    votes = [
+        (sam[m] > base[m]) if "sigma" in m else (sam[m] < base[m])
+        for m in study._REMEDY_MEASURES
+        if m in sam and sam[m] is not None and sam[m] != base[m]
+    ]
+    assert f"| sam | {sum(votes)}/{len(votes)} |" in text
+    assert sum(f"- **{n}**" in text for n in runs if n != "base") == len(runs) - 1
+    with pytest.raises(bs.BasinscopeError, match="unknown remedy"):
+        study.remedies_study(remedies=("magic",))
+
+
+def test_sam_vs_sgd_runs_a_welch_test(tmp_path):
+    from scipy import stats
+
+    st = study.sam_vs_sgd_study(epochs=2, train_size=200, batch_size=100, seeds=2)
+    assert sorted(st.runs) == ["sam_seed0", "sam_seed1", "sgd_seed0", "sgd_seed1"]
+    st.measures = ()
+    reports = run_study(st, tmp_path, progress=False)
+    acc = {
+        k: [r.final["test_acc"] for r in reports if r.name.startswith(k)] for k in ("sgd", "sam")
+    }
+    p = stats.ttest_ind(acc["sam"], acc["sgd"], equal_var=False).pvalue
+    text = (tmp_path / "sam-vs-sgd" / "summary.md").read_text()
+    assert f"p = {p:.3g}" in text and "Diagnosis" in text
+    with pytest.raises(bs.BasinscopeError, match="at least 2 seeds"):
+        study.sam_vs_sgd_study(seeds=1)
+
+
+def test_lr_batch_grid_study_is_the_full_factorial():
+    st = study.lr_batch_grid_study()
+    keys = {(c.lr, c.batch_size, c.seed) for c in st.runs.values()}
+    assert len(st.runs) == 18 and keys == set(
+        itertools.product((0.5, 0.2, 0.1), (16, 64, 512), (0, 1))
+    )
+    assert {c.epochs for c in st.runs.values()} == {60}
+    assert "suite" in st.measures

@@ -53,23 +53,30 @@ def _cmd_run(args: argparse.Namespace) -> None:
             if args.study != study_name:
                 raise BasinscopeError(f"--{option} applies to --study {study_name} only")
             options[option] = tuple(getattr(args, option))
+    if args.remedies is not None:
+        if args.study != "remedies":
+            raise BasinscopeError("--remedies applies to --study remedies only")
+        options["remedies"] = tuple(args.remedies)
     study = STUDIES[args.study](**options)
-    if args.span <= 0:
+    if args.span is not None and args.span <= 0:
         raise BasinscopeError(
             f"--span must be positive (the grid is [-span, span]), got {args.span}"
         )
+    given = {  # options left out keep the study's own defaults
+        "grid_size": args.grid_size,
+        "span": None if args.span is None else (-args.span, args.span),
+        "radius": args.radius,
+        "sigma": args.sigma,
+        "noise_samples": args.samples,
+        "volume_threshold": args.threshold,
+        "volume_directions": args.directions,
+        "volume_rule": args.rule,
+    }
     study.measure = dataclasses.replace(
         study.measure,
-        grid_size=args.grid_size,
-        span=(-args.span, args.span),
-        radius=args.radius,
-        sigma=args.sigma,
-        noise_samples=args.samples,
         direction_seed=args.seed,
         noise_seed=args.seed,
-        volume_threshold=args.threshold,
-        volume_directions=args.directions,
-        volume_rule=args.rule or study.measure.volume_rule,
+        **{k: v for k, v in given.items() if v is not None},
     )
     reports = run_study(study, args.out, progress=not args.quiet)
     root = Path(args.out) / study.name
@@ -502,21 +509,32 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_example(
             "basinscope run\nbasinscope run --dataset digits --grid-size 21 --epochs 20 --out results\n"
             "basinscope run --study dataset-size --sizes 0.05 0.1 0.3 1 --threshold 0.1\n"
-            "basinscope run --study poison --fractions 0 0.1 0.2 0.4"
+            "basinscope run --study poison --fractions 0 0.1 0.2 0.4\n"
+            "basinscope run --study remedies          # SAM, ASAM, SWA, wd, dropout, warm-up\n"
+            "basinscope run --study sam-vs-sgd        # does SAM help? (3 seeds each)\n"
+            "basinscope run --study lr-batch-grid     # which measure predicts the gap"
         ),
     )
-    p.add_argument("--study", default="lr-batch", help="built-in study (default: lr-batch)")
+    p.add_argument(
+        "--study",
+        default="lr-batch",
+        help="lr-batch (default), lr-batch-grid, remedies, sam-vs-sgd, dataset-size, poison",
+    )
     p.add_argument("--dataset", help="dataset name or .npz path (default: the study's)")
     p.add_argument("--data-dir", help="where dataset files are (or are cached)")
-    p.add_argument("--grid-size", type=int, default=31, help="surface points per axis (default 31)")
-    p.add_argument("--span", type=float, default=1.0, help="surface grid is [-span, span]²")
+    p.add_argument(
+        "--grid-size",
+        type=int,
+        help="surface points per axis (default: the study's, 31 for lr-batch)",
+    )
+    p.add_argument("--span", type=float, help="surface grid is [-span, span]² (default 1)")
     p.add_argument("--epochs", type=int, help="epochs per run (default: the study's)")
     p.add_argument("--seed", type=int, default=0, help="seed of training, directions, noise")
-    p.add_argument("--radius", type=float, default=0.25, help="ε of the ε-sharpness")
-    p.add_argument("--sigma", type=float, default=0.05, help="σ of the weight-noise sharpness")
-    p.add_argument("--samples", type=int, default=32, help="weight-noise samples")
-    p.add_argument("--threshold", type=float, default=0.1, help="basin loss threshold (volume)")
-    p.add_argument("--directions", type=int, default=50, help="rays per volume estimate")
+    p.add_argument("--radius", type=float, help="ε of the ε-sharpness (default 0.25)")
+    p.add_argument("--sigma", type=float, help="σ of the weight-noise sharpness (default 0.05)")
+    p.add_argument("--samples", type=int, help="weight-noise samples (default 32)")
+    p.add_argument("--threshold", type=float, help="basin loss threshold (volume; default 0.1)")
+    p.add_argument("--directions", type=int, help="rays per volume estimate (default 50)")
     p.add_argument(
         "--rule",
         choices=["absolute", "relative"],
@@ -524,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sizes", type=float, nargs="+", help="dataset-size: training fractions")
     p.add_argument("--fractions", type=float, nargs="+", help="poison: mislabelled fractions")
+    p.add_argument("--remedies", nargs="+", help="remedies: which remedies to run beside the base")
     p.add_argument("--out", default="results", help="results directory (default: results/)")
     _common(p)
     p.set_defaults(func=_cmd_run)

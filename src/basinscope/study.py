@@ -159,6 +159,7 @@ class RunReport:
         gap = lambda a, b: (a - b) if a is not None and b is not None else None  # noqa: E731
         return {
             "run": self.name,
+            "seed": self.config.seed,
             "lr": self.config.lr,
             "batch_size": self.config.batch_size,
             "epochs": self.config.epochs if self.config.steps is None else None,
@@ -495,10 +496,276 @@ def _poison_finish(study: Study, reports: list[RunReport], root: Path) -> str:
     return VOLUME_NOTE
 
 
+REMEDIES: dict[str, dict[str, Any]] = {
+    "base": {},
+    "small-batch": {"batch_size": 16},
+    "sam": {"sam_rho": 0.05},
+    "asam": {"sam_rho": 0.5, "sam_adaptive": True},
+    "swa": {"swa_start": 75, "swa_lr": 0.05},
+    "weight-decay": {"weight_decay": 5e-4},
+    "dropout": {"dropout": 0.1},
+    "warmup-cosine": {"lr": 0.5, "warmup_steps": 30, "schedule": "cosine"},
+}
+"""The remedies study's runs: each changes the sharp base configuration in one way.
+
+``warmup-cosine`` raises the peak learning rate to 0.5 (what a warm-up makes
+safe) with a 30-step linear warm-up (10 epochs at batch 512) and cosine decay;
+``swa`` averages the last quarter of the epochs (from epoch 75 of 100) with
+SWALR annealing to 0.05.
+"""
+
+
+def remedies_study(
+    *,
+    dataset: str = "digits",
+    epochs: int = 100,
+    lr: float = 0.1,
+    batch_size: int = 512,
+    seed: int = 0,
+    device: str = "cpu",
+    remedies: tuple[str, ...] | None = None,
+    **overrides: Any,
+) -> Study:
+    """One sharp base configuration (large batch, plain SGD, no regularisation)
+    against the same with each remedy in turn (:data:`REMEDIES`)."""
+    chosen = remedies or tuple(REMEDIES)
+    unknown = [r for r in chosen if r not in REMEDIES]
+    if unknown:
+        raise BasinscopeError(f"unknown remedy {unknown[0]!r}; choose from {', '.join(REMEDIES)}")
+    runs = {}
+    for name in ("base", *[r for r in chosen if r != "base"]):
+        change = dict(REMEDIES[name])
+        if "swa_start" in change:  # the last quarter of the epochs
+            change["swa_start"] = max(1, epochs - epochs // 4)
+        cfg = {
+            "dataset": dataset,
+            "model": "mlp",
+            "model_kwargs": {"widths": (128, 128)},
+            "lr": lr,
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "seed": seed,
+            "device": device,
+            **overrides,
+            **change,
+        }
+        runs[name] = TrainConfig(**cfg)
+    return Study(
+        name="remedies",
+        runs=runs,
+        description="a sharp large-batch minimum against each remedy in turn",
+        measure=MeasureConfig(grid_size=21),
+        measures=("surface", "hessian", "suite"),
+        finish=_remedies_finish,
+    )
+
+
+def sam_vs_sgd_study(
+    *,
+    dataset: str = "digits",
+    epochs: int = 100,
+    lr: float = 0.1,
+    batch_size: int = 512,
+    seed: int = 0,
+    seeds: int = 3,
+    rho: float = 0.05,
+    device: str = "cpu",
+    **overrides: Any,
+) -> Study:
+    """The seed's diagnostic: the same configuration with and without SAM, over
+    ``seeds`` seeds. "If SAM helps significantly, the original optimiser was likely
+    converging to sharp minima"; significance by Welch's t-test on test accuracy."""
+    if seeds < 2:
+        raise BasinscopeError(f"sam-vs-sgd needs at least 2 seeds for a test, got {seeds}")
+    runs = {}
+    for k in range(seeds):
+        for name, extra in (("sgd", {}), ("sam", {"sam_rho": rho})):
+            runs[f"{name}_seed{seed + k}"] = TrainConfig(
+                dataset=dataset,
+                model="mlp",
+                model_kwargs={"widths": (128, 128)},
+                lr=lr,
+                batch_size=batch_size,
+                epochs=epochs,
+                seed=seed + k,
+                device=device,
+                **{**overrides, **extra},
+            )
+    return Study(
+        name="sam-vs-sgd",
+        runs=runs,
+        description="does SAM help? (if so, SGD was converging to sharp minima)",
+        measure=MeasureConfig(grid_size=21),
+        measures=("surface", "hessian"),
+        finish=_sam_finish,
+    )
+
+
+def lr_batch_grid_study(
+    *,
+    dataset: str = "digits",
+    epochs: int = 60,
+    lrs: tuple[float, ...] = (0.5, 0.2, 0.1),
+    batch_sizes: tuple[int, ...] = (16, 64, 512),
+    seeds: tuple[int, ...] = (0, 1),
+    seed: int = 0,
+    device: str = "cpu",
+    **overrides: Any,
+) -> Study:
+    """Learning rate × batch size × seed (default 3 × 3 × 2 = 18 runs): the pool over
+    which every measure's rank correlation with the generalisation gap is computed
+    (Jiang et al. 2019). ``seed`` offsets the seeds."""
+    runs = {}
+    for lr in lrs:
+        for bs in batch_sizes:
+            for s in seeds:
+                runs[f"lr{lr:g}_b{bs}_s{seed + s}"] = TrainConfig(
+                    dataset=dataset,
+                    model="mlp",
+                    model_kwargs={"widths": (128, 128)},
+                    lr=lr,
+                    batch_size=bs,
+                    epochs=epochs,
+                    seed=seed + s,
+                    device=device,
+                    **overrides,
+                )
+    return Study(
+        name="lr-batch-grid",
+        runs=runs,
+        description="which sharpness measure predicts the generalisation gap",
+        measure=MeasureConfig(grid_size=11),
+        measures=("surface", "hessian", "suite"),
+    )
+
+
+# Measures where a larger value means a flatter minimum.
+_FLATTER_IF_LARGER = {"pac_bayes_sigma", "pac_bayes_mag_sigma", "log_volume"}
+_REMEDY_MEASURES = (
+    "eps_sharpness_direct",
+    "noise_sharpness",
+    "lambda_max",
+    "hessian_trace",
+    "worst_case_l2",
+    "adaptive_worst_case",
+    "keskar",
+    "pac_bayes_sigma",
+    "pac_bayes_mag_sigma",
+)
+
+
+def _remedies_finish(study: Study, reports: list[RunReport], root: Path) -> str:
+    """Which remedies flattened the base minimum, by how many measures, and whether
+    test accuracy followed."""
+    rows = {r.name: r.row() for r in reports if not r.diverged}
+    base = rows.get("base")
+    if base is None:
+        return "\nThe base run diverged; nothing to compare the remedies with.\n"
+    lines = [
+        "\n## Did the remedy flatten the minimum?\n",
+        "Each measure is compared with the base run (large batch, plain SGD); "
+        "'flatter' counts the measures that moved toward a flatter minimum.\n",
+        "| remedy | flatter by | λ_max ratio | test acc change | gap (loss) change |",
+        "|---|---|---|---|---|",
+    ]
+    verdicts = []
+    for name, row in rows.items():
+        if name == "base":
+            continue
+        votes = []
+        for m in _REMEDY_MEASURES:
+            a, b = base.get(m), row.get(m)
+            if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)) or a == b:
+                continue
+            votes.append((b > a) if m in _FLATTER_IF_LARGER else (b < a))
+        flat = sum(votes)
+        ratio = (
+            row["lambda_max"] / base["lambda_max"]
+            if row.get("lambda_max") and base.get("lambda_max")
+            else math.nan
+        )
+        dacc = row["test_acc"] - base["test_acc"]
+        dgap = row["gap_loss"] - base["gap_loss"]
+        lines.append(
+            f"| {name} | {flat}/{len(votes)} | {_fmt(ratio, '{:.3g}')} | "
+            f"{100 * dacc:+.1f} % | {dgap:+.4f} |"
+        )
+        flattened = len(votes) > 0 and flat > len(votes) / 2
+        followed = dacc > 0
+        verdicts.append(
+            f"- **{name}** "
+            + ("flattened" if flattened else "did not flatten")
+            + f" the minimum ({flat} of {len(votes)} measures)"
+            + (
+                "; test accuracy followed"
+                if flattened == followed
+                else "; test accuracy did not follow"
+            )
+            + f" ({100 * dacc:+.1f} %).\n"
+        )
+    swa = next((r for r in reports if r.name == "swa" and not r.diverged), None)
+    note = ""
+    if swa is not None:
+        metrics = json.loads((root / "swa" / "metrics.json").read_text())
+        it = metrics.get("final_iterate") or {}
+        if it.get("test_acc") is not None:
+            note = (
+                f"\nSWA: the averaged weights (measured above) reach test accuracy "
+                f"{swa.final['test_acc']:.3f}; the last SGD iterate {it['test_acc']:.3f}.\n"
+            )
+    return "\n".join(lines) + "\n\n" + "".join(verdicts) + note
+
+
+def _sam_finish(study: Study, reports: list[RunReport], root: Path) -> str:
+    """Welch's t-test of SAM's test accuracy against SGD's over the seeds."""
+    from scipy import stats
+
+    acc = {
+        k: [r.final["test_acc"] for r in reports if r.name.startswith(k + "_") and not r.diverged]
+        for k in ("sgd", "sam")
+    }
+    lam = {
+        k: [
+            r.values["lambda_max"]
+            for r in reports
+            if r.name.startswith(k + "_") and not r.diverged and "lambda_max" in r.values
+        ]
+        for k in ("sgd", "sam")
+    }
+    if min(len(v) for v in acc.values()) < 2:
+        return "\nFewer than two finished runs per optimiser: no test.\n"
+    t = stats.ttest_ind(acc["sam"], acc["sgd"], equal_var=False)
+    diff = float(np.mean(acc["sam"]) - np.mean(acc["sgd"]))
+    significant = t.pvalue < 0.05 and diff > 0
+    text = (
+        "\n## Does SAM help?\n\n"
+        f"Test accuracy over {len(acc['sgd'])} seeds: SGD {np.mean(acc['sgd']):.4f} ± "
+        f"{np.std(acc['sgd'], ddof=1):.4f}, SAM {np.mean(acc['sam']):.4f} ± "
+        f"{np.std(acc['sam'], ddof=1):.4f} (mean ± SD); difference {100 * diff:+.2f} %, "
+        f"Welch's t = {t.statistic:.2f}, p = {t.pvalue:.3g}.\n"
+    )
+    if lam["sgd"] and lam["sam"]:
+        text += (
+            f"λ_max: SGD {np.mean(lam['sgd']):.4g}, SAM {np.mean(lam['sam']):.4g} "
+            f"(ratio {np.mean(lam['sam']) / np.mean(lam['sgd']):.3g}).\n"
+        )
+    text += "\n**Diagnosis:** " + (
+        "SAM helps significantly (p < 0.05): the original optimiser was likely "
+        "converging to sharp minima.\n"
+        if significant
+        else "SAM does not help significantly here (p ≥ 0.05 or no gain): no evidence "
+        "that the original optimiser was converging to sharp minima that hurt it.\n"
+    )
+    return text
+
+
 STUDIES: dict[str, Callable[..., Study]] = {
     "lr-batch": lr_batch_grid,
     "dataset-size": dataset_size_study,
     "poison": poison_study,
+    "remedies": remedies_study,
+    "sam-vs-sgd": sam_vs_sgd_study,
+    "lr-batch-grid": lr_batch_grid_study,
 }
 
 
@@ -781,6 +1048,7 @@ MEASURES: dict[str, Callable[[RunReport, MeasureConfig, Path, bool], None]] = {
 # ------------------------------------------------------------------ report
 _COLUMNS = [
     ("run", "run", "{}"),
+    ("seed", "seed", "{}"),
     ("lr", "lr", "{:g}"),
     ("batch_size", "batch", "{}"),
     ("epochs", "epochs", "{}"),
