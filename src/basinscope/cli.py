@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,7 +79,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     )
     reports = run_study(study, args.out, progress=not args.quiet)
     root = Path(args.out) / study.name
-    print(summary_markdown(reports, json.loads(json.dumps(vars(study.measure)))))
+    summary = root / "summary.md"
+    print(summary.read_text() if summary.is_file() else summary_markdown(reports))
     print(f"results, figures and summary in {root}/")
 
 

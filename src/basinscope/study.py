@@ -501,8 +501,8 @@ REMEDIES: dict[str, dict[str, Any]] = {
     "small-batch": {"batch_size": 16},
     "sam": {"sam_rho": 0.05},
     "asam": {"sam_rho": 0.5, "sam_adaptive": True},
-    "swa": {"swa_start": 75, "swa_lr": 0.05},
-    "weight-decay": {"weight_decay": 5e-4},
+    "swa": {"swa_start": 75, "swa_lr": 0.2},
+    "weight-decay": {"weight_decay": 5e-3},
     "dropout": {"dropout": 0.1},
     "warmup-cosine": {"lr": 0.5, "warmup_steps": 30, "schedule": "cosine"},
 }
@@ -691,17 +691,25 @@ def _remedies_finish(study: Study, reports: list[RunReport], root: Path) -> str:
             f"{100 * dacc:+.1f} % | {dgap:+.4f} |"
         )
         flattened = len(votes) > 0 and flat > len(votes) / 2
-        followed = dacc > 0
+        # Two binomial standard errors of the difference of two test accuracies.
+        n_test = len(next(r for r in reports if r.name == name).data.y_test)
+        noise = 2 * math.sqrt(
+            sum(a * (1 - a) for a in (row["test_acc"], base["test_acc"])) / n_test
+        )
+        if abs(dacc) <= noise:
+            acc_text = f"test accuracy did not change beyond noise ({100 * dacc:+.1f} %, ±{100 * noise:.1f} %)"
+        else:
+            up = dacc > 0
+            agrees = up == flattened
+            acc_text = (
+                f"test accuracy {'rose' if up else 'fell'} by {100 * abs(dacc):.1f} % "
+                f"(beyond ±{100 * noise:.1f} %), "
+                + ("as flatness would predict" if agrees else "against what flatness predicts")
+            )
         verdicts.append(
             f"- **{name}** "
             + ("flattened" if flattened else "did not flatten")
-            + f" the minimum ({flat} of {len(votes)} measures)"
-            + (
-                "; test accuracy followed"
-                if flattened == followed
-                else "; test accuracy did not follow"
-            )
-            + f" ({100 * dacc:+.1f} %).\n"
+            + f" the minimum ({flat} of {len(votes)} measures); {acc_text}.\n"
         )
     swa = next((r for r in reports if r.name == "swa" and not r.diverged), None)
     note = ""
