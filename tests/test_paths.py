@@ -49,7 +49,7 @@ def test_interpolation_end_points_reproduce_both_models(mlp):
     )
     test_b = obj_b.with_data((X[:20], y[:20]))
     assert s.test_loss[i1] == pytest.approx(test_b.loss(), rel=1e-13)
-    assert s.attrs["marks"] == {"θ_a": [0.0], "θ_b": [1.0]}
+    assert s.attrs["marks"] == [["θ_a", [0.0]], ["θ_b", [1.0]]]
 
 
 def test_interpolation_float32_end_points_are_exact():
@@ -81,7 +81,10 @@ def test_three_model_plane_passes_through_all_three(tmp_path, mlp):
     own = [bs.Objective(m, nn.CrossEntropyLoss(), (X, y)).loss() for m in models]
     # geometry: θ1 at the origin, θ2 on the x axis, distances preserved
     thetas = [obj.space.flatten(m).double() for m in models]
-    marks = s.attrs["marks"]
+    s.save(tmp_path / "p.h5")
+    s = bs.Surface.load(tmp_path / "p.h5")  # the marks keep their order through the file
+    assert [lab for lab, _ in s.attrs["marks"]] == ["100%", "10%", "1%"]
+    marks = dict(s.attrs["marks"])
     assert marks["100%"] == [0.0, 0.0]
     assert marks["10%"][0] == pytest.approx(float((thetas[1] - thetas[0]).norm()), rel=1e-12)
     assert np.hypot(*marks["1%"]) == pytest.approx(float((thetas[2] - thetas[0]).norm()), rel=1e-12)
@@ -95,7 +98,7 @@ def test_three_model_plane_passes_through_all_three(tmp_path, mlp):
     np.testing.assert_allclose(coef.numpy(), np.eye(3), atol=1e-12)
     loss, _ = obj.evaluate_affine(coef, torch.stack(thetas), origin=torch.zeros_like(thetas[0]))
     np.testing.assert_allclose(loss.numpy(), own, rtol=1e-10)
-    assert list(s.attrs["mark_losses"].values()) == pytest.approx(own, rel=1e-12)
+    assert [v for _, v in s.attrs["mark_losses"]] == pytest.approx(own, rel=1e-12)
     # the grid covers the triangle
     assert s.xcoordinates.min() < 0 < marks["10%"][0] < s.xcoordinates.max()
     assert s.ycoordinates.min() < 0 < marks["1%"][1] < s.ycoordinates.max()

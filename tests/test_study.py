@@ -222,9 +222,13 @@ def test_remedies_study_compares_each_remedy_with_the_base(tmp_path):
     for name, cfg in runs.items():  # one change each
         diff = {k for k, v in cfg.to_dict().items() if runs["base"].to_dict()[k] != v}
         assert (name == "base") == (not diff)
-    st.measures = ("surface", "suite")
+    st.measures = ("surface", "suite", "trajectory")
     st.measure = MeasureConfig(grid_size=3, noise_samples=4, pac_samples=4, radius=0.5)
     reports = run_study(st, tmp_path, progress=False)
+    traj = bs.Surface.load(tmp_path / "remedies" / "sam" / "trajectory.h5")
+    assert traj.complete and traj.attrs["trajectory_epochs"] == [0, 1, 2, 3, 4]
+    assert 0 < reports[2].values["pca_explained"] <= 1 + 1e-12
+    assert (tmp_path / "remedies" / "figures" / "trajectory_sam.png").is_file()
     text = (tmp_path / "remedies" / "summary.md").read_text()
     assert "Did the remedy flatten the minimum?" in text and "SWA: the averaged weights" in text
     rows = {r.name: r.row() for r in reports}
@@ -265,3 +269,25 @@ def test_lr_batch_grid_study_is_the_full_factorial():
     )
     assert {c.epochs for c in st.runs.values()} == {60}
     assert "suite" in st.measures
+
+
+def test_dataset_size_draws_the_plane_through_three_minima(tmp_path):
+    from basinscope.study import dataset_size_study
+
+    s = dataset_size_study(sizes=(0.05, 0.1, 0.3), steps=60, batch_size=32)
+    s.measure = MeasureConfig(
+        volume_directions=2, volume_threshold=3.0, volume_tolerance=0.1, grid_size=3
+    )
+    reports = run_study(s, tmp_path, progress=False)
+    root = tmp_path / "dataset-size"
+    plane = bs.Surface.load(root / "plane_three_sizes.h5")
+    big = reports[-1]  # the runs are in order of size
+    labels = [lab for lab, _ in plane.attrs["marks"]]
+    assert labels == [f"{r.values['n_train']} ex." for r in reversed(reports)]
+    # the first mark is the largest set's own minimum, on its own landscape
+    assert dict(plane.attrs["mark_losses"])[labels[0]] == pytest.approx(
+        big.final["train_loss"], rel=1e-5
+    )
+    assert dict(plane.attrs["marks"])[labels[0]] == [0.0, 0.0] and plane.complete
+    assert "plane through three minima" in (root / "summary.md").read_text()
+    assert (root / "figures" / "plane_three_sizes.png").is_file()

@@ -184,7 +184,7 @@ def _draw_paths(ax, surface: Surface) -> None:
         t = np.asarray(traj, dtype=np.float64)
         ax.plot(t[:, 0], t[:, 1], "-o", color="black", ms=3, lw=1.2, label="trajectory")
         ax.plot(t[:1, 0], t[:1, 1], "s", color="white", mec="black", ms=6, label="start")
-    for i, (lab, pos) in enumerate((surface.attrs.get("marks") or {}).items()):
+    for i, (lab, pos) in enumerate(surface.attrs.get("marks") or []):
         if len(pos) == 2:
             ax.plot([pos[0]], [pos[1]], marker="o", ms=8, color=f"C{i}", mec="black", ls="")
             ax.annotate(lab, (pos[0], pos[1]), xytext=(5, 5), textcoords="offset points")
@@ -266,9 +266,9 @@ def plot_line(
             handles.append(h)
         ax2.set_ylim(-2.0, 102.0)
         ax2.set_ylabel("accuracy (%)")
-    marks = surface.attrs.get("marks") or {}
-    if marks:  # a path between models: mark each model where it lies
-        for i, (lab, pos) in enumerate(marks.items()):
+    marks = surface.attrs.get("marks") or []
+    if marks:  # a path between models: mark each model where it lies ([label, [α]] pairs)
+        for i, (lab, pos) in enumerate(marks):
             ax.axvline(float(pos[0]), color=f"C{i + 2}", lw=1.0, ls=":")
             ax.annotate(
                 lab,

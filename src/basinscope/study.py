@@ -425,6 +425,7 @@ def _dataset_size_finish(study: Study, reports: list[RunReport], root: Path) -> 
             xlabel="landscape (training data)",
             ylabel="model trained on",
         )
+    text += _fan_plane(done, study.measure, root)
     ok = _ok(done)
     if len(ok) >= 2:
         sizes = np.array([r.values["n_train"] for r in ok], dtype=np.float64)
@@ -462,6 +463,43 @@ def _dataset_size_finish(study: Study, reports: list[RunReport], root: Path) -> 
             f"{fit.slope:.2f}·log(size), R² = {fit.rvalue**2:.3f}.\n"
         )
     return text
+
+
+def _fan_plane(done: list[RunReport], m: MeasureConfig, root: Path) -> str:
+    """Fan, Sandlund & Ko's Fig. 1: the plane through the minima trained on the most,
+    a middle and the least data, on the landscape of the most data."""
+    from .surface import three_model_plane
+
+    if len(done) < 3:
+        return ""
+    chosen = sorted(done, key=lambda r: -r.values["n_train"])
+    big, mid, small = chosen[0], chosen[len(chosen) // 2], chosen[-1]
+    obj = Objective(
+        big.model,
+        nn.CrossEntropyLoss(),
+        (big.data.x_train, big.data.y_train),
+        device=big.config.device,
+    )
+    labels = tuple(f"{r.values['n_train']} ex." for r in (big, mid, small))
+    surf = three_model_plane(
+        obj,
+        (big.model, mid.model, small.model),
+        labels=labels,
+        steps=m.grid_size,
+        path=root / "plane_three_sizes.h5",
+    )
+    plots.plot_contour(
+        surf,
+        root / "figures" / "plane_three_sizes.png",
+        title=f"landscape of {labels[0]}: minima from {', '.join(labels)}",
+    )
+    own = dict(surf.attrs["mark_losses"])
+    return (
+        "\n## The plane through three minima (Fan et al., Fig. 1)\n\n"
+        "On the landscape of the largest training set, the train loss at the minima "
+        + ", ".join(f"trained on {k}: {v:.4f}" for k, v in own.items())
+        + ". Figure: figures/plane_three_sizes.png.\n"
+    )
 
 
 VOLUME_NOTE = (
@@ -546,6 +584,7 @@ def remedies_study(
             "epochs": epochs,
             "seed": seed,
             "device": device,
+            "snapshot_every": max(1, epochs // 20),
             **overrides,
             **change,
         }
@@ -555,7 +594,7 @@ def remedies_study(
         runs=runs,
         description="a sharp large-batch minimum against each remedy in turn",
         measure=MeasureConfig(grid_size=21),
-        measures=("surface", "hessian", "suite"),
+        measures=("surface", "hessian", "suite", "trajectory"),
         finish=_remedies_finish,
     )
 
@@ -1045,7 +1084,36 @@ def _measure_suite(report: RunReport, m: MeasureConfig, out: Path, progress: boo
         report.values[f"{key}_bound"] = saved[key]["bound"]
 
 
+def _measure_trajectory(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
+    """The loss on the plane of the run's two principal trajectory directions (Li et al.
+    2018, needs ``snapshot_every``): ``trajectory.h5`` and ``figures/trajectory_<run>.png``."""
+    from .surface import trajectory_plane
+    from .train import load_trajectory
+
+    if not report.config.snapshot_every:
+        raise BasinscopeError(
+            f"run {report.name!r} kept no snapshots; the trajectory measure needs snapshot_every > 0"
+        )
+    obj = Objective(
+        report.model,
+        nn.CrossEntropyLoss(),
+        (report.data.x_train, report.data.y_train),
+        device=report.config.device,
+        subset=m.eval_subset if m.eval_subset else None,
+    )
+    surf = trajectory_plane(
+        obj, load_trajectory(out), steps=m.grid_size, path=out / "trajectory.h5", progress=progress
+    )
+    report.values["pca_explained"] = float(sum(surf.attrs["explained_variance_ratio"]))
+    plots.plot_contour(
+        surf,
+        out.parent / "figures" / f"trajectory_{report.name}.png",
+        title=f"{report.name}: training trajectory on its PCA plane",
+    )
+
+
 MEASURES: dict[str, Callable[[RunReport, MeasureConfig, Path, bool], None]] = {
+    "trajectory": _measure_trajectory,
     "surface": _measure_surface,
     "volume": _measure_volume,
     "hessian": _measure_hessian,
@@ -1085,6 +1153,7 @@ _COLUMNS = [
     ("pac_bayes_bound", "PAC-Bayes term", "{:.4g}"),
     ("pac_bayes_mag_sigma", "PAC-Bayes mag. σ", "{:.4g}"),
     ("pac_bayes_mag_bound", "PAC-Bayes mag. term", "{:.4g}"),
+    ("pca_explained", "PCA var. (2 dirs)", "{:.3f}"),
     ("log_volume", "log volume", "{:.1f}"),
     ("volume_ess", "volume ESS", "{:.2f}"),
     ("status", "status", "{}"),

@@ -232,6 +232,7 @@ def _compute(
     origin: Tensor | None = None,
     coef_map: tuple[np.ndarray, np.ndarray] | None = None,
     update_bn: Any = None,
+    shortcut: bool = True,
 ) -> Surface:
     """Evaluate ``origin + Σ_j c_j dirs[j]`` at every grid point, resumably.
 
@@ -310,11 +311,11 @@ def _compute(
                     updates[f"{key}_loss"], updates[f"{key}_acc"] = result
             else:
                 updates["train_loss"], updates["train_acc"] = obj.evaluate_affine(
-                    coef, directions, origin=theta
+                    coef, directions, origin=theta, shortcut=shortcut
                 )
                 if test_obj is not None:
                     updates["test_loss"], updates["test_acc"] = test_obj.evaluate_affine(
-                        coef, directions, origin=theta
+                        coef, directions, origin=theta, shortcut=shortcut
                     )
             for key, value in updates.items():
                 getattr(surface, key).reshape(-1)[idx] = value.numpy()
@@ -422,7 +423,9 @@ def interpolate(
 
     The two models are the path's directions and ``(1−α, α)`` its coefficients,
     so ``α = 0`` and ``α = 1`` evaluate exactly ``θ_a`` and ``θ_b`` (no rounding
-    of ``θ_a + (θ_b − θ_a)``): the end points reproduce the two models' losses.
+    of ``θ_a + (θ_b − θ_a)``), through the plain evaluation path (no first-layer
+    shortcut; a path has few points): the end points reproduce the two models'
+    losses bit for bit.
 
     Args:
         obj: Objective on the training data; its model gives everything outside
@@ -439,7 +442,7 @@ def interpolate(
     a = obj.theta0 if theta_a is None else _flat(obj, theta_a, "theta_a")
     b = _flat(obj, theta_b, "theta_b")
     coords = [_grid(span, steps, "an interpolation")]
-    meta = {"kind": "interpolation", "marks": {labels[0]: [0.0], labels[1]: [1.0]}}
+    meta = {"kind": "interpolation", "marks": [[labels[0], [0.0]], [labels[1], [1.0]]]}
     return _compute(
         obj,
         torch.stack([a, b]),
@@ -452,6 +455,7 @@ def interpolate(
         origin=torch.zeros_like(a),
         coef_map=(np.array([1.0, 0.0]), np.array([[-1.0, 1.0]])),
         update_bn=update_bn,
+        shortcut=False,
     )
 
 
@@ -479,8 +483,9 @@ def three_model_plane(
     evaluated as ``(1−s−t)θ1 + sθ2 + tθ3`` with ``(s, t)`` its affine
     coordinates, so at the three marks the weights are ``(1,0,0)``, ``(0,1,0)``,
     ``(0,0,1)`` up to rounding. The grid covers the triangle plus ``margin``
-    times its extent on every side. ``attrs["marks"]`` holds the three models'
-    coordinates, ``attrs["mark_losses"]`` their own train losses.
+    times its extent on every side. ``attrs["marks"]`` holds ``[label, [x, y]]``
+    for the three models in order, ``attrs["mark_losses"]`` ``[label, loss]`` with
+    their own train losses (lists, so the order survives the file's sorted JSON).
     """
     from .errors import BasinscopeError
 
@@ -509,8 +514,8 @@ def three_model_plane(
     loss_marks, _ = obj.evaluate(torch.stack(thetas))
     meta = {
         "kind": "three_model_plane",
-        "marks": {lab: [float(x), float(y)] for lab, x, y in zip(labels, xs, ys, strict=True)},
-        "mark_losses": {lab: float(v) for lab, v in zip(labels, loss_marks, strict=True)},
+        "marks": [[lab, [float(x), float(y)]] for lab, x, y in zip(labels, xs, ys, strict=True)],
+        "mark_losses": [[lab, float(v)] for lab, v in zip(labels, loss_marks, strict=True)],
         "xlabel": f"distance along {labels[1]} − {labels[0]}",
         "ylabel": f"distance toward {labels[2]}",
     }
@@ -526,6 +531,7 @@ def three_model_plane(
         origin=torch.zeros_like(thetas[0]),
         coef_map=(np.array([1.0, 0.0, 0.0]), matrix),
         update_bn=update_bn,
+        shortcut=False,
     )
 
 
