@@ -15,7 +15,8 @@ measure tracks the gap when one training choice changes at a time, not only
 across the whole pool.
 
 Gaps: ``gap_loss = test loss − train loss`` and ``gap_acc = train accuracy −
-test accuracy``. Measures where larger means *flatter* (PAC-Bayes σ, basin
+test accuracy``; also ``test_error = 1 − test accuracy`` (derived from
+``test_acc`` when absent). Measures where larger means *flatter* (PAC-Bayes σ, basin
 volume) are expected to correlate negatively; :data:`FLAT_IS_LARGE` lists them.
 """
 
@@ -34,8 +35,13 @@ import numpy as np
 from ._io import atomic_write_json, atomic_write_text
 from .errors import BasinscopeError
 
-GAPS = {"gap_loss": "test − train loss", "gap_acc": "train − test accuracy"}
-"""The generalisation gaps measures are ranked against."""
+GAPS = {
+    "gap_loss": "test − train loss",
+    "gap_acc": "train − test accuracy",
+    "test_error": "test error (1 − test accuracy)",
+}
+"""What the measures are ranked against: the two generalisation gaps and, since a
+gap can shrink because the training fit got worse, the test error itself."""
 
 MEASURE_COLUMNS = {
     "eps_sharpness_surface": "ε-sharpness (grid)",
@@ -151,7 +157,7 @@ def rank_correlations(
     Raises:
         BasinscopeError: fewer than 3 usable runs.
     """
-    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    ok = [_with_test_error(r) for r in rows if r.get("status", "ok") == "ok"]
     if len(ok) < 3:
         raise BasinscopeError(
             f"a rank correlation needs at least 3 finished runs, got {len(ok)}; "
@@ -173,6 +179,13 @@ def rank_correlations(
         tau, p = _tau(x[keep], y[keep]) if keep.sum() >= 3 else (math.nan, math.nan)
         psi, per = _granulated([r for r, k in zip(ok, keep, strict=True) if k], m, g, hyper)
         out.append(Correlation(m, g, tau, p, int(keep.sum()), psi, per))
+    return out
+
+
+def _with_test_error(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    if "test_error" not in out and math.isfinite(_number(out.get("test_acc"))):
+        out["test_error"] = 1.0 - _number(out["test_acc"])
     return out
 
 
@@ -209,7 +222,9 @@ def correlation_markdown(results: Sequence[Correlation]) -> str:
         + "\n\nτ: Kendall's rank correlation over all runs (+1: the measure orders the runs "
         "exactly as the gap). Ψ: Jiang et al.'s granulated τ, averaged over groups of runs "
         "that differ in one hyperparameter only. A sharpness measure that predicts "
-        "generalisation has τ > 0; measures marked ↑ flatter should have τ < 0.\n"
+        "generalisation has τ > 0; measures marked ↑ flatter should have τ < 0. The test "
+        "error is shown beside the gaps because a gap also shrinks when the training fit "
+        "gets worse.\n"
     )
 
 
