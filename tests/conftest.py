@@ -58,3 +58,19 @@ def small_mlp(seed: int = 0, d_in: int = 6, n_classes: int = 3, n: int = 50):
 @pytest.fixture
 def mlp():
     return small_mlp()
+
+
+class Quadratic(nn.Module):
+    """``L(θ) = ½ θᵀAθ`` for any data: a saddle when ``A`` is indefinite."""
+
+    def __init__(self, A: torch.Tensor, theta: torch.Tensor):
+        super().__init__()
+        self.register_buffer("A", A)
+        self.theta = nn.Parameter(theta.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (0.5 * self.theta @ self.A @ self.theta).expand(len(x))
+
+
+def mean_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return out.mean()

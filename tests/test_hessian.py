@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import small_mlp
+from conftest import Quadratic, mean_loss, small_mlp
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -15,22 +15,7 @@ import basinscope as bs
 from basinscope import hessian
 from basinscope.hessian import _PROBE, _SLQ, _rademacher
 
-
 # ------------------------------------------------------------------ helpers
-class Quadratic(nn.Module):
-    """``L(θ) = ½ θᵀAθ`` for any data: a saddle when ``A`` is indefinite."""
-
-    def __init__(self, A: torch.Tensor, theta: torch.Tensor):
-        super().__init__()
-        self.register_buffer("A", A)
-        self.theta = nn.Parameter(theta.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (0.5 * self.theta @ self.A @ self.theta).expand(len(x))
-
-
-def mean_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return out.mean()
 
 
 def quadratic(eigs: torch.Tensor, seed: int = 0) -> tuple[bs.Objective, torch.Tensor]:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import Quadratic, mean_loss
 from scipy.stats import norm as gaussian
 from torch import nn
 
@@ -15,22 +16,6 @@ import basinscope as bs
 from basinscope import sharpness
 
 f64 = torch.float64
-
-
-class Quadratic(nn.Module):
-    """``L(θ) = ½ θᵀAθ`` for any data."""
-
-    def __init__(self, A: torch.Tensor, theta: torch.Tensor):
-        super().__init__()
-        self.register_buffer("A", A)
-        self.theta = nn.Parameter(theta.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (0.5 * self.theta @ self.A @ self.theta).expand(len(x))
-
-
-def mean_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return out.mean()
 
 
 def quadratic(eigs, theta=None, seed: int = 0) -> tuple[bs.Objective, torch.Tensor]:

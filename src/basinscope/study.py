@@ -180,6 +180,11 @@ class RunReport:
 
 
 # ----------------------------------------------------------------- built-ins
+def _mlp_run(**fields: Any) -> TrainConfig:
+    """A run of the built-in grids: the MLP 64-128-128-10 unless ``fields`` say otherwise."""
+    return TrainConfig(**{"model": "mlp", "model_kwargs": {"widths": (128, 128)}, **fields})
+
+
 def lr_batch_grid(
     *,
     dataset: str = "digits",
@@ -200,10 +205,8 @@ def lr_batch_grid(
     runs = {}
     for lr_name, lr in (("high-lr", hi), ("low-lr", lo)):
         for bs_name, bs in (("large-batch", large), ("small-batch", small)):
-            runs[f"{lr_name}_{bs_name}"] = TrainConfig(
+            runs[f"{lr_name}_{bs_name}"] = _mlp_run(
                 dataset=dataset,
-                model="mlp",
-                model_kwargs={"widths": (128, 128)},
                 lr=lr,
                 batch_size=bs,
                 epochs=epochs,
@@ -577,8 +580,6 @@ def remedies_study(
             change["swa_start"] = max(1, epochs - epochs // 4)
         cfg = {
             "dataset": dataset,
-            "model": "mlp",
-            "model_kwargs": {"widths": (128, 128)},
             "lr": lr,
             "batch_size": batch_size,
             "epochs": epochs,
@@ -588,7 +589,7 @@ def remedies_study(
             **overrides,
             **change,
         }
-        runs[name] = TrainConfig(**cfg)
+        runs[name] = _mlp_run(**cfg)
     return Study(
         name="remedies",
         runs=runs,
@@ -619,10 +620,8 @@ def sam_vs_sgd_study(
     runs = {}
     for k in range(seeds):
         for name, extra in (("sgd", {}), ("sam", {"sam_rho": rho})):
-            runs[f"{name}_seed{seed + k}"] = TrainConfig(
+            runs[f"{name}_seed{seed + k}"] = _mlp_run(
                 dataset=dataset,
-                model="mlp",
-                model_kwargs={"widths": (128, 128)},
                 lr=lr,
                 batch_size=batch_size,
                 epochs=epochs,
@@ -658,10 +657,8 @@ def lr_batch_grid_study(
     for lr in lrs:
         for bs in batch_sizes:
             for s in seeds:
-                runs[f"lr{lr:g}_b{bs}_s{seed + s}"] = TrainConfig(
+                runs[f"lr{lr:g}_b{bs}_s{seed + s}"] = _mlp_run(
                     dataset=dataset,
-                    model="mlp",
-                    model_kwargs={"widths": (128, 128)},
                     lr=lr,
                     batch_size=bs,
                     epochs=epochs,
