@@ -66,7 +66,7 @@ MEASURE_COLUMNS = {
 FLAT_IS_LARGE = frozenset({"pac_bayes_sigma", "pac_bayes_mag_sigma", "log_volume"})
 """Measures that grow as the minimum gets flatter (expected τ < 0 against the gap)."""
 
-HYPERPARAMETERS = ("lr", "batch_size", "optimizer", "weight_decay", "dropout")
+HYPERPARAMETERS = ("lr", "batch_size", "sam_rho", "weight_decay", "dropout")
 """Columns that describe how a run was trained (the granulated coefficient's axes).
 The seed is not one: runs differing only in their seed are repeats."""
 
