@@ -442,7 +442,11 @@ def interpolate(
     a = obj.theta0 if theta_a is None else _flat(obj, theta_a, "theta_a")
     b = _flat(obj, theta_b, "theta_b")
     coords = [_grid(span, steps, "an interpolation")]
-    meta = {"kind": "interpolation", "marks": [[labels[0], [0.0]], [labels[1], [1.0]]]}
+    meta = {
+        "kind": "interpolation",
+        "marks": [[labels[0], [0.0]], [labels[1], [1.0]]],
+        "xlabel": f"α, weights (1−α)·{labels[0]} + α·{labels[1]}",
+    }
     return _compute(
         obj,
         torch.stack([a, b]),
