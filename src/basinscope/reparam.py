@@ -229,10 +229,15 @@ class MeasureChange:
 
 MEASURES = (
     "worst_case_l2",
+    "worst_case_linf",
     "worst_case_adaptive",
     "average_case",
     "average_case_adaptive",
+    "keskar",
+    "pac_bayes_sigma",
+    "pac_bayes_mag_sigma",
     "lambda_max",
+    "hessian_trace",
     "filter_line",
 )
 """The measures :func:`compare_measures` reports, in order."""
@@ -257,7 +262,13 @@ def measure_suite(
     * ``worst_case_adaptive``: the same, adaptive (``T = |θ0|``), ``adaptive_radius``.
     * ``average_case`` / ``average_case_adaptive``:
       :func:`~basinscope.sharpness.average_case` with ``sigma`` / ``adaptive_sigma``.
+    * ``worst_case_linf``: the worst case in the L∞ ball of radius ``radius / 100``.
+    * ``keskar``: Keskar et al.'s φ (:func:`~basinscope.sharpness.keskar`, ε = 1e-3).
+    * ``pac_bayes_sigma`` / ``pac_bayes_mag_sigma``: Jiang et al.'s σ', plain and
+      magnitude-aware (:func:`~basinscope.sharpness.pac_bayes`, ``samples`` draws;
+      the magnitude-aware one is invariant up to its ε² floor and Monte-Carlo ties).
     * ``lambda_max``: the top Hessian eigenvalue (:func:`basinscope.hessian.eigenvalues`).
+    * ``hessian_trace``: ``tr H`` by Hutchinson (:func:`basinscope.hessian.trace`).
     * ``filter_line``: ``max_t L(θ0 + t d) − L(θ0)`` over ``line_steps`` points of
       ``t ∈ [−1, 1]``, ``d`` a filter-normalised random direction (Li et al. 2018)
       drawn from ``seed``.
@@ -274,7 +285,14 @@ def measure_suite(
         "average_case_adaptive": sharpness.average_case(
             obj, adaptive_sigma, samples=samples, seed=seed, adaptive=True
         ).value,
+        "worst_case_linf": sharpness.worst_case(obj, radius / 100, norm="linf", **wc).value,
+        "keskar": sharpness.keskar(obj, 1e-3, seed=seed).value,
+        "pac_bayes_sigma": sharpness.pac_bayes(obj, samples=samples, seed=seed).sigma,
+        "pac_bayes_mag_sigma": sharpness.pac_bayes(
+            obj, samples=samples, seed=seed, magnitude_aware=True
+        ).sigma,
         "lambda_max": float(hessian.eigenvalues(obj, 1, seed=seed).values[0]),
+        "hessian_trace": float(hessian.trace(obj, seed=seed).value),
         "filter_line": float(surf.metric("train_loss").max()) - obj.loss(),
     }
 
