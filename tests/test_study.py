@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import basinscope as bs
-from basinscope import sharpness, study
+from basinscope import sharpness, studies
 from basinscope.study import MeasureConfig, Study, run_study
 from basinscope.train import TrainConfig
 
@@ -89,7 +89,7 @@ def test_measure_config_validation():
 
 
 def test_builtin_grid_is_the_classic_four_runs():
-    s = study.STUDIES["lr-batch"]()
+    s = studies.STUDIES["lr-batch"]()
     assert len(s.runs) == 4
     lrs = {c.lr for c in s.runs.values()}
     batches = {c.batch_size for c in s.runs.values()}
@@ -99,7 +99,7 @@ def test_builtin_grid_is_the_classic_four_runs():
 
 
 def test_volume_studies_small(tmp_path):
-    from basinscope.study import dataset_size_study, poison_study
+    from basinscope.studies import dataset_size_study, poison_study
 
     s = dataset_size_study(sizes=(0.1, 0.3), steps=60, batch_size=32)
     s.measure = MeasureConfig(volume_directions=4, volume_threshold=3.0, volume_tolerance=0.05)
@@ -163,7 +163,7 @@ def test_hessian_measure_in_a_study(tmp_path):
 
 
 def test_lr_batch_grid_adds_interpolation_and_correlations(tmp_path):
-    st = study.lr_batch_grid(epochs=2, train_size=200, batch_sizes=(100, 20))
+    st = studies.lr_batch_grid(epochs=2, train_size=200, batch_sizes=(100, 20))
     st.measures = ("surface",)
     st.measure = MeasureConfig(grid_size=3, noise_samples=4, radius=0.5)
     reports = run_study(st, tmp_path, progress=False)
@@ -213,8 +213,8 @@ def test_suite_measure_matches_direct_calls(tmp_path):
 
 
 def test_remedies_study_compares_each_remedy_with_the_base(tmp_path):
-    st = study.remedies_study(epochs=4, train_size=200, batch_size=100)
-    assert list(st.runs) == list(study.REMEDIES)
+    st = studies.remedies_study(epochs=4, train_size=200, batch_size=100)
+    assert list(st.runs) == list(studies.REMEDIES)
     runs = st.runs
     assert runs["sam"].sam_rho == 0.05 and runs["asam"].sam_adaptive
     assert runs["swa"].swa_start == 3 and runs["small-batch"].batch_size == 16
@@ -222,7 +222,7 @@ def test_remedies_study_compares_each_remedy_with_the_base(tmp_path):
     for name, cfg in runs.items():  # one change each
         diff = {k for k, v in cfg.to_dict().items() if runs["base"].to_dict()[k] != v}
         assert (name == "base") == (not diff)
-    st = study.remedies_study(epochs=4, train_size=200, batch_size=100, remedies=("sam", "swa"))
+    st = studies.remedies_study(epochs=4, train_size=200, batch_size=100, remedies=("sam", "swa"))
     assert list(st.runs) == ["base", "sam", "swa"]
     st.measures = ("surface", "suite", "trajectory")
     st.measure = MeasureConfig(grid_size=3, noise_samples=4, pac_samples=4, radius=0.5)
@@ -237,19 +237,19 @@ def test_remedies_study_compares_each_remedy_with_the_base(tmp_path):
     base, sam = rows["base"], rows["sam"]
     votes = [
         (sam[m] > base[m]) if "sigma" in m else (sam[m] < base[m])
-        for m in study._REMEDY_MEASURES
+        for m in studies._REMEDY_MEASURES
         if m in sam and sam[m] is not None and sam[m] != base[m]
     ]
     assert f"| sam | {sum(votes)}/{len(votes)} |" in text
     assert "- **sam**" in text and "- **swa**" in text and "- **dropout**" not in text
     with pytest.raises(bs.BasinscopeError, match="unknown remedy"):
-        study.remedies_study(remedies=("magic",))
+        studies.remedies_study(remedies=("magic",))
 
 
 def test_sam_vs_sgd_runs_a_welch_test(tmp_path):
     from scipy import stats
 
-    st = study.sam_vs_sgd_study(epochs=2, train_size=200, batch_size=100, seeds=2)
+    st = studies.sam_vs_sgd_study(epochs=2, train_size=200, batch_size=100, seeds=2)
     assert sorted(st.runs) == ["sam_seed0", "sam_seed1", "sgd_seed0", "sgd_seed1"]
     st.measures = ()
     reports = run_study(st, tmp_path, progress=False)
@@ -260,11 +260,11 @@ def test_sam_vs_sgd_runs_a_welch_test(tmp_path):
     text = (tmp_path / "sam-vs-sgd" / "summary.md").read_text()
     assert f"p = {p:.3g}" in text and "Diagnosis" in text
     with pytest.raises(bs.BasinscopeError, match="at least 2 seeds"):
-        study.sam_vs_sgd_study(seeds=1)
+        studies.sam_vs_sgd_study(seeds=1)
 
 
 def test_lr_batch_grid_study_is_the_full_factorial():
-    st = study.lr_batch_grid_study()
+    st = studies.lr_batch_grid_study()
     keys = {(c.lr, c.batch_size, c.seed) for c in st.runs.values()}
     assert len(st.runs) == 18 and keys == set(
         itertools.product((0.5, 0.2, 0.1), (16, 64, 512), (0, 1))
@@ -274,7 +274,7 @@ def test_lr_batch_grid_study_is_the_full_factorial():
 
 
 def test_dataset_size_draws_the_plane_through_three_minima(tmp_path):
-    from basinscope.study import dataset_size_study
+    from basinscope.studies import dataset_size_study
 
     s = dataset_size_study(sizes=(0.05, 0.1, 0.3), steps=60, batch_size=32)
     s.measure = MeasureConfig(

@@ -36,7 +36,8 @@ def _example(text: str) -> str:
 
 # --------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> None:
-    from .study import STUDIES, run_study, summary_markdown
+    from .studies import STUDIES
+    from .study import run_study, summary_markdown
 
     if args.study not in STUDIES:
         raise BasinscopeError(f"unknown study {args.study!r}; choose one of {', '.join(STUDIES)}")
