@@ -423,3 +423,17 @@ def test_batched_rays_each_point_as_if_alone():
         alone = obj.evaluate_affine(radii[k] * torch.eye(5, dtype=torch.float64)[k : k + 1], d)
         assert alone[0][0].item() == together[0][k].item()
         assert alone[1][0].item() == together[1][k].item()
+
+
+def test_paramspace_select_is_a_block_of_theta(mlp):
+    model, _, _ = mlp
+    space = bs.ParamSpace(model)
+    sub = space.select(["5.weight", "1.weight"])  # order follows the space, not the call
+    assert sub.names == ["1.weight", "5.weight"]
+    full = space.unflatten(space.flatten(model))
+    want = torch.cat([full["1.weight"].reshape(-1), full["5.weight"].reshape(-1)])
+    assert torch.equal(sub.flatten(model), want) and sub.n == len(want)
+    assert sub.unflatten(want)["5.weight"].shape == model[5].weight.shape
+    assert space.names[0] == "1.weight" and space.n > sub.n  # the original is untouched
+    with pytest.raises(bs.BasinscopeError, match="not in this space"):
+        space.select(["nope"])

@@ -318,13 +318,7 @@ def restrict(obj: Objective, include: str | Sequence[str]) -> Objective:
             raise BasinscopeError(
                 f"no parameter of the Objective matches {p!r}; modules are {names}"
             )
-    keep = [i for i, n in enumerate(space.names) if any(_matches(n, p) for p in patterns)]
-    sub_space = copy.copy(space)
-    sub_space.names = [space.names[i] for i in keep]
-    sub_space.shapes = [space.shapes[i] for i in keep]
-    sub_space.numels = [space.numels[i] for i in keep]
-    sub_space.offsets = list(np.cumsum([0] + sub_space.numels[:-1]).tolist())
-    sub_space.n = int(sum(sub_space.numels))
+    sub_space = space.select([n for n in space.names if any(_matches(n, p) for p in patterns)])
     pieces = space.unflatten(obj.theta0)
     sub = copy.copy(obj)
     sub.space = sub_space

@@ -134,6 +134,23 @@ class ParamSpace:
         """``(name, view)`` for each parameter tensor of a flat vector."""
         yield from self.unflatten(vec).items()
 
+    def select(self, names: Sequence[str]) -> ParamSpace:
+        """The sub-space of the named parameters, in this space's order (a block of θ)."""
+        unknown = [n for n in names if n not in self.names]
+        if unknown or not names:
+            raise BasinscopeError(
+                f"parameter {unknown[0] if unknown else None!r} is not in this space; "
+                f"its parameters are {', '.join(self.names[:8])}"
+            )
+        sub = copy.copy(self)
+        keep = [i for i, n in enumerate(self.names) if n in set(names)]
+        sub.names = [self.names[i] for i in keep]
+        sub.shapes = [self.shapes[i] for i in keep]
+        sub.numels = [self.numels[i] for i in keep]
+        sub.offsets = [sum(sub.numels[:i]) for i in range(len(keep))]
+        sub.n = sum(sub.numels)
+        return sub
+
 
 def _name_matches(name: str, pattern: str) -> bool:
     return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
