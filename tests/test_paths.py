@@ -221,3 +221,27 @@ def test_update_bn_needs_batchnorm(mlp):
     obj = bs.Objective(model, nn.CrossEntropyLoss(), (X, y))
     with pytest.raises(BasinscopeError, match="BatchNorm"):
         interpolate(obj, model, steps=3, update_bn=(X, y))
+
+
+def test_update_bn_on_a_random_plane():
+    torch.manual_seed(1)
+    net = _BNNet().double()
+    X, y = torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,))
+    net.train()
+    net(X)
+    net.eval()
+    obj = bs.Objective(net, nn.CrossEntropyLoss(), (X, y))
+    d = bs.random_directions(obj, 2, seed=0)
+    s = bs.plane(obj, d[0], d[1], steps=3, update_bn=(X, y))
+    # reference at (α, β) = (1, -1): weights moved, statistics recomputed by SWA's update_bn
+    moved = copy.deepcopy(net)
+    point = obj.space.unflatten(obj.theta0 + d[0] - d[1])
+    with torch.no_grad():
+        for name, p in moved.named_parameters():
+            p.copy_(point[name])
+    torch.optim.swa_utils.update_bn(torch.utils.data.DataLoader(X, batch_size=len(X)), moved)
+    moved.eval()
+    with torch.no_grad():
+        ref = float(nn.functional.cross_entropy(moved(X), y))
+    assert s.train_loss[2, 0] == pytest.approx(ref, rel=1e-12)
+    assert s.attrs["update_bn"] is True

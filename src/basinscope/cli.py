@@ -204,6 +204,7 @@ def _cmd_surface(args: argparse.Namespace) -> None:
         "test": test,
         "path": out,
         "progress": not args.quiet,
+        "update_bn": (data.x_train, data.y_train) if args.update_bn else None,
         "attrs": {
             "norm": args.norm if args.directions == "random" else "unit",
             "directions": args.directions,
@@ -614,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", choices=["train", "both"], default="both", help="train data, or train and test"
     )
+    p.add_argument("--update-bn", action="store_true", help="recompute BatchNorm stats per point")
     p.add_argument("--out", default="surface.h5", help="HDF5 file; resumed if it exists")
     p.set_defaults(func=_cmd_surface)
 

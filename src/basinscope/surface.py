@@ -170,6 +170,7 @@ def line(
     chunk: int = 64,
     progress: bool = False,
     attrs: dict[str, Any] | None = None,
+    update_bn: Any = None,
 ) -> Surface:
     """The 1-D slice ``t ↦ L(θ0 + t·d)`` on ``steps`` points of ``span``.
 
@@ -184,10 +185,13 @@ def line(
         chunk: points per write (results never depend on it).
         progress: show a progress bar.
         attrs: extra metadata stored with the surface.
+        update_bn: data whose batches recompute BatchNorm running statistics at
+            every point (see :class:`_BatchNormUpdate` for the cost); ``None``
+            keeps θ0's statistics.
     """
     d = torch.as_tensor(direction).reshape(1, -1)
     coords = [_grid(span, steps, "a line")]
-    return _compute(obj, d, coords, test, path, chunk, progress, attrs)
+    return _compute(obj, d, coords, test, path, chunk, progress, attrs, update_bn=update_bn)
 
 
 def plane(
@@ -204,6 +208,7 @@ def plane(
     chunk: int = 64,
     progress: bool = False,
     attrs: dict[str, Any] | None = None,
+    update_bn: Any = None,
 ) -> Surface:
     """The 2-D slice ``(α, β) ↦ L(θ0 + α d1 + β d2)`` (Li et al. 2018).
 
@@ -216,7 +221,7 @@ def plane(
         _grid(span, steps, "a plane"),
         _grid(yspan or span, ysteps or steps, "a plane"),
     ]
-    return _compute(obj, d, coords, test, path, chunk, progress, attrs)
+    return _compute(obj, d, coords, test, path, chunk, progress, attrs, update_bn=update_bn)
 
 
 def _compute(
