@@ -132,3 +132,28 @@ def test_sharpness_suite_and_rescale_from_the_cli(capsys, runs, tmp_path):
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
     code, _, err = _run(capsys, "sharpness", run, "--worst-case", "-1", "--quiet")
     assert code == 2 and "radius" in err
+
+
+def test_batchnorm_model_with_sam_and_per_point_statistics(capsys, tmp_path):
+    run = tmp_path / "bn"
+    code, _, err = _run(
+        capsys, "train", "--dataset", "digits", "--train-size", "150", "--epochs", "3",
+        "--widths", "16", "--batch-norm", "--sam-rho", "0.05", "--out", run, "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    from basinscope.train import load_checkpoint
+
+    model = load_checkpoint(run).model
+    kinds = [type(m).__name__ for m in model.net]
+    assert kinds == ["Flatten", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    # BatchNorm counted each SAM step once: 3 epochs of ceil(150 / 64) = 3 steps
+    assert int(model.net[2].num_batches_tracked) == 9
+    planes = {}
+    for flag in ((), ("--update-bn",)):
+        out = tmp_path / f"plane{len(flag)}.h5"
+        code, _, err = _run(capsys, "surface", run, "--steps", 3, "--out", out, *flag, "--quiet")
+        assert code == 0, err
+        planes[len(flag)] = Surface.load(out)
+    assert planes[1].attrs["update_bn"] is True and "update_bn" not in planes[0].attrs
+    # away from θ0 the recomputed statistics give other losses
+    assert not np.allclose(planes[0].train_loss[0, 0], planes[1].train_loss[0, 0])

@@ -116,6 +116,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     base.update({k: v for k, v in fields.items() if v is not None})
     if args.widths is not None:
         base["model_kwargs"] = {**base.get("model_kwargs", {}), "widths": args.widths}
+    if args.batch_norm:
+        base["model_kwargs"] = {**base.get("model_kwargs", {}), "batch_norm": True}
     config = TrainConfig.from_dict(base)
     result = train(config, out_dir=args.out, progress=not args.quiet)
     f = result.final
@@ -569,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="mlp, cnn, or package.module:factory")
     p.add_argument("--widths", type=int, nargs="+", help="MLP hidden widths")
     p.add_argument("--dropout", type=float)
+    p.add_argument("--batch-norm", action="store_true", help="BatchNorm after each hidden layer")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
     p.add_argument("--lr", type=float)
     p.add_argument("--momentum", type=float)

@@ -78,6 +78,9 @@ class MLP(nn.Module):
         widths: hidden layer widths; ``()`` gives a linear (softmax regression) model.
         dropout: dropout probability after each hidden activation; 0 adds no Dropout layer.
         activation: a name from :data:`ACTIVATIONS`.
+        batch_norm: put a ``BatchNorm1d`` between each hidden Linear and its activation
+            (Ioffe & Szegedy 2015); off by default, which keeps the layer indices
+            ``net.1, net.3, …`` of earlier checkpoints.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class MLP(nn.Module):
         widths: Sequence[int] = (64, 64),
         dropout: float = 0.0,
         activation: str = "relu",
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         shape = _shape(input_shape)
@@ -99,7 +103,10 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         features = math.prod(shape)
         for width in widths:
-            layers += [nn.Linear(features, width), ACTIVATIONS[activation]()]
+            layers.append(nn.Linear(features, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(ACTIVATIONS[activation]())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             features = width
@@ -128,6 +135,7 @@ class SmallCNN(nn.Module):
         channels: output channels of each convolution block.
         dropout: dropout probability before the linear head; 0 adds no Dropout layer.
         head: ``"flatten"`` or ``"avg"`` (global average pooling).
+        batch_norm: put a BatchNorm between each convolution and its ReLU.
     """
 
     def __init__(
@@ -137,6 +145,7 @@ class SmallCNN(nn.Module):
         channels: Sequence[int] = (16, 32),
         dropout: float = 0.0,
         head: str = "flatten",
+        batch_norm: bool = False,
     ) -> None:
         super().__init__()
         shape = _shape(input_shape)
@@ -149,9 +158,9 @@ class SmallCNN(nn.Module):
             layers.append(nn.Unflatten(1, (1, shape[0])))
             shape = (1, shape[0])
         if len(shape) == 2:
-            conv, pool, avg = nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d
+            conv, pool, avg, bn = nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d, nn.BatchNorm1d
         elif len(shape) == 3:
-            conv, pool, avg = nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d
+            conv, pool, avg, bn = nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm2d
         else:
             raise BasinscopeError(
                 f"input_shape {shape} is not valid for the cnn model; accepted: "
@@ -159,7 +168,10 @@ class SmallCNN(nn.Module):
             )
         c, spatial = shape[0], list(shape[1:])
         for ch in channels:
-            layers += [conv(c, ch, kernel_size=3, padding=1), nn.ReLU()]
+            layers.append(conv(c, ch, kernel_size=3, padding=1))
+            if batch_norm:
+                layers.append(bn(ch))
+            layers.append(nn.ReLU())
             if min(spatial) >= 2:
                 layers.append(pool(2))
                 spatial = [s // 2 for s in spatial]
