@@ -437,3 +437,52 @@ def test_paramspace_select_is_a_block_of_theta(mlp):
     assert space.names[0] == "1.weight" and space.n > sub.n  # the original is untouched
     with pytest.raises(bs.BasinscopeError, match="not in this space"):
         space.select(["nope"])
+
+
+def _far_line(obj, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(1, obj.n, generator=g, dtype=obj.dtype)
+    return d * (scale * obj.theta0.norm() / d.norm())
+
+
+def test_tied_weights_take_the_plain_path():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+        nn.Linear(32, 5),
+    )  # fmt: skip
+    m[4].weight = m[2].weight  # one tensor under two names
+    g = torch.Generator().manual_seed(1)
+    data = (torch.randn(100, 20, generator=g), torch.randint(0, 5, (100,), generator=g))
+    obj = bs.Objective(m, nn.CrossEntropyLoss(), data)
+    c = torch.tensor([[0.0], [0.5], [1.0]])
+    d = _far_line(obj)
+    fast = obj.evaluate_affine(c, d)
+    plain = obj.evaluate_affine(c, d, shortcut=False)
+    torch.testing.assert_close(fast[0], plain[0], rtol=1e-6, atol=0)
+    assert torch.equal(fast[1], plain[1])
+    assert obj._first_layer() is None
+
+
+def test_in_place_change_between_modules_is_not_a_chain():
+    class Clamped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+
+        def forward(self, x):
+            out = self.seq(x)
+            out.clamp_(-3, 3)
+            return out
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    data = (torch.randn(100, 20, generator=g), torch.randint(0, 5, (100,), generator=g))
+    obj = bs.Objective(Clamped(), nn.CrossEntropyLoss(), data)
+    c = torch.tensor([[0.5], [1.0]])
+    d = _far_line(obj, scale=3.0)
+    fast = obj.evaluate_affine(c, d)
+    plain = obj.evaluate_affine(c, d, shortcut=False)
+    torch.testing.assert_close(fast[0], plain[0], rtol=1e-6, atol=0)
+    first = obj._first_layer()
+    assert first is not None and first.chain is None  # the shortcut stays, the chain does not

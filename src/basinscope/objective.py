@@ -701,6 +701,12 @@ class Objective:
         if self._first is not False:
             return self._first  # type: ignore[return-value]
         self._first = None
+        # Tied parameters (one tensor under several names) are one coordinate of the
+        # space but act in several places: a precomputed part of the network would
+        # freeze the copies it holds. No fast path for them.
+        named_all = list(self.model.named_parameters(remove_duplicate=False))
+        if len(named_all) != len(list(self.model.named_parameters())):
+            return None
         calls: list[tuple[str, nn.Module, bool]] = []
         handles = []
         for path, module in self.model.named_modules():
@@ -768,13 +774,25 @@ class Objective:
         ) or any(m._forward_hooks or m._forward_pre_hooks for m in self.model.modules()):
             return None
         calls: list[tuple[str, nn.Module, tuple, dict, Any]] = []
+        # Tensor versions on entry to and exit from each module: an in-place change
+        # between two modules (or after the last) keeps the same tensor object, so
+        # only its version shows it.
+        version_in: dict[str, int] = {}
+        version_out: dict[str, int] = {}
         handles = []
         for path, module in self.model.named_modules():
             if next(module.children(), None) is None:
 
+                def pre(mod: nn.Module, args: tuple, path=path) -> None:
+                    if args and torch.is_tensor(args[0]):
+                        version_in[path] = args[0]._version
+
                 def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any, path=path) -> None:
                     calls.append((path, mod, args, kwargs, out))
+                    if torch.is_tensor(out):
+                        version_out[path] = out._version
 
+                handles.append(module.register_forward_pre_hook(pre))
                 handles.append(module.register_forward_hook(hook, with_kwargs=True))
         try:
             with torch.no_grad():
@@ -788,12 +806,17 @@ class Objective:
         if paths.count(first.path) != 1 or len(set(paths)) != len(paths):
             return None
         start = paths.index(first.path)
-        prev = calls[start][4]
+        prev, prev_path = calls[start][4], first.path
+        if not torch.is_tensor(prev):
+            return None
         width = prev[0].numel()
         steps: list[_Step] = []
         for path, module, args, kwargs, out in calls[start + 1 :]:
             if kwargs or len(args) != 1 or args[0] is not prev or not torch.is_tensor(out):
                 return None
+            if version_in.get(path) != version_out.get(prev_path):
+                return None  # changed in place on the way
+            prev_path = path
             step = _chain_step(path, module, args[0])
             if step is None:
                 return None
@@ -803,6 +826,7 @@ class Objective:
         linear = [i for i, st in enumerate(steps) if st.kind == "linear"]
         if (
             result is not prev
+            or result._version != version_out.get(prev_path)
             or prev.ndim != 2
             or prev.shape[1] < 2
             or not linear
