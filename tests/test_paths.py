@@ -195,20 +195,25 @@ def test_update_bn_matches_swa_utils_update_bn():
         net(X)  # give it running statistics of its own
     net.eval()
     other = _perturbed(net, 7, scale=0.5)
-    obj = bs.Objective(net, nn.CrossEntropyLoss(), (X, y), batch_size=16)
+    obj = bs.Objective(net, nn.CrossEntropyLoss(), (X, y), batch_size=20)
     s = interpolate(obj, other, span=(0.0, 1.0), steps=3, update_bn=(X, y))
     # reference: SWA's update_bn on the model at α = 0.5, batches of the same size
     mid = copy.deepcopy(net)
     with torch.no_grad():
         for p, q, r in zip(mid.parameters(), net.parameters(), other.parameters(), strict=True):
             p.copy_(0.5 * q + 0.5 * r)
-    loader = torch.utils.data.DataLoader(X, batch_size=16)
+    loader = torch.utils.data.DataLoader(X, batch_size=20)  # equal batches: same weights
     torch.optim.swa_utils.update_bn(loader, mid)
     mid.eval()
     with torch.no_grad():
         ref = float(nn.functional.cross_entropy(mid(X), y))
     assert s.train_loss[1] == pytest.approx(ref, rel=1e-12)
-    plain = interpolate(obj, other, span=(0.0, 1.0), steps=3)
+    # without update_bn a model with statistics of its own cannot be an end point
+    own_stats = copy.deepcopy(other).train()
+    own_stats(2 * X)
+    with pytest.raises(BasinscopeError, match="update_bn"):
+        interpolate(obj, own_stats.eval(), span=(0.0, 1.0), steps=3)
+    plain = interpolate(obj, obj.space.flatten(other), span=(0.0, 1.0), steps=3)
     assert abs(plain.train_loss[1] - ref) > 1e-6  # θ_a's statistics give another value
     assert s.attrs["update_bn"] is True
     # the objective's model is untouched (still θ_a's statistics, eval mode)
@@ -245,3 +250,29 @@ def test_update_bn_on_a_random_plane():
         ref = float(nn.functional.cross_entropy(moved(X), y))
     assert s.train_loss[2, 0] == pytest.approx(ref, rel=1e-12)
     assert s.attrs["update_bn"] is True
+
+
+def test_update_bn_statistics_are_the_dataset_mean_and_a_single_last_example_is_fine():
+    torch.manual_seed(2)
+    net = _BNNet().double().eval()
+    X, y = torch.randn(65, 4, dtype=torch.float64), torch.randint(0, 3, (65,))
+    obj = bs.Objective(net, nn.CrossEntropyLoss(), (X, y), batch_size=16)  # 16,16,16,17
+    from basinscope.surface import _BatchNormUpdate
+
+    bn = _BatchNormUpdate(obj, (X, y))
+    assert [len(b) for b in bn._batches()] == [16, 16, 16, 17]
+    params = obj.space.unflatten(obj.theta0)
+    buffers = bn._buffers(obj, params)
+    h = net.fc1(X)  # the BatchNorm layer's input
+    torch.testing.assert_close(buffers["bn.running_mean"], h.mean(0), rtol=1e-12, atol=1e-14)
+    s = interpolate(obj, obj.theta0, span=(0.0, 1.0), steps=2, update_bn=(X, y))
+    assert np.isfinite(s.train_loss).all()
+
+
+def test_trajectory_plane_with_fixed_biases(mlp):
+    model, X, y = mlp
+    obj = bs.Objective(model, nn.CrossEntropyLoss(), (X, y), skip_bias_norm=True)
+    snaps = [_perturbed(model, 20 + i, scale=0.1 * (3 - i)) for i in range(3)] + [model]
+    s = trajectory_plane(obj, snaps, steps=3)  # the snapshots' biases differ: only directions
+    assert s.complete and np.asarray(s.attrs["trajectory"]).shape == (4, 2)
+    assert s.directions.shape == (2, obj.n)

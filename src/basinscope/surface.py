@@ -375,11 +375,22 @@ def _write_chunk(path: str | Path, surface: Surface, idx: np.ndarray, keys: list
 
 
 # ------------------------------------------------------------------ paths between minima
-def _flat(obj: Objective, source: Any, what: str) -> Tensor:
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(
+        a.detach().cpu().to(torch.float64), b.detach().cpu().to(torch.float64)
+    )
+
+
+def _flat(
+    obj: Objective, source: Any, what: str, *, fixed: bool = True, buffers: bool = False
+) -> Tensor:
     """A model, a name->tensor dict or a flat vector as a point of ``obj.space``.
 
-    A model (or dict) that differs from the Objective's model in a parameter
-    *outside* the space cannot be reached by moving inside it: refused.
+    With ``fixed``, a model (or dict) that differs from the Objective's model in
+    a parameter *outside* the space cannot be reached by moving inside it:
+    refused. With ``buffers``, one whose buffers (BatchNorm running statistics)
+    differ is refused too: evaluated with the Objective's buffers, it would not
+    give its own loss.
     """
     from torch import nn
 
@@ -388,15 +399,21 @@ def _flat(obj: Objective, source: Any, what: str) -> Tensor:
     if isinstance(source, nn.Module | dict):
         params = dict(source.named_parameters()) if isinstance(source, nn.Module) else source
         own = dict(obj.model.named_parameters())
-        for name, p in own.items():
+        for name, p in own.items() if fixed else ():
             if name in obj.space.names or name not in params:
                 continue
-            if p.shape != params[name].shape or not torch.equal(
-                p.detach().cpu().to(torch.float64), params[name].detach().cpu().to(torch.float64)
-            ):
+            if not _same(p, params[name]):
                 raise BasinscopeError(
                     f"{what} differs from the objective's model in {name!r}, which the "
                     "objective keeps fixed; build the Objective with all parameters in its space"
+                )
+        theirs = dict(source.named_buffers()) if isinstance(source, nn.Module) else source
+        for name, b in obj.model.named_buffers() if buffers else ():
+            if name in theirs and b.is_floating_point() and not _same(b, theirs[name]):
+                raise BasinscopeError(
+                    f"{what} has other buffers than the objective's model ({name!r}, e.g. "
+                    "BatchNorm statistics); pass update_bn=data to recompute them at every "
+                    "point, or it would not be evaluated as itself"
                 )
         vec = obj.space.flatten(params)
     else:
@@ -444,8 +461,9 @@ def interpolate(
             every point (see :class:`_BatchNormUpdate`); ``None`` keeps ``θ_a``'s.
         labels: names of the two models, stored for the plots.
     """
-    a = obj.theta0 if theta_a is None else _flat(obj, theta_a, "theta_a")
-    b = _flat(obj, theta_b, "theta_b")
+    check = update_bn is None
+    a = obj.theta0 if theta_a is None else _flat(obj, theta_a, "theta_a", buffers=check)
+    b = _flat(obj, theta_b, "theta_b", buffers=check)
     coords = [_grid(span, steps, "an interpolation")]
     meta = {
         "kind": "interpolation",
@@ -502,7 +520,9 @@ def three_model_plane(
         raise BasinscopeError(f"three_model_plane needs exactly 3 models, got {len(models)}")
     if not (np.isfinite(margin) and margin >= 0):
         raise BasinscopeError(f"margin must be a non-negative number, got {margin}")
-    thetas = [_flat(obj, m, f"model {i + 1}") for i, m in enumerate(models)]
+    thetas = [
+        _flat(obj, m, f"model {i + 1}", buffers=update_bn is None) for i, m in enumerate(models)
+    ]
     u64 = (thetas[1] - thetas[0]).to(torch.float64)
     v64 = (thetas[2] - thetas[0]).to(torch.float64)
     x2 = float(u64.norm())
@@ -578,7 +598,8 @@ def trajectory_plane(
     rows = (
         snapshots
         if isinstance(snapshots, Tensor)
-        else [_flat(obj, s, f"snapshot {i}") for i, s in enumerate(snapshots)]
+        # Snapshots only give the directions: their fixed parameters may differ.
+        else [_flat(obj, s, f"snapshot {i}", fixed=False) for i, s in enumerate(snapshots)]
     )
     traj = torch.stack(list(rows)) if not isinstance(rows, Tensor) else rows
     pca = pca_directions(traj.to(obj.dtype), obj.theta0)
@@ -616,8 +637,9 @@ class _BatchNormUpdate:
     """Recompute BatchNorm running statistics at each point, as SWA's ``update_bn`` does.
 
     At a point θ the running mean and variance of every BatchNorm layer are
-    reset and re-estimated from the batches of ``data`` in train mode (the
-    cumulative average, ``momentum=None``, over batches of ``obj.batch_size``),
+    reset and re-estimated from the batches of ``data`` in train mode (batches
+    of ``obj.batch_size``, averaged with weights proportional to their sizes, so
+    the mean is the dataset's; SWA's ``update_bn`` weights batches equally),
     with every other module left in eval mode (dropout off); the point is then
     evaluated in eval mode with those statistics. Without it a point far from
     θ0 is evaluated with θ0's statistics, which can make a basin look sharper
@@ -643,6 +665,18 @@ class _BatchNormUpdate:
                 "update_bn needs a model with BatchNorm layers that track running statistics"
             )
         self.data = obj.with_data(data)
+        if self.data.n_examples < 2:
+            raise BasinscopeError("update_bn needs at least 2 examples to estimate statistics")
+
+    def _batches(self) -> list[Tensor]:
+        """The data in batches of ``batch_size``; a last batch of one example (which
+        BatchNorm cannot normalise in train mode) joins the one before it."""
+        x, size = self.data.x, self.data.batch_size
+        starts = list(range(0, len(x), size))
+        if len(starts) > 1 and len(x) - starts[-1] == 1:
+            starts.pop()
+        ends = starts[1:] + [len(x)]
+        return [x[a:b] for a, b in zip(starts, ends, strict=True)]
 
     def _buffers(self, obj: Objective, params: dict[str, Tensor]) -> dict[str, Tensor]:
         buffers: dict[str, Tensor] = {}
@@ -655,8 +689,14 @@ class _BatchNormUpdate:
         try:
             for m in self.bn.values():
                 m.train()
-                m.momentum = None  # cumulative average over the batches
-            for x, _ in self.data._chunks():
+            seen = 0
+            for x in self._batches():
+                # momentum b/seen (seen counts this batch): the running mean is the size-weighted mean of
+                # the batch means, i.e. the dataset mean; the variance is the
+                # size-weighted mean of the batch variances.
+                seen += len(x)
+                for m in self.bn.values():
+                    m.momentum = len(x) / seen
                 obj._forward({**params, **buffers}, x)
         finally:
             for name, m in self.bn.items():
