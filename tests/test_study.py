@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import basinscope as bs
-from basinscope import sharpness, studies
+from basinscope import sharpness, studies, study
 from basinscope.study import MeasureConfig, Study, run_study
 from basinscope.train import TrainConfig
 
@@ -293,3 +293,20 @@ def test_dataset_size_draws_the_plane_through_three_minima(tmp_path):
     assert dict(plane.attrs["marks"])[labels[0]] == [0.0, 0.0] and plane.complete
     assert "plane through three minima" in (root / "summary.md").read_text()
     assert (root / "figures" / "plane_three_sizes.png").is_file()
+
+
+def test_retrained_runs_are_measured_afresh(tmp_path):
+    run_study(_tiny(), tmp_path, progress=False)
+    root = tmp_path / "tiny" / "a"
+    old = json.loads((root / "sharpness.json").read_text())
+    again = _tiny(epochs=3)  # other weights: every cached measurement must follow
+    again.measure = MeasureConfig(grid_size=5, noise_samples=4, radius=0.5)  # and another grid
+    reports = run_study(again, tmp_path, progress=False)
+    surf = bs.Surface.load(root / "surface.h5")
+    assert surf.train_loss.shape == (5, 5) and surf.complete
+    assert surf.attrs["origin_train_loss"] == pytest.approx(
+        reports[0].final["train_loss"], rel=1e-5
+    )
+    new = json.loads((root / "sharpness.json").read_text())
+    assert new["settings"]["model"] != old["settings"]["model"]
+    assert new["settings"]["model"] == study.model_fingerprint(reports[0].model)

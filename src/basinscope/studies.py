@@ -30,7 +30,16 @@ from . import plots
 from ._io import atomic_write_json
 from .errors import BasinscopeError
 from .objective import Objective
-from .study import MeasureConfig, RunReport, Study, _fmt, cached_volume
+from .study import (
+    MeasureConfig,
+    RunReport,
+    Study,
+    _fmt,
+    cached_volume,
+    model_fingerprint,
+    own_file,
+    study_key,
+)
 from .surface import interpolate
 from .train import TrainConfig
 
@@ -109,6 +118,10 @@ def _lr_batch_finish(study: Study, reports: list[RunReport], root: Path) -> str:
             steps=41,
             test=(small.data.x_test, small.data.y_test),
             path=root / f"interpolation_{label}.h5",
+            attrs=own_file(
+                root / f"interpolation_{label}.h5",
+                study_key(model_fingerprint(small.model, large.model)),
+            ),
             labels=("small batch", "large batch"),
         )
         plots.plot_line(
@@ -345,6 +358,10 @@ def _fan_plane(done: list[RunReport], m: MeasureConfig, root: Path) -> str:
         labels=labels,
         steps=m.grid_size,
         path=root / "plane_three_sizes.h5",
+        attrs=own_file(
+            root / "plane_three_sizes.h5",
+            study_key(model_fingerprint(big.model, mid.model, small.model), m.grid_size),
+        ),
     )
     plots.plot_contour(
         surf,

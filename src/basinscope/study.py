@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from . import plots, sharpness
@@ -202,6 +203,15 @@ def measure_run(
         subset=measure.eval_subset if measure.eval_subset else None,
     )
     d = random_directions(obj, 2, norm="filter", seed=measure.direction_seed)
+    fp = model_fingerprint(model)
+    key = study_key(
+        fp,
+        measure.grid_size,
+        measure.span,
+        measure.direction_seed,
+        measure.skip_bias_norm,
+        measure.eval_subset,
+    )
     surf = plane(
         obj,
         d[0],
@@ -211,7 +221,11 @@ def measure_run(
         test=(data.x_test, data.y_test),
         path=out_dir / "surface.h5",
         progress=progress,
-        attrs={"norm": "filter", "direction_seed": measure.direction_seed},
+        attrs={
+            "norm": "filter",
+            "direction_seed": measure.direction_seed,
+            **own_file(out_dir / "surface.h5", key),
+        },
     )
 
     def compute() -> dict[str, Any]:
@@ -224,7 +238,43 @@ def measure_run(
             "noise": {k: v for k, v in _asdict(noise).items() if k != "increases"},
         }
 
-    return surf, _cached_json(out_dir / "sharpness.json", dataclasses.asdict(measure), compute)
+    settings = dataclasses.asdict(measure) | {"model": fp}
+    return surf, _cached_json(out_dir / "sharpness.json", settings, compute)
+
+
+def model_fingerprint(*models: nn.Module) -> str:
+    """SHA-256 of the models' state dicts (names, shapes, dtypes and values): the cache
+    key that ties a stored measurement to the weights it was measured on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for model in models:
+        for name, t in model.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def study_key(*parts: Any) -> str:
+    """A short key for a computed file: the hash of ``parts`` (JSON)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def own_file(path: Path, key: str) -> dict[str, str]:
+    """Delete a surface file a study wrote for other weights or settings (a retrained
+    run, a new grid), so it is computed afresh; a file with the same key is resumed.
+    Returns the attrs that record the key in the new file."""
+    if path.exists():
+        try:
+            old = Surface.load(path).attrs.get("study_key")
+        except BasinscopeError:
+            old = None
+        if old != key:
+            path.unlink()
+    return {"study_key": key}
 
 
 def _cached_json(
@@ -339,6 +389,7 @@ def cached_volume(
         "tolerance": m.volume_tolerance,
         "seed": m.direction_seed,
         "fingerprint": data_fingerprint(data),
+        "model": model_fingerprint(model),
     }
 
     def compute() -> dict[str, Any]:
@@ -370,6 +421,7 @@ def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: b
         "lambda_min": False,
         "seed": m.direction_seed,
         "fingerprint": data_fingerprint(report.data),
+        "model": model_fingerprint(report.model),
     }
 
     def compute() -> dict[str, Any]:
@@ -403,8 +455,12 @@ def _measure_suite(report: RunReport, m: MeasureConfig, out: Path, progress: boo
         "direction_seed",
         "skip_bias_norm",
         "eval_subset",
+        "noise_samples",
     )
-    settings = {k: getattr(m, k) for k in keys} | {"fingerprint": data_fingerprint(report.data)}
+    settings = {k: getattr(m, k) for k in keys} | {
+        "fingerprint": data_fingerprint(report.data),
+        "model": model_fingerprint(report.model),
+    }
 
     def compute() -> dict[str, Any]:
         obj = Objective(
@@ -467,8 +523,14 @@ def _measure_trajectory(report: RunReport, m: MeasureConfig, out: Path, progress
         device=report.config.device,
         subset=m.eval_subset if m.eval_subset else None,
     )
+    key = study_key(model_fingerprint(report.model), m.grid_size, m.eval_subset)
     surf = trajectory_plane(
-        obj, load_trajectory(out), steps=m.grid_size, path=out / "trajectory.h5", progress=progress
+        obj,
+        load_trajectory(out),
+        steps=m.grid_size,
+        path=out / "trajectory.h5",
+        progress=progress,
+        attrs=own_file(out / "trajectory.h5", key),
     )
     report.values["pca_explained"] = float(sum(surf.attrs["explained_variance_ratio"]))
     plots.plot_contour(
