@@ -310,3 +310,22 @@ def test_retrained_runs_are_measured_afresh(tmp_path):
     new = json.loads((root / "sharpness.json").read_text())
     assert new["settings"]["model"] != old["settings"]["model"]
     assert new["settings"]["model"] == study.model_fingerprint(reports[0].model)
+
+
+def test_sam_finish_without_spread_draws_no_conclusion(tmp_path):
+    from basinscope.studies import _sam_finish
+    from basinscope.study import RunReport
+
+    cfg = TrainConfig()
+
+    def rep(name, acc, diverged=False):
+        return RunReport(name, cfg, {"test_acc": acc}, diverged, "diverged at step 1")
+
+    flat = [rep("sgd_seed0", 0.9), rep("sgd_seed1", 0.9), rep("sam_seed0", 0.903)]
+    flat.append(rep("sam_seed1", 0.903))
+    text = _sam_finish(None, flat, tmp_path)
+    assert "test is undefined" in text and "helps significantly" not in text
+    mixed = [rep("sgd_seed0", 0.90), rep("sgd_seed1", 0.91), rep("sgd_seed2", 0.92)]
+    mixed += [rep("sam_seed0", 0.93), rep("sam_seed1", 0.95), rep("sam_seed2", 0.5, True)]
+    text = _sam_finish(None, mixed, tmp_path)
+    assert "over 3 SGD and 2 SAM seeds" in text

@@ -341,9 +341,10 @@ def _fan_plane(done: list[RunReport], m: MeasureConfig, root: Path) -> str:
     a middle and the least data, on the landscape of the most data."""
     from .surface import three_model_plane
 
-    if len(done) < 3:
+    distinct = {r.values["n_train"]: r for r in done}  # one run per training-set size
+    if len(distinct) < 3:
         return ""
-    chosen = sorted(done, key=lambda r: -r.values["n_train"])
+    chosen = [distinct[k] for k in sorted(distinct, reverse=True)]
     big, mid, small = chosen[0], chosen[len(chosen) // 2], chosen[-1]
     obj = Objective(
         big.model,
@@ -352,17 +353,20 @@ def _fan_plane(done: list[RunReport], m: MeasureConfig, root: Path) -> str:
         device=big.config.device,
     )
     labels = tuple(f"{r.values['n_train']} ex." for r in (big, mid, small))
-    surf = three_model_plane(
-        obj,
-        (big.model, mid.model, small.model),
-        labels=labels,
-        steps=m.grid_size,
-        path=root / "plane_three_sizes.h5",
-        attrs=own_file(
-            root / "plane_three_sizes.h5",
-            study_key(model_fingerprint(big.model, mid.model, small.model), m.grid_size),
-        ),
-    )
+    try:
+        surf = three_model_plane(
+            obj,
+            (big.model, mid.model, small.model),
+            labels=labels,
+            steps=m.grid_size,
+            path=root / "plane_three_sizes.h5",
+            attrs=own_file(
+                root / "plane_three_sizes.h5",
+                study_key(model_fingerprint(big.model, mid.model, small.model), m.grid_size),
+            ),
+        )
+    except BasinscopeError as exc:  # e.g. two sizes gave the same minimum
+        return f"\nNo plane through three minima: {exc}.\n"
     plots.plot_contour(
         surf,
         root / "figures" / "plane_three_sizes.png",
@@ -619,6 +623,10 @@ def _remedies_finish(study: Study, reports: list[RunReport], root: Path) -> str:
             + ("flattened" if flattened else "did not flatten")
             + f" the minimum ({flat} of {len(votes)} measures); {acc_text}.\n"
         )
+    for r in reports:
+        if r.diverged and r.name != "base":
+            lines.append(f"| {r.name} | diverged | n/a | n/a | n/a |")
+            verdicts.append(f"- **{r.name}** diverged: {r.message}\n")
     swa = next((r for r in reports if r.name == "swa" and not r.diverged), None)
     note = ""
     if swa is not None:
@@ -650,15 +658,20 @@ def _sam_finish(study: Study, reports: list[RunReport], root: Path) -> str:
     }
     if min(len(v) for v in acc.values()) < 2:
         return "\nFewer than two finished runs per optimiser: no test.\n"
-    t = stats.ttest_ind(acc["sam"], acc["sgd"], equal_var=False)
     diff = float(np.mean(acc["sam"]) - np.mean(acc["sgd"]))
-    significant = t.pvalue < 0.05 and diff > 0
+    if np.ptp(acc["sam"]) == 0 and np.ptp(acc["sgd"]) == 0:
+        statistic, pvalue = math.nan, math.nan  # no spread: Welch's test is undefined
+    else:
+        t = stats.ttest_ind(acc["sam"], acc["sgd"], equal_var=False)
+        statistic, pvalue = float(t.statistic), float(t.pvalue)
+    significant = math.isfinite(pvalue) and pvalue < 0.05 and diff > 0
     text = (
         "\n## Does SAM help?\n\n"
-        f"Test accuracy over {len(acc['sgd'])} seeds: SGD {np.mean(acc['sgd']):.4f} ± "
+        f"Test accuracy over {len(acc['sgd'])} SGD and {len(acc['sam'])} SAM seeds: "
+        f"SGD {np.mean(acc['sgd']):.4f} ± "
         f"{np.std(acc['sgd'], ddof=1):.4f}, SAM {np.mean(acc['sam']):.4f} ± "
         f"{np.std(acc['sam'], ddof=1):.4f} (mean ± SD); difference {100 * diff:+.2f} %, "
-        f"Welch's t = {t.statistic:.2f}, p = {t.pvalue:.3g}.\n"
+        f"Welch's t = {statistic:.2f}, p = {pvalue:.3g}.\n"
     )
     if lam["sgd"] and lam["sam"]:
         text += (
@@ -666,7 +679,10 @@ def _sam_finish(study: Study, reports: list[RunReport], root: Path) -> str:
             f"(ratio {np.mean(lam['sam']) / np.mean(lam['sgd']):.3g}).\n"
         )
     text += "\n**Diagnosis:** " + (
-        "SAM helps significantly (p < 0.05): the original optimiser was likely "
+        "the accuracies do not vary across seeds, so the test is undefined; run more "
+        "seeds or a larger test set.\n"
+        if not math.isfinite(pvalue)
+        else "SAM helps significantly (p < 0.05): the original optimiser was likely "
         "converging to sharp minima.\n"
         if significant
         else "SAM does not help significantly here (p ≥ 0.05 or no gain): no evidence "
