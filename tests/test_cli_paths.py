@@ -131,7 +131,7 @@ def test_sharpness_suite_and_rescale_from_the_cli(capsys, runs, tmp_path):
     code, _, err = _run(capsys, "sharpness", run, "--rescale", "net.3", "2", "--quiet")
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1
     code, _, err = _run(capsys, "sharpness", run, "--worst-case", "-1", "--quiet")
-    assert code == 2 and "radius" in err
+    assert code == 2 and "--worst-case must be a positive" in err
 
 
 def test_batchnorm_model_with_sam_and_per_point_statistics(capsys, tmp_path):
@@ -157,3 +157,24 @@ def test_batchnorm_model_with_sam_and_per_point_statistics(capsys, tmp_path):
     assert planes[1].attrs["update_bn"] is True and "update_bn" not in planes[0].attrs
     # away from θ0 the recomputed statistics give other losses
     assert not np.allclose(planes[0].train_loss[0, 0], planes[1].train_loss[0, 0])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--subspace", "5"], "--subspace only applies together with --keskar"),
+        (["--m", "10"], "--m only applies together with --worst-case"),
+        (["--magnitude-aware"], "only applies together with --pac-bayes"),
+        (["--worst-case", "inf"], "--worst-case must be a positive finite number"),
+        (["--rescale", "net.1", "2", "--keskar", "1e-3"], "--rescale compares its own"),
+    ],
+)
+def test_sharpness_options_are_checked_before_any_work(capsys, runs, extra, message):
+    code, out, err = _run(capsys, "sharpness", runs / "s0", *extra, "--quiet")
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert out == ""  # nothing was computed first
+
+
+def test_trajectory_takes_one_checkpoint(capsys, runs, tmp_path):
+    code, _, err = _run(capsys, "path", runs / "s0", runs / "s1", "--trajectory")
+    assert code == 2 and "give one checkpoint" in err

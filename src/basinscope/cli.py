@@ -232,6 +232,7 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
     from ._io import atomic_write_json
     from .directions import random_directions
 
+    _check_sharpness_options(args)
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=True)
     if args.rescale is not None:
@@ -292,6 +293,37 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
     if args.json:
         atomic_write_json(args.json, result)
         print(f"written to {args.json}")
+
+
+def _check_sharpness_options(args: argparse.Namespace) -> None:
+    """Refuse sub-options without their measure, and bad numbers, before any work."""
+    import math
+
+    parents = {
+        "--worst-case": (
+            args.worst_case is not None,
+            {"--norm": args.norm != "l2", "--adaptive": args.adaptive, "--m": args.m is not None},
+        ),
+        "--keskar": (args.keskar is not None, {"--subspace": args.subspace is not None}),
+        "--pac-bayes": (
+            args.pac_bayes,
+            {"--magnitude-aware": args.magnitude_aware, "--target": args.target != 0.1},
+        ),
+    }
+    for parent, (given, children) in parents.items():
+        orphans = [flag for flag, used in children.items() if used]
+        if orphans and not given:
+            raise BasinscopeError(f"{orphans[0]} only applies together with {parent}")
+    if args.rescale is not None and (
+        args.worst_case is not None or args.keskar is not None or args.pac_bayes
+    ):
+        raise BasinscopeError(
+            "--rescale compares its own set of measures; run --worst-case, --keskar and "
+            "--pac-bayes without it"
+        )
+    for flag, value in (("--worst-case", args.worst_case), ("--keskar", args.keskar)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise BasinscopeError(f"{flag} must be a positive finite number, got {value}")
 
 
 def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any) -> None:
@@ -404,7 +436,11 @@ def _cmd_path(args: argparse.Namespace) -> None:
 
     if args.steps < 2:
         raise BasinscopeError(f"--steps must be at least 2, got {args.steps}")
-    if not 2 <= len(args.checkpoints) <= 3 and not (args.trajectory and len(args.checkpoints) == 1):
+    if args.trajectory and len(args.checkpoints) != 1:
+        raise BasinscopeError(
+            f"--trajectory draws one run's trajectory; give one checkpoint, got {len(args.checkpoints)}"
+        )
+    if not 2 <= len(args.checkpoints) <= 3 and not args.trajectory:
         raise BasinscopeError(
             f"give two checkpoints (interpolation), three (their plane), or one with "
             f"--trajectory; got {len(args.checkpoints)}"
