@@ -102,3 +102,26 @@ def test_report_from_summary_csv(tmp_path):
     assert (tmp_path / "figures" / "scatter_lambda_max.png").stat().st_size > 0
     with pytest.raises(BasinscopeError, match="does not exist"):
         read_summary(tmp_path / "nowhere")
+
+
+def test_granulated_groups_by_every_setting_in_study_json(tmp_path):
+    # base / swa differ in swa_start only; small differs from base in batch size only.
+    runs = {
+        "base": {"lr": 0.1, "batch_size": 512, "swa_start": None, "seed": 0},
+        "swa": {"lr": 0.1, "batch_size": 512, "swa_start": 75, "seed": 0},
+        "small": {"lr": 0.1, "batch_size": 16, "swa_start": None, "seed": 0},
+    }
+    (tmp_path / "study.json").write_text(json.dumps({"runs": runs}))
+    vals = {"base": (3.0, 0.1), "swa": (1.0, 0.3), "small": (2.0, 0.05)}
+    rows = [
+        {"run": k, "lr": 0.1, "batch_size": v["batch_size"], "lambda_max": vals[k][0],
+         "gap_loss": vals[k][1], "gap_acc": vals[k][1], "status": "ok"}
+        for k, v in runs.items()
+    ]  # fmt: skip
+    correlation_report(rows, tmp_path)
+    saved = json.loads((tmp_path / "correlation.json").read_text())
+    lam = next(d for d in saved if d["measure"] == "lambda_max" and d["gap"] == "gap_loss")
+    # batch size: only the pair (base, small): λ 3 > 2 while gap 0.1 > 0.05 → τ = +1;
+    # swa_start: only (base, swa): λ 3 > 1 while gap 0.1 < 0.3 → τ = −1.
+    assert lam["per_hyperparameter"] == {"config:batch_size": 1.0, "config:swa_start": -1.0}
+    assert lam["granulated"] == 0.0

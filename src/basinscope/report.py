@@ -189,6 +189,32 @@ def _with_test_error(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_NOT_HYPERPARAMETERS = frozenset({"seed", "device", "data_dir", "eval_every_epoch"})
+
+
+def _with_config(
+    rows: Sequence[Mapping[str, Any]], study_json: Path
+) -> tuple[list[dict[str, Any]], Sequence[str]]:
+    """Rows with every varying training setting of ``study.json`` as a ``config:<k>``
+    column, and those columns as the hyperparameters (or the rows as they are)."""
+    import json
+
+    rows = [dict(r) for r in rows]
+    try:
+        runs = json.loads(study_json.read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return rows, HYPERPARAMETERS
+    configs = [runs.get(str(r.get("run"))) for r in rows]
+    if not rows or any(c is None for c in configs):
+        return rows, HYPERPARAMETERS
+    keys = [k for k in configs[0] if k not in _NOT_HYPERPARAMETERS]
+    enc = lambda v: json.dumps(v, sort_keys=True, default=str)  # noqa: E731
+    varying = [k for k in keys if len({enc(c.get(k)) for c in configs}) > 1]
+    for r, c in zip(rows, configs, strict=True):
+        r.update({f"config:{k}": enc(c.get(k)) for k in varying})
+    return rows, [f"config:{k}" for k in varying]
+
+
 def read_summary(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a study's ``summary.csv`` (a study directory or the file itself)."""
     path = Path(path)
@@ -233,11 +259,19 @@ def correlation_report(
 ) -> str:
     """Write ``correlation.md``/``correlation.json`` and one scatter plot per measure
     (``figures/scatter_<measure>.png``, measure against the loss gap) under ``out``;
-    return the Markdown."""
+    return the Markdown.
+
+    When ``out`` holds the study's ``study.json`` (``basinscope run`` writes it),
+    the granulated Ψ groups runs by *every* training setting that varies across
+    the study (except the seed), read from there, so that two runs count as
+    differing in one hyperparameter only when nothing else differs; otherwise
+    by the columns of :data:`HYPERPARAMETERS`.
+    """
     from . import plots
 
     out = Path(out)
-    results = rank_correlations(rows)
+    rows, hyper = _with_config(rows, out / "study.json")
+    results = rank_correlations(rows, hyperparameters=hyper)
     text = (f"## {title}\n\n" if title else "") + correlation_markdown(results)
     atomic_write_text(out / "correlation.md", text)
     atomic_write_json(out / "correlation.json", [asdict(c) for c in results])
