@@ -35,7 +35,6 @@ import importlib
 import os
 import time
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine a
@@ -44,6 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import best_time, seed_tool_mlp  # noqa: E402
 from torch import nn  # noqa: E402
 
 import basinscope as bs  # noqa: E402
@@ -69,15 +69,7 @@ def make_setup(seed: int = 0, steps: int = 300) -> tuple[nn.Module, torch.Tensor
     w2 = torch.randn(64, 10, generator=g) / 8
     logits = torch.relu(x.flatten(1) @ w1) @ w2
     y = (logits + torch.randn(N_EXAMPLES, 10, generator=g)).argmax(1)
-    torch.manual_seed(seed)  # nn.Linear initialises from the global RNG (a script may seed it)
-    model = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(784, 256),
-        nn.ReLU(),
-        nn.Linear(256, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
+    model = seed_tool_mlp(seed)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for _ in range(steps):
         idx = torch.randint(0, N_EXAMPLES, (128,), generator=g)
@@ -85,16 +77,6 @@ def make_setup(seed: int = 0, steps: int = 300) -> tuple[nn.Module, torch.Tensor
         nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
     return model.eval(), x, y
-
-
-def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Minimum wall-clock time over ``repeat`` runs, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, result
 
 
 def rel_err(values: Any, reference: np.ndarray) -> float:

@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 import torch
+from _common import best_time, seed_tool_mlp
 from torch import nn
 
 import basinscope as bs
@@ -48,15 +46,7 @@ def make_setup(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(N_EXAMPLES, 1, 28, 28, generator=g)
     y = torch.randint(0, 10, (N_EXAMPLES,), generator=g)
-    torch.manual_seed(seed)  # nn.Linear initialises from the global RNG (a script may seed it)
-    model = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(784, 256),
-        nn.ReLU(),
-        nn.Linear(256, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
+    model = seed_tool_mlp(seed)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for step in range(20):
         idx = torch.arange(step * 128, (step + 1) * 128) % N_EXAMPLES
@@ -64,16 +54,6 @@ def make_setup(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
         nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()
     return model.eval(), x, y
-
-
-def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Minimum wall-clock time over ``repeat`` runs, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, result
 
 
 # ------------------------------------------------------------------ baselines
