@@ -274,5 +274,8 @@ def test_trajectory_plane_with_fixed_biases(mlp):
     obj = bs.Objective(model, nn.CrossEntropyLoss(), (X, y), skip_bias_norm=True)
     snaps = [_perturbed(model, 20 + i, scale=0.1 * (3 - i)) for i in range(3)] + [model]
     s = trajectory_plane(obj, snaps, steps=3)  # the snapshots' biases differ: only directions
-    assert s.complete and np.asarray(s.attrs["trajectory"]).shape == (4, 2)
-    assert s.directions.shape == (2, obj.n)
+    # the trajectory is the PCA of the snapshots' weights in the space (biases left out)
+    want = pca_directions(torch.stack([obj.space.flatten(m) for m in snaps]), obj.theta0)
+    np.testing.assert_allclose(np.asarray(s.attrs["trajectory"]), want.coordinates, atol=1e-12)
+    np.testing.assert_allclose(s.directions, want.directions.float().numpy(), atol=1e-7)
+    assert s.complete

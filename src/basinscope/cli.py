@@ -130,6 +130,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"checkpoint in {args.out}/")
 
 
+def _write_json(args: argparse.Namespace, payload: Any) -> None:
+    """Write a command's results to ``--json`` (atomically), when it was given."""
+    from ._io import atomic_write_json
+
+    if args.json:
+        atomic_write_json(args.json, payload)
+        print(f"written to {args.json}")
+
+
 # ------------------------------------------------- checkpoint + objective
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     """(model, DataBundle) for a checkpoint command."""
@@ -229,7 +238,6 @@ def _cmd_surface(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------- sharpness
 def _cmd_sharpness(args: argparse.Namespace) -> None:
     from . import sharpness
-    from ._io import atomic_write_json
     from .directions import random_directions
 
     _check_sharpness_options(args)
@@ -290,9 +298,7 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
         print(
             f"PAC-Bayes {kind}σ' (error +{pb.target:g})  {pb.sigma:.6g}; bound term {pb.bound:.6g}"
         )
-    if args.json:
-        atomic_write_json(args.json, result)
-        print(f"written to {args.json}")
+    _write_json(args, result)
 
 
 def _check_sharpness_options(args: argparse.Namespace) -> None:
@@ -328,7 +334,6 @@ def _check_sharpness_options(args: argparse.Namespace) -> None:
 
 def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any) -> None:
     """Dinh et al. (2017): the same function, rescaled weights; which measures move."""
-    from ._io import atomic_write_json
     from .reparam import compare_measures, rescale
 
     layer, alpha_text = args.rescale
@@ -345,18 +350,15 @@ def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any
     for name, c in table.items():
         mark = "yes" if c.invariant else "no"
         print(f"{name:24s} {c.before:12.6g} {c.after:12.6g} {c.rel_change:12.2e}  {mark}")
-    if args.json:
-        atomic_write_json(
-            args.json,
-            {"layer": layer, "alpha": alpha} | {k: dataclasses.asdict(v) for k, v in table.items()},
-        )
-        print(f"written to {args.json}")
+    _write_json(
+        args,
+        {"layer": layer, "alpha": alpha} | {k: dataclasses.asdict(v) for k, v in table.items()},
+    )
 
 
 # ----------------------------------------------------------------- hessian
 def _cmd_hessian(args: argparse.Namespace) -> None:
     from . import hessian
-    from ._io import atomic_write_json
 
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=False)
@@ -383,14 +385,11 @@ def _cmd_hessian(args: argparse.Namespace) -> None:
         png = hessian.plot_density(dens, args.density)
         out["density"] = dens.to_dict()
         print(f"spectral density drawn in {png}")
-    if args.json:
-        atomic_write_json(args.json, out)
-        print(f"written to {args.json}")
+    _write_json(args, out)
 
 
 # ------------------------------------------------------------------ volume
 def _cmd_volume(args: argparse.Namespace) -> None:
-    from ._io import atomic_write_json
     from .volume import basin_volume
 
     model, data = _load(args)
@@ -424,9 +423,7 @@ def _cmd_volume(args: argparse.Namespace) -> None:
     )
     print(f"rays not crossed by r_max  {res.n_uncrossed}")
     print(f"loss evaluations           {res.evaluations}")
-    if args.json:
-        atomic_write_json(args.json, d)
-        print(f"written to {args.json}")
+    _write_json(args, d)
 
 
 # -------------------------------------------------------------------- path

@@ -179,6 +179,17 @@ def epsilon(
     )
 
 
+def _gaussian_rows(obj: Objective, seed: int, indices: range) -> Tensor:
+    """``[len(indices), n]`` standard normal noise, row ``i`` drawn from ``(seed, i)`` alone
+    (float32, then moved to the Objective's device and dtype)."""
+    return torch.stack(
+        [
+            torch.randn(obj.n, generator=item_generator(seed, i), dtype=torch.float32)
+            for i in indices
+        ]
+    ).to(obj.theta0)
+
+
 def average_case(
     obj: Objective,
     sigma: float,
@@ -212,12 +223,7 @@ def average_case(
     with tqdm(total=samples, disable=not progress, desc="noise", unit="sample") as bar:
         for start in range(0, samples, chunk):
             idx = range(start, min(start + chunk, samples))
-            z = torch.stack(
-                [
-                    torch.randn(obj.n, generator=item_generator(seed, i), dtype=torch.float32)
-                    for i in idx
-                ]
-            ).to(obj.theta0)
+            z = _gaussian_rows(obj, seed, idx)
             losses, _ = obj.evaluate(obj.theta0 + sigma * scale * z)
             increases[start : start + len(idx)] = losses.numpy() - loss0
             bar.update(len(idx))
@@ -749,12 +755,7 @@ def _error_increase(
         std = torch.full_like(theta0, sigma)
     total = 0.0
     for start in range(0, samples, chunk):
-        z = torch.stack(
-            [
-                torch.randn(obj.n, generator=item_generator(seed, i), dtype=torch.float32)
-                for i in range(start, min(start + chunk, samples))
-            ]
-        ).to(theta0)
+        z = _gaussian_rows(obj, seed, range(start, min(start + chunk, samples)))
         _, acc = obj.evaluate(theta0 + std * z)
         total += float((1 - acc).sum())
     return total / samples

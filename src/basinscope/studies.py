@@ -24,12 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from . import plots
 from ._io import atomic_write_json
 from .errors import BasinscopeError
-from .objective import Objective
 from .study import (
     MeasureConfig,
     RunReport,
@@ -39,6 +37,7 @@ from .study import (
     model_fingerprint,
     own_file,
     study_key,
+    train_objective,
 )
 from .surface import interpolate
 from .train import TrainConfig
@@ -105,12 +104,7 @@ def _lr_batch_finish(study: Study, reports: list[RunReport], root: Path) -> str:
     minimum, ``(1−α)θ_small + αθ_large`` for α ∈ [−0.5, 1.5], at each learning rate."""
     text = ""
     for label, small, large in _interpolation_pairs(reports):
-        obj = Objective(
-            small.model,
-            nn.CrossEntropyLoss(),
-            (small.data.x_train, small.data.y_train),
-            device=small.config.device,
-        )
+        obj = train_objective(small.model, small.data, small.config.device)
         surf = interpolate(
             obj,
             large.model,
@@ -346,12 +340,7 @@ def _fan_plane(done: list[RunReport], m: MeasureConfig, root: Path) -> str:
         return ""
     chosen = [distinct[k] for k in sorted(distinct, reverse=True)]
     big, mid, small = chosen[0], chosen[len(chosen) // 2], chosen[-1]
-    obj = Objective(
-        big.model,
-        nn.CrossEntropyLoss(),
-        (big.data.x_train, big.data.y_train),
-        device=big.config.device,
-    )
+    obj = train_objective(big.model, big.data, big.config.device)
     labels = tuple(f"{r.values['n_train']} ex." for r in (big, mid, small))
     try:
         surf = three_model_plane(

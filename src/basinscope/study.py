@@ -184,6 +184,26 @@ class RunReport:
 
 
 # ------------------------------------------------------------------ running
+def train_objective(
+    model: nn.Module,
+    data: DataBundle,
+    device: str = "cpu",
+    *,
+    skip_bias_norm: bool = False,
+    subset: int | None = None,
+) -> Objective:
+    """The cross-entropy Objective of ``model`` on ``data``'s training set, as every
+    study measure uses it (``subset`` 0 or ``None``: all examples)."""
+    return Objective(
+        model,
+        nn.CrossEntropyLoss(),
+        (data.x_train, data.y_train),
+        skip_bias_norm=skip_bias_norm,
+        device=device,
+        subset=subset or None,
+    )
+
+
 def measure_run(
     model: nn.Module,
     data: DataBundle,
@@ -194,13 +214,8 @@ def measure_run(
     progress: bool = True,
 ) -> tuple[Surface, dict[str, Any]]:
     """Surface and sharpness of one trained model; resumable and skipped when done."""
-    obj = Objective(
-        model,
-        nn.CrossEntropyLoss(),
-        (data.x_train, data.y_train),
-        skip_bias_norm=measure.skip_bias_norm,
-        device=device,
-        subset=measure.eval_subset if measure.eval_subset else None,
+    obj = train_objective(
+        model, data, device, skip_bias_norm=measure.skip_bias_norm, subset=measure.eval_subset
     )
     d = random_directions(obj, 2, norm="filter", seed=measure.direction_seed)
     fp = model_fingerprint(model)
@@ -393,7 +408,7 @@ def cached_volume(
     }
 
     def compute() -> dict[str, Any]:
-        obj = Objective(model, nn.CrossEntropyLoss(), (data.x_train, data.y_train), device=device)
+        obj = train_objective(model, data, device)
         try:
             return basin_volume(
                 obj,
@@ -425,12 +440,7 @@ def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: b
     }
 
     def compute() -> dict[str, Any]:
-        obj = Objective(
-            report.model,
-            nn.CrossEntropyLoss(),
-            (report.data.x_train, report.data.y_train),
-            device=report.config.device,
-        )
+        obj = train_objective(report.model, report.data, report.config.device)
         return summary(
             obj, 1, tol=1e-4, trace_rtol=1e-2, lambda_min=False, seed=m.direction_seed
         ).to_dict()
@@ -463,13 +473,12 @@ def _measure_suite(report: RunReport, m: MeasureConfig, out: Path, progress: boo
     }
 
     def compute() -> dict[str, Any]:
-        obj = Objective(
+        obj = train_objective(
             report.model,
-            nn.CrossEntropyLoss(),
-            (report.data.x_train, report.data.y_train),
+            report.data,
+            report.config.device,
             skip_bias_norm=m.skip_bias_norm,
-            device=report.config.device,
-            subset=m.eval_subset if m.eval_subset else None,
+            subset=m.eval_subset,
         )
         seed = m.direction_seed
         parts = {
@@ -516,13 +525,7 @@ def _measure_trajectory(report: RunReport, m: MeasureConfig, out: Path, progress
         raise BasinscopeError(
             f"run {report.name!r} kept no snapshots; the trajectory measure needs snapshot_every > 0"
         )
-    obj = Objective(
-        report.model,
-        nn.CrossEntropyLoss(),
-        (report.data.x_train, report.data.y_train),
-        device=report.config.device,
-        subset=m.eval_subset if m.eval_subset else None,
-    )
+    obj = train_objective(report.model, report.data, report.config.device, subset=m.eval_subset)
     key = study_key(model_fingerprint(report.model), m.grid_size, m.eval_subset)
     surf = trajectory_plane(
         obj,
