@@ -642,6 +642,28 @@ class Objective:
         """``L(θ)`` as a Python float (default θ = θ0)."""
         return float(self.evaluate(self.theta0 if theta is None else theta)[0][0])
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines this Objective's numbers, as a key for resumable files.
+
+        ``{weights, space, data, loss, dtype, device, batch_size, torch_version,
+        threads}``: hashes of the private model's whole state (θ0, fixed
+        parameters and buffers), of the coordinate names and of the evaluation
+        tensors (after the subset), a description of the loss (its class or
+        code and settings), and the arithmetic's environment. See
+        :func:`basinscope._keys.check_key` for how two keys are compared.
+        """
+        from ._keys import environment, tensor_digest, value_digest
+
+        state = self.model.state_dict()
+        return {
+            "weights": value_digest([[k, tensor_digest(v)] for k, v in state.items()]),
+            "space": value_digest(list(self.space.names)),
+            "data": tensor_digest(self.x, self.y),
+            "loss": value_digest(_describe_callable(self.loss_fn)),
+            "batch_size": self.batch_size,
+            **environment(self.device, self.dtype),
+        }
+
     # -------------------------------------------------------------- autograd
     def grad(self, theta: Tensor | None = None) -> Tensor:
         """``∇L(θ)``, ``[n]``, exact over the whole evaluation set."""
@@ -897,6 +919,58 @@ _FUSED_ADD_RELU_ = getattr(torch.ops.aten, "_add_relu_", None)
 
 # Elements of θ formed at once by the plain path of `evaluate_affine` (64 MB in float32).
 _POINTS_BLOCK = 2**24
+
+
+def _describe_callable(fn: Any, depth: int = 0) -> Any:
+    """A JSON-able description of a loss: its class and settings, or its code and closure.
+
+    Two losses with the same description compute the same function (a module's
+    hyper-parameters and tensors, a function's byte code, constants and closed-over
+    values, a ``functools.partial``'s arguments are all included).
+    """
+    import functools
+
+    from ._keys import tensor_digest
+
+    if depth > 4:
+        return repr(type(fn))
+    if torch.is_tensor(fn):
+        return tensor_digest(fn)
+    if isinstance(fn, int | float | str | bool | type(None)):
+        return fn
+    if isinstance(fn, tuple | list):
+        return [_describe_callable(v, depth + 1) for v in fn]
+    if isinstance(fn, dict):
+        return {str(k): _describe_callable(v, depth + 1) for k, v in sorted(fn.items(), key=str)}
+    if isinstance(fn, functools.partial):
+        return {
+            "partial": _describe_callable(fn.func, depth + 1),
+            "args": _describe_callable(list(fn.args), depth + 1),
+            "kwargs": _describe_callable(dict(fn.keywords), depth + 1),
+        }
+    kind = type(fn)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(fn, nn.Module):
+        settings = {
+            k: _describe_callable(v, depth + 1)
+            for k, v in vars(fn).items()
+            if not k.startswith("_") and k != "training"
+        }
+        tensors = [[k, tensor_digest(v)] for k, v in fn.state_dict().items()]
+        return {"module": name, "settings": settings, "tensors": tensors}
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
+        return {
+            "function": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}",
+            "code": code.co_code.hex(),
+            "consts": repr(code.co_consts),
+            "closure": _describe_callable(cells, depth + 1),
+            "defaults": _describe_callable(
+                list(getattr(fn, "__defaults__", None) or ()), depth + 1
+            ),
+        }
+    return {"object": name, "repr": repr(fn)[:200]}
 
 
 def _same_params(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> bool:
