@@ -74,6 +74,10 @@ def test_mlp_dropout_and_activation_layers():
         ({"activation": "swishy"}, "activation 'swishy'.*relu"),
         ({"widths": (8, -1)}, "widths"),
         ({"dropout": 1.0}, r"dropout 1.0 .*\[0, 1\)"),
+        ({"dropout": True}, r"dropout True .*\[0, 1\)"),
+        ({"activation": ["relu"]}, r"activation \['relu'\] is not known; accepted: relu"),
+        ({"batch_norm": "yes"}, "batch_norm 'yes' is not valid; give true or false"),
+        ({"batch_norm": 1}, "batch_norm 1 is not valid"),
     ],
 )
 def test_mlp_bad_options(kwargs, match):
@@ -169,3 +173,15 @@ def test_factory_string(user_module):
 def test_factory_string_errors(user_module, name, kwargs, match):
     with pytest.raises(BasinscopeError, match=match):
         build_model(name, (4,), 2, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"head": ["avg"]}, r"head \['avg'\] is not known; accepted: flatten, avg"),
+        ({"batch_norm": "no"}, "batch_norm 'no' is not valid; give true or false"),
+    ],
+)
+def test_cnn_bad_options(kwargs, match):
+    with pytest.raises(BasinscopeError, match=match):
+        SmallCNN((1, 8, 8), 2, **kwargs)

@@ -370,13 +370,18 @@ def test_resume_is_bit_identical(data, tmp_path):
 
 
 def test_state_of_another_config_is_not_resumed(data, tmp_path):
+    # Neither resumed nor overwritten (it used to be silently replaced): refused.
     def crash(rec):
         raise RuntimeError("crash")
 
     with pytest.raises(RuntimeError):
         train(_small(lr=0.2), data, out_dir=tmp_path, progress=False, on_epoch_end=crash)
-    resumed = train(_small(lr=0.05), data, out_dir=tmp_path, progress=False)
-    fresh = train(_small(lr=0.05), data, progress=False)
+    state = (tmp_path / "state.pt").read_bytes()
+    with pytest.raises(BasinscopeError, match=r"interrupted run of another configuration \(diff"):
+        train(_small(lr=0.05), data, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "state.pt").read_bytes() == state
+    resumed = train(_small(lr=0.2), data, out_dir=tmp_path, progress=False)
+    fresh = train(_small(lr=0.2), data, progress=False)
     assert _params_equal(resumed.model, fresh.model)
 
 
@@ -393,8 +398,8 @@ def test_finished_run_is_not_trained_again(data, tmp_path, monkeypatch):
     assert again.history == first.history and again.final == first.final
     assert _params_equal(again.model, first.model)
     assert again.out_dir == Path(tmp_path)
-    # Different data in the same directory is trained afresh.
-    with pytest.raises(AssertionError, match="optimizer.step called"):
+    # Different data in the same directory is refused (it used to be trained over it).
+    with pytest.raises(BasinscopeError, match=r"another configuration \(different data\)"):
         train(config, _clusters(seed=1), out_dir=tmp_path, progress=False)
 
 
@@ -588,9 +593,10 @@ def test_trajectory_snapshots(data, tmp_path):
     (tmp_path / "trajectory.pt").unlink()
     redone = train(config, data, out_dir=tmp_path, progress=False)
     assert not redone.reused and torch.equal(load_trajectory(tmp_path).params, traj.params)
-    # Turning snapshots off removes the stale file.
-    train(dataclasses.replace(config, snapshot_every=0), data, out_dir=tmp_path, progress=False)
-    assert not (tmp_path / "trajectory.pt").exists()
+    # Another config (snapshots off) is refused; it used to delete the finished run.
+    with pytest.raises(BasinscopeError, match=r"another configuration \(different snapshot_e"):
+        train(dataclasses.replace(config, snapshot_every=0), data, out_dir=tmp_path, progress=False)
+    assert (tmp_path / "trajectory.pt").exists() and (tmp_path / "model.pt").exists()
     assert train(_small(epochs=1), data, progress=False).trajectory is None
 
 

@@ -55,7 +55,7 @@ def value_digest(value: Any) -> str:
 def environment(device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> dict:
     """The environment that decides the arithmetic: torch version, threads, device, dtype."""
     env: dict[str, Any] = {
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # TorchVersion does not unpickle safely
         "threads": torch.get_num_threads(),
     }
     if device is not None:

@@ -34,10 +34,17 @@ except ImportError:  # pragma: no cover - Windows
 _HELD: dict[str, tuple[int, int]] = {}  # lock path -> (fd, depth)
 
 
-def lock_path(output: str | Path) -> Path:
-    """The lock file of ``output``: ``<dir>/.basinscope.lock`` or ``<file>.lock``."""
+def lock_path(output: str | Path, *, is_dir: bool | None = None) -> Path:
+    """The lock file of ``output``: ``<dir>/.basinscope.lock`` or ``<file>.lock``.
+
+    ``is_dir`` says which ``output`` is; by default an existing directory or a name
+    without a suffix is a directory (pass it for a directory not created yet whose
+    name has a dot, such as ``runs/a.v2``).
+    """
     output = Path(output)
-    if output.is_dir() or not output.suffix:
+    if is_dir is None:
+        is_dir = output.is_dir() or not output.suffix
+    if is_dir:
         return output / ".basinscope.lock"
     return output.with_name(output.name + ".lock")
 
@@ -61,7 +68,12 @@ def _describe(path: Path) -> str:
 
 @contextlib.contextmanager
 def output_lock(
-    output: str | Path, what: str = "output", *, wait: bool = False, poll: float = 0.5
+    output: str | Path,
+    what: str = "output",
+    *,
+    wait: bool = False,
+    poll: float = 0.5,
+    is_dir: bool | None = None,
 ) -> Iterator[Path]:
     """Hold the exclusive lock of ``output`` for the duration of the block.
 
@@ -70,11 +82,12 @@ def output_lock(
         what: how the output is named in the refusal ("the run directory").
         wait: wait for the holder to finish instead of refusing.
         poll: seconds between attempts while waiting.
+        is_dir: whether ``output`` is a directory (see :func:`lock_path`).
 
     Raises:
         BasinscopeError: another process holds the lock (and ``wait`` is false).
     """
-    path = lock_path(output)
+    path = lock_path(output, is_dir=is_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = str(path.resolve())
     if key in _HELD:

@@ -3,7 +3,11 @@
 The built-in models are deliberately small (the experiments run on a CPU in
 minutes): an :class:`MLP` and a :class:`SmallCNN`. :func:`build_model` builds
 one of them by its registry name, or any user model given as
-``"package.module:factory"``, so a config file can name a model without code.
+``"package.module:factory"``. Building a factory model **imports that module and
+calls the factory**: it runs code. Name one only when it is your own choice (an
+argument you pass, ``--model`` on the command line); basinscope resolves nothing
+but the built-in registry from a file it reads (``config.json`` of a run
+directory, a TOML config) unless told ``trust_code=True`` (``--trust-code``).
 """
 
 from __future__ import annotations
@@ -51,8 +55,19 @@ def _shape(input_shape: int | Iterable[int]) -> tuple[int, ...]:
 def _check_common(n_classes: int, dropout: float) -> None:
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 1:
         raise BasinscopeError(f"n_classes {n_classes!r} is not valid; give a positive integer.")
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise BasinscopeError(f"dropout {dropout!r} is not valid; give a number in [0, 1).")
+
+
+def _check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise BasinscopeError(f"{name} {value!r} is not valid; give true or false.")
+
+
+def _check_choice(name: str, value: Any, accepted: Iterable[str]) -> None:
+    accepted = list(accepted)
+    if not isinstance(value, str) or value not in accepted:
+        raise BasinscopeError(f"{name} {value!r} is not known; accepted: {', '.join(accepted)}.")
 
 
 def _positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
@@ -96,10 +111,8 @@ class MLP(nn.Module):
         shape = _shape(input_shape)
         _check_common(n_classes, dropout)
         widths = _positive_ints("widths", widths)
-        if activation not in ACTIVATIONS:
-            raise BasinscopeError(
-                f"activation {activation!r} is not known; accepted: {', '.join(ACTIVATIONS)}."
-            )
+        _check_choice("activation", activation, ACTIVATIONS)
+        _check_flag("batch_norm", batch_norm)
         layers: list[nn.Module] = [nn.Flatten()]
         features = math.prod(shape)
         for width in widths:
@@ -151,8 +164,8 @@ class SmallCNN(nn.Module):
         shape = _shape(input_shape)
         _check_common(n_classes, dropout)
         channels = _positive_ints("channels", channels)
-        if head not in ("flatten", "avg"):
-            raise BasinscopeError(f"head {head!r} is not known; accepted: flatten, avg.")
+        _check_choice("head", head, ("flatten", "avg"))
+        _check_flag("batch_norm", batch_norm)
         layers: list[nn.Module] = []
         if len(shape) == 1:
             layers.append(nn.Unflatten(1, (1, shape[0])))
@@ -264,6 +277,8 @@ def build_model(
             A factory (function or class) is called as
             ``factory(input_shape=..., n_classes=..., **kwargs)``, passing
             ``input_shape`` and ``n_classes`` only if its signature accepts them.
+            This imports the module and runs the factory: pass only names you
+            chose yourself, never one read from an untrusted file.
         input_shape: shape of one example, e.g. ``(1, 28, 28)``.
         n_classes: number of classes.
         **kwargs: model options (``widths``, ``channels``, ``dropout``, ...).

@@ -34,6 +34,7 @@ forward/backward inside :func:`frozen_running_stats`, then ``sam.second_step()``
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -296,23 +297,23 @@ class SAM(torch.optim.Optimizer):
 _EXTRA = ("base_optimizer", "rho", "adaptive", "eta", "model", "_perturbed")
 
 
+def _finite(v: Any) -> bool:
+    """A finite real number (not a bool; an int beyond float range is not finite)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def _check_rho(rho: Any) -> None:
-    if not (
-        isinstance(rho, (int, float))
-        and not isinstance(rho, bool)
-        and math.isfinite(rho)
-        and rho > 0
-    ):
+    if not (_finite(rho) and rho > 0):
         raise BasinscopeError(
             f"rho {rho!r} is not valid; give a positive radius, e.g. 0.05 (SAM) or 0.5 (ASAM)."
         )
 
 
 def _check_eta(eta: Any) -> None:
-    if not (
-        isinstance(eta, (int, float))
-        and not isinstance(eta, bool)
-        and math.isfinite(eta)
-        and eta >= 0
-    ):
+    if not (_finite(eta) and eta >= 0):
         raise BasinscopeError(f"eta {eta!r} is not valid; give a non-negative number, e.g. 0.01.")

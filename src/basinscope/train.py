@@ -15,7 +15,18 @@ built on it:
   run. A finished run (``model.pt`` + ``metrics.json``) is returned without
   training again.
 * **Divergence is a result, not an exception.** A NaN/inf minibatch loss stops
-  training and is reported in :attr:`TrainResult.message` and ``metrics.json``.
+  training and is reported in :attr:`TrainResult.message` and ``metrics.json``
+  (NaN/inf in the data itself is refused before training).
+* **One writer, one run per directory.** ``train`` locks ``out_dir``; it never
+  overwrites another configuration's finished or interrupted run, and reuses a
+  finished one only when ``metrics.json``'s digests (written last) show that
+  ``config.json`` and ``model.pt`` belong to it. Opening a run directory
+  (:func:`load_checkpoint`) runs no code: only built-in models are rebuilt from
+  ``config.json`` unless ``trust_code=True``.
+* **Bit-reproducible under the same environment.** The same config, data, torch
+  version, thread count and device give the same weights bit for bit (also after
+  a crash and resume); the environment is recorded in ``config.json``,
+  ``metrics.json`` and ``state.pt``, and a resume under another one warns.
 
 The training choices the studies compare are config options, all recorded in the
 run's ``config.json``: optimizer (SGD with coupled weight decay, Adam, AdamW with
@@ -32,8 +43,10 @@ import functools
 import hashlib
 import json
 import math
+import numbers
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +59,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from tqdm import tqdm
 
+from basinscope._checks import check_output_dir
 from basinscope._io import atomic_torch_save, atomic_write_json
+from basinscope._keys import differences, environment, normalise, tensor_digest, value_digest
+from basinscope._lock import output_lock
 from basinscope._rng import item_generator, item_seed
 from basinscope.data import DataBundle
 from basinscope.errors import BasinscopeError
@@ -74,6 +90,7 @@ _RUN_KEYS = (
     "n_params",
     "basinscope_version",
     "data_fingerprint",
+    "environment",
 )
 _METRIC_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
 # Dropout streams use indices far above any epoch index used for shuffling.
@@ -84,11 +101,26 @@ _EVAL_BATCH = 1024
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """A Python or NumPy integer; ``True``/``False`` and floats such as ``3.0`` are not."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite real number (``nan``, ``inf`` and numbers beyond float range are not)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+# The config's integer and float fields: validate() converts NumPy scalars to
+# Python ones, so config.json holds numbers and a run's identity is the same
+# whichever scalar type the caller used.
+_INT_FIELDS = ("data_seed", "batch_size", "epochs", "steps", "warmup_steps", "swa_start")
+_INT_FIELDS += ("snapshot_every", "seed")
+_FLOAT_FIELDS = ("label_noise", "dropout", "lr", "momentum", "weight_decay", "sam_rho", "swa_lr")
 
 
 def _tuples(v: Any) -> Any:
@@ -123,7 +155,10 @@ class TrainConfig:
         standardize: standardise the inputs with training-set statistics.
         data_seed: seed of the training subset, kept apart from ``seed`` so that
             runs with different ``seed`` see the same data.
-        model: a :data:`basinscope.models.MODELS` name or ``"package.module:factory"``.
+        model: a :data:`basinscope.models.MODELS` name or ``"package.module:factory"``;
+            a factory is imported and called when the model is built (it runs that
+            code), so a config read from a file may name one only with
+            ``trust_code=True`` (:meth:`from_toml`, :func:`load_checkpoint`).
         model_kwargs: options for the model (``widths``, ``channels``, ``activation``, ...).
         dropout: dropout probability, passed to the model as ``dropout`` when nonzero.
         optimizer: one of :data:`OPTIMIZERS`.
@@ -216,8 +251,18 @@ class TrainConfig:
         return config
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> TrainConfig:
-        """Read a config from a TOML file: top-level keys, or a ``[train]`` table."""
+    def from_toml(cls, path: str | Path, *, trust_code: bool = False) -> TrainConfig:
+        """Read a config from a TOML file: top-level keys, or a ``[train]`` table.
+
+        A file may name only a built-in model (:data:`basinscope.models.MODELS`):
+        a ``"package.module:factory"`` would import and run that code when the
+        model is built, so it is refused unless ``trust_code=True`` (CLI:
+        ``--trust-code``), which you should pass only for files you trust.
+
+        Raises:
+            BasinscopeError: a missing or invalid file, an invalid value, or a
+                model factory without ``trust_code``.
+        """
         if sys.version_info >= (3, 11):
             import tomllib
         else:  # pragma: no cover - Python 3.10
@@ -238,6 +283,8 @@ class TrainConfig:
             raise BasinscopeError(f"config file {str(path)!r} is not valid TOML: {e}.") from e
         if isinstance(d.get("train"), dict):
             d = d["train"]
+        if not trust_code:
+            _refuse_code(path, d.get("model"))
         return cls.from_dict(d)
 
     def validate(self) -> None:
@@ -252,7 +299,8 @@ class TrainConfig:
             raise bad("data_dir", "give a directory path or leave it unset")
         size = self.train_size
         if size is not None and not (
-            (_is_int(size) and size > 0) or (isinstance(size, float) and 0.0 < size <= 1.0)
+            (_is_int(size) and size > 0)
+            or (not _is_int(size) and _is_number(size) and 0.0 < size <= 1.0)
         ):
             raise bad("train_size", "give a count >= 1, a fraction in (0, 1], or leave it unset")
         if not (_is_number(self.label_noise) and 0.0 <= self.label_noise < 1.0):
@@ -313,10 +361,26 @@ class TrainConfig:
             raise bad("swa_lr", "swa_lr needs swa_start, the epoch SWA begins")
         if not (_is_int(self.snapshot_every) and self.snapshot_every >= 0):
             raise bad("snapshot_every", "give 0 (off) or a positive number of epochs")
+        if not isinstance(self.device, str):
+            raise bad("device", "give a torch device such as 'cpu' or 'cuda:0'")
         try:
             torch.device(self.device)
         except (RuntimeError, ValueError, TypeError) as e:
             raise bad("device", "give a torch device such as 'cpu' or 'cuda:0'") from e
+        self._plain_numbers()
+
+    def _plain_numbers(self) -> None:
+        """Replace NumPy scalars by Python ints and floats (after validation)."""
+        for name in _INT_FIELDS:
+            if getattr(self, name) is not None:
+                setattr(self, name, int(getattr(self, name)))
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (int, float)):
+                setattr(self, name, float(v))
+        if self.train_size is not None and not isinstance(self.train_size, (int, float)):
+            size = self.train_size
+            self.train_size = int(size) if isinstance(size, numbers.Integral) else float(size)
 
     def steps_per_epoch(self, n_train: int) -> int:
         """Optimizer steps in one epoch over ``n_train`` examples (last partial batch kept)."""
@@ -331,6 +395,16 @@ class TrainConfig:
         if self.dropout:
             kwargs["dropout"] = self.dropout
         return kwargs
+
+
+def _refuse_code(source: str | Path, model: Any) -> None:
+    """Refuse a model factory named by a file: building it would import and run code."""
+    if isinstance(model, str) and model not in MODELS and ":" in model:
+        raise BasinscopeError(
+            f"{str(source)!r} names the factory {model!r}, which would import and run code; "
+            "pass trust_code=True (CLI: --trust-code) only for run directories and config "
+            "files you trust"
+        )
 
 
 def lr_factor(
@@ -533,22 +607,83 @@ def _seed_global(seed: int, device: torch.device) -> None:
 
 
 def _check_data(data: DataBundle) -> None:
-    x, y = data.x_train, data.y_train
-    if x.ndim < 2 or len(x) == 0 or len(x) != len(y):
+    """Refuse data training cannot use, with one sentence, before any work.
+
+    ``x_train [N, *input_shape]`` floating point and finite, ``y_train [N]`` int64
+    class indices in ``[0, n_classes)``; the test split (possibly empty) the same,
+    with the training split's example shape and dtype.
+    """
+    x, y, k = data.x_train, data.y_train, data.n_classes
+    if not _is_int(k) or k < 1:
+        raise BasinscopeError(f"n_classes {k!r} is not valid; give a positive number of classes.")
+    if x.ndim < 2 or len(x) == 0 or y.ndim != 1 or len(x) != len(y):
         raise BasinscopeError(
-            f"training data of shape {tuple(x.shape)} with {len(y)} labels is not valid; "
-            "give x_train [N, *input_shape] with N >= 1 and y_train [N]."
+            f"training data of shape {tuple(x.shape)} with labels of shape {tuple(y.shape)} "
+            "is not valid; give x_train [N, *input_shape] with N >= 1 and y_train [N]."
         )
-    if not x.is_floating_point():
-        raise BasinscopeError(f"x_train has dtype {x.dtype}; give floating-point inputs.")
-    for name, t in (("y_train", y), ("y_test", data.y_test)):
+    xt, yt = data.x_test, data.y_test
+    has_test = bool(len(yt) or xt.numel())  # an empty test split may have any shape
+    if has_test and (
+        yt.ndim != 1 or xt.ndim < 1 or len(xt) != len(yt) or xt.shape[1:] != x.shape[1:]
+    ):
+        shape = ", ".join(map(str, x.shape[1:]))
+        raise BasinscopeError(
+            f"test data of shape {tuple(xt.shape)} with labels of shape {tuple(yt.shape)} "
+            f"does not match the training data; give x_test [M, {shape}] and y_test [M]."
+        )
+    for name, t in (("x_train", x), ("x_test", xt)):
+        if name == "x_test" and not has_test:
+            continue
+        if not t.is_floating_point():
+            raise BasinscopeError(f"{name} has dtype {t.dtype}; give floating-point inputs.")
+        if t.dtype != x.dtype:
+            raise BasinscopeError(
+                f"x_test has dtype {t.dtype} but x_train {x.dtype}; give both the same dtype."
+            )
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            first = int(bad.reshape(len(t), -1).any(dim=1).nonzero()[0, 0])
+            raise BasinscopeError(
+                f"{name} holds {int(bad.sum())} NaN or infinite value(s) (the first in example "
+                f"{first}); give finite inputs."
+            )
+    for name, t in (("y_train", y), ("y_test", yt)):
         if t.dtype != torch.int64:
             raise BasinscopeError(f"{name} has dtype {t.dtype}; give int64 class indices.")
-        if len(t) and (int(t.min()) < 0 or int(t.max()) >= data.n_classes):
+        if len(t) and (int(t.min()) < 0 or int(t.max()) >= k):
             raise BasinscopeError(
-                f"{name} holds labels outside [0, {data.n_classes}); "
-                f"give class indices below n_classes={data.n_classes}."
+                f"{name} holds labels outside [0, {k}); give class indices below n_classes={k}."
             )
+
+
+def _check_model(model: nn.Module, config: TrainConfig, data: DataBundle, device) -> None:
+    """Refuse a model that cannot train on ``data``: its dtype, or its output for two examples.
+
+    ``model`` is a throwaway copy built for this check (a factory may keep state),
+    evaluated in eval mode without gradients.
+    """
+    x = data.x_train
+    dtypes = sorted({str(p.dtype) for p in model.parameters() if p.is_floating_point()})
+    if dtypes and str(x.dtype) not in dtypes:
+        raise BasinscopeError(
+            f"x_train has dtype {x.dtype} but model {config.model!r} computes in "
+            f"{', '.join(dtypes)}; give inputs of the model's dtype (e.g. x.float())."
+        )
+    try:
+        with torch.no_grad():
+            out = model.to(device).eval()(x[:2].to(device))
+    except Exception as e:  # any failure of the forward pass on the data is bad input
+        raise BasinscopeError(
+            f"model {config.model!r} cannot take inputs of shape {tuple(x.shape[1:])}: "
+            f"{type(e).__name__}: {e}."
+        ) from e
+    want = (min(len(x), 2), data.n_classes)
+    if not torch.is_tensor(out) or tuple(out.shape) != want:
+        got = f"shape {tuple(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+        raise BasinscopeError(
+            f"model {config.model!r} returned {got} for {want[0]} examples; give a model "
+            f"that returns logits [B, n_classes={data.n_classes}]."
+        )
 
 
 def _fingerprint(data: DataBundle) -> str:
@@ -610,27 +745,144 @@ def _read_json(path: Path) -> Any:
         raise BasinscopeError(f"{str(path)!r} could not be read as JSON: {e}.") from e
 
 
-def _load_finished(out: Path, config: TrainConfig, fingerprint: str) -> TrainResult | None:
-    """The finished run in ``out`` if it was trained with this config and data, else None."""
-    paths = [out / MODEL_FILE, out / CONFIG_FILE, out / METRICS_FILE]
-    if not all(p.is_file() for p in paths):
-        return None
+def _json_or_none(path: Path) -> dict[str, Any] | None:
+    """``path`` as a JSON object, or None when it is missing, unreadable or not an object."""
     try:
-        saved, metrics = _read_json(out / CONFIG_FILE), _read_json(out / METRICS_FILE)
-    except BasinscopeError:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    identity = _identity(config, fingerprint)
-    if _saved_identity(saved) != identity or not metrics.get("completed"):
+    return d if isinstance(d, dict) else None
+
+
+def _state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A digest of a state dict: its names and its tensors' dtypes, shapes and bytes."""
+    names = sorted(state)
+    return value_digest([names, tensor_digest(*(state[k] for k in names))])
+
+
+def _differing(saved: Any, identity: Mapping[str, Any]) -> str:
+    """What differs between a saved run identity and ``identity``: option names, the data."""
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("config"), Mapping):
+        return "an unrecorded configuration"
+    names = differences(saved["config"], identity["config"])
+    if saved.get("data") != identity["data"]:
+        names.append("data")
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
+_AFRESH = "choose another out_dir (CLI: --out) or delete the directory to train this one"
+
+
+def _claim(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse to train into ``out`` over another run's work; return its readable ``config.json``.
+
+    Another configuration's finished results (``model.pt``, ``metrics.json``) or
+    resume state (``state.pt``) are never overwritten: the caller stops with one
+    sentence naming what differs. ``config.json`` alone (a run killed before its
+    first epoch ended) holds no work and may be replaced.
+    """
+    saved = _json_or_none(out / CONFIG_FILE)
+    theirs = _saved_identity(saved) if saved is not None else None
+    results = [n for n in (MODEL_FILE, METRICS_FILE) if (out / n).is_file()]
+    if results and theirs != identity:
+        if saved is None:
+            raise BasinscopeError(
+                f"run directory {str(out)!r} holds {' and '.join(results)} without a readable "
+                f"config.json that says which run they belong to; {_AFRESH}"
+            )
+        raise BasinscopeError(
+            f"run directory {str(out)!r} holds a finished run of another configuration "
+            f"(different {_differing(theirs, identity)}); {_AFRESH}"
+        )
+    state = _read_state(out)
+    if state is not None and state.get("identity") != identity:
+        raise BasinscopeError(
+            f"run directory {str(out)!r} holds an interrupted run of another configuration "
+            f"(different {_differing(state.get('identity'), identity)}); rerun that "
+            f"configuration to resume it, or {_AFRESH}"
+        )
+    return saved
+
+
+def _mismatch(out: Path, what: str) -> BasinscopeError:
+    return BasinscopeError(
+        f"run directory {str(out)!r} holds files that do not belong together ({what}); "
+        "delete the directory or choose another out_dir (CLI: --out) to train afresh"
+    )
+
+
+def _check_sealed(
+    out: Path, saved: Mapping[str, Any], metrics: Mapping[str, Any], weights: Mapping
+) -> bool:
+    """Check ``config.json`` and ``model.pt`` against the digests ``metrics.json`` seals.
+
+    ``metrics.json`` is written last, with the digests of the run identity that
+    ``config.json`` describes and of the weights in ``model.pt``; a set mixed from
+    two runs (or a file replaced since) is refused. Returns False for a run
+    written before the digests existed (nothing to compare), True when sealed.
+    """
+    if "model_digest" not in metrics and "identity_digest" not in metrics:
+        return False
+    if metrics.get("identity_digest") != value_digest(_saved_identity(saved)):
+        raise _mismatch(out, "config.json describes another run than metrics.json")
+    if metrics.get("model_digest") != _state_digest(weights):
+        raise _mismatch(out, "model.pt does not match the model metrics.json was written for")
+    return True
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-7)
+
+
+def _load_finished(
+    out: Path,
+    config: TrainConfig,
+    data: DataBundle,
+    identity: dict[str, Any],
+    saved: dict[str, Any] | None,
+) -> TrainResult | None:
+    """The finished run in ``out`` if it is this run's and its files belong together.
+
+    ``None`` when there is no complete run of this config there (train or resume).
+    The model is built from ``config`` (the caller's own), never from the file.
+
+    Raises:
+        BasinscopeError: the files do not belong together (see :func:`_check_sealed`).
+    """
+    metrics = _json_or_none(out / METRICS_FILE)
+    keys = ("history", "final", "diverged", "message", "wall_time_s")
+    if saved is None or metrics is None or not metrics.get("completed"):
         return None
+    if not all(k in metrics for k in keys) or not isinstance(metrics["final"], dict):
+        return None  # not a metrics.json train wrote: this config is trained again
+    if not (out / MODEL_FILE).is_file():
+        return None
+    weights = _read_weights(out / MODEL_FILE)
+    sealed = _check_sealed(out, saved, metrics, weights)
+    with torch.random.fork_rng(devices=[]):  # building initialises weights: keep RNG as it was
+        model = make_model(config, data.input_shape, data.n_classes)
+    _load_into(model, weights, out / MODEL_FILE, _describe(config, saved))
+    model.eval()
+    if not sealed:  # written before the digests: its numbers must be this model's
+        res = _evaluate(model, data.x_train, data.y_train)
+        if res is None or not _same_number(res[0], metrics["final"].get("train_loss")):
+            raise _mismatch(out, "the loss of model.pt is not the one metrics.json records")
     trajectory = None
     if config.snapshot_every:
         saved_trajectory = _read_trajectory(out / TRAJECTORY_FILE)
         if saved_trajectory is None or saved_trajectory.get("identity") != identity:
-            return None
+            return None  # train again to write it
+        digest = metrics.get("trajectory_digest")
+        if digest is not None and digest != tensor_digest(saved_trajectory["params"]):
+            raise _mismatch(out, "trajectory.pt is not the trajectory metrics.json records")
         trajectory = _as_trajectory(saved_trajectory)
-    ckpt = load_checkpoint(out, device=config.device)
+    (out / STATE_FILE).unlink(missing_ok=True)  # left if a crash came after the seal
     return TrainResult(
-        model=ckpt.model,
+        model=model.to(_device(config.device)),
         config=config,
         history=metrics["history"],
         diverged=metrics["diverged"],
@@ -644,7 +896,8 @@ def _load_finished(out: Path, config: TrainConfig, fingerprint: str) -> TrainRes
     )
 
 
-def _load_state(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+def _read_state(out: Path) -> dict[str, Any] | None:
+    """``state.pt`` as a dict, or None when missing or unreadable (it is only a cache)."""
     path = out / STATE_FILE
     if not path.is_file():
         return None
@@ -652,7 +905,12 @@ def _load_state(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # unreadable state: start afresh, it is only a cache
         return None
-    return state if state.get("identity") == identity else None
+    return state if isinstance(state, dict) else None
+
+
+def _load_state(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    state = _read_state(out)
+    return state if state is not None and state.get("identity") == identity else None
 
 
 def _snapshot_due(epoch: int, every: int, n_epochs: int) -> bool:
@@ -777,6 +1035,7 @@ def train(
     out_dir: str | Path | None = None,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    replace: bool = False,
 ) -> TrainResult:
     """Train ``config.model`` on ``data`` with cross-entropy, minibatch by minibatch.
 
@@ -791,18 +1050,29 @@ def train(
             :func:`basinscope.data.load_dataset`.
         out_dir: run directory for ``config.json``, ``model.pt``, ``metrics.json``,
             ``trajectory.pt`` (with ``snapshot_every``) and, while training, the
-            resume state ``state.pt``. A finished run there with the same config
-            and data is returned without training; an interrupted one is resumed.
+            resume state ``state.pt``. It is locked for the whole call (a second
+            writer stops with one sentence). A finished run there with the same
+            config and data is returned without training, once ``metrics.json``'s
+            digests show that ``config.json`` and ``model.pt`` belong to it; an
+            interrupted one is resumed (with a warning when the torch version,
+            thread count or device differ, since the weights will then not be
+            bit-identical to an uninterrupted run). Another configuration's
+            finished or interrupted run there is never overwritten: it is refused.
         progress: show a tqdm progress bar (on stderr) with the current loss.
         on_epoch_end: called with each epoch's record (the history entry, or
             ``{epoch, step, lr}`` when the epoch is not evaluated) after the
             resume state is written.
+        replace: instead of refusing, delete another configuration's run (or a
+            set of files that do not belong together) in ``out_dir`` and train
+            this one there. Off by default: finished work is never lost unasked.
 
     Returns:
         A :class:`TrainResult`; a NaN/inf loss sets ``diverged`` instead of raising.
 
     Raises:
-        BasinscopeError: invalid config, data or device.
+        BasinscopeError: invalid config, data, model output or device; an
+            ``out_dir`` that cannot be written, is being written by another
+            process, holds another run, or holds files that do not belong together.
     """
     config.validate()
     device = _device(config.device)
@@ -816,14 +1086,30 @@ def train(
             f"swa_start {config.swa_start} is not valid; these {config.total_steps(n)} steps "
             f"make {n_epochs} epochs, so give an epoch from 1 to {n_epochs}."
         )
+    with torch.random.fork_rng(devices=[]):  # a throwaway model: keep the RNG as it was
+        _check_model(make_model(config, data.input_shape, data.n_classes), config, data, device)
     fingerprint = _fingerprint(data)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        finished = _load_finished(out, config, fingerprint)
+    if out_dir is None:
+        with _fork_rng(device):
+            return _train(config, data, device, fingerprint, None, progress, on_epoch_end)
+    out = check_output_dir(out_dir, "the run directory")
+    # Create the directory first, so every writer locks the same <out>/.basinscope.lock.
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out, "the run directory"):
+        identity = _identity(config, fingerprint)
+        try:
+            saved = _claim(out, identity)
+            finished = _load_finished(out, config, data, identity, saved)
+        except BasinscopeError:
+            if not replace:
+                raise
+            for name in (MODEL_FILE, METRICS_FILE, TRAJECTORY_FILE, STATE_FILE):
+                (out / name).unlink(missing_ok=True)
+            finished = None
         if finished is not None:
             return finished
-    with _fork_rng(device):
-        return _train(config, data, device, fingerprint, out, progress, on_epoch_end)
+        with _fork_rng(device):
+            return _train(config, data, device, fingerprint, out, progress, on_epoch_end)
 
 
 def _train(
@@ -838,6 +1124,7 @@ def _train(
     start = time.perf_counter()
     _seed_global(config.seed, device)
     model = make_model(config, data.input_shape, data.n_classes).to(device)  # init on the CPU
+    env = normalise(environment(device, data.x_train.dtype))  # plain str, not TorchVersion
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     sam = make_sam(config, optimizer, model)
     n, bs = len(data.y_train), config.batch_size
@@ -874,6 +1161,9 @@ def _train(
             state["history"],
             state["wall_time_s"],
         )
+        environments = _resumed_under(out, list(state.get("environments") or []), env)
+    else:
+        environments = [env]
     if out is not None:
         from basinscope import __version__
 
@@ -890,6 +1180,7 @@ def _train(
             "n_params": sum(p.numel() for p in model.parameters()),
             "basinscope_version": __version__,
             "data_fingerprint": fingerprint,
+            "environment": env,
         }
         atomic_write_json(out / CONFIG_FILE, {**config.to_dict(), **run_info})
     if state is None:
@@ -968,6 +1259,7 @@ def _train(
                         "step": step,
                         "history": history,
                         "wall_time_s": elapsed + time.perf_counter() - start,
+                        "environments": environments,
                     },
                 )
             if on_epoch_end is not None:
@@ -988,9 +1280,18 @@ def _train(
     wall = elapsed + time.perf_counter() - start
     final = dict(history[-1])
     if out is not None:
-        atomic_torch_save(
-            out / MODEL_FILE, {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        )
+        # model.pt first, metrics.json last: metrics.json seals the set with the
+        # digests of config.json's run and of model.pt, so a crash between the
+        # writes leaves no metrics.json (removed when this training began) and
+        # the rerun resumes from state.pt instead of reusing a half-written run.
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        atomic_torch_save(out / MODEL_FILE, weights)
+        seal = {
+            "identity_digest": value_digest(_saved_identity(_read_json(out / CONFIG_FILE))),
+            "model_digest": _state_digest(weights),
+        }
+        if every:
+            seal["trajectory_digest"] = tensor_digest(snapshots.trajectory().params)
         atomic_write_json(
             out / METRICS_FILE,
             {
@@ -1003,6 +1304,9 @@ def _train(
                 "epochs_run": epoch,
                 "steps_run": step,
                 "completed": True,
+                "environment": env,
+                "environments": environments,
+                **seal,
             },
         )
         (out / STATE_FILE).unlink(missing_ok=True)
@@ -1020,6 +1324,33 @@ def _train(
     )
 
 
+def _resumed_under(out: Path, before: list[dict[str, Any]], env: dict[str, Any]) -> list:
+    """The environments a run was trained under, warning when the resume adds one.
+
+    Training is bit-reproducible only under the same torch version, thread count
+    and device (the summation order of the kernels depends on them), so a resume
+    elsewhere gives weights that differ from an uninterrupted run's.
+    """
+    if not before:  # a state written before environments were recorded
+        return [env]
+    last, now = normalise(before[-1]), normalise(env)
+    if last == now:
+        return before
+    detail = ", ".join(
+        f"{k.replace('_', ' ')} {last.get(k)} then, {now.get(k)} now"
+        for k in sorted(set(last) | set(now))
+        if last.get(k) != now.get(k)
+    )
+    warnings.warn(
+        f"resuming run directory {str(out)!r} under another environment ({detail}): the "
+        "weights will not be bit-identical to an uninterrupted run, which needs the same "
+        "torch version, thread count and device",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return [*before, now]
+
+
 def _describe(config: TrainConfig, info: Mapping[str, Any]) -> str:
     options = config._model_options()
     text = f"model {config.model!r} with input_shape {tuple(info['input_shape'])}"
@@ -1033,12 +1364,22 @@ def _few(keys: Iterable[str], n: int = 3) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
+def load_checkpoint(
+    path: str | Path, device: str = "cpu", *, trust_code: bool = False
+) -> Checkpoint:
     """Load a run written by :func:`train`.
+
+    Opening a run directory runs no code of its own: the model is rebuilt only
+    from the built-in registry (:data:`basinscope.models.MODELS`). A
+    ``config.json`` naming a ``"package.module:factory"`` is refused unless
+    ``trust_code=True`` (CLI: ``--trust-code``): building that model imports the
+    module and calls the factory with the file's ``model_kwargs``, so pass it
+    only for run directories you trust.
 
     Args:
         path: the run directory, or its ``model.pt``.
         device: where to put the model.
+        trust_code: allow the model factory the run directory names.
 
     Returns:
         A :class:`Checkpoint` whose model is rebuilt with :func:`build_model` from the
@@ -1046,7 +1387,9 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
 
     Raises:
         BasinscopeError: missing ``model.pt``/``config.json``, an unreadable file,
-            or weights that do not match the rebuilt model.
+            a model factory without ``trust_code``, weights that do not match the
+            rebuilt model, or a ``model.pt``/``config.json`` other than the ones
+            ``metrics.json`` was written for.
     """
     path = Path(path)
     model_path = path if path.suffix == ".pt" else path / MODEL_FILE
@@ -1063,16 +1406,61 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> Checkpoint:
             f"{str(run_dir / CONFIG_FILE)!r} lacks input_shape and n_classes; "
             "give a run directory written by basinscope's train."
         )
+    if not trust_code:
+        _refuse_code(f"run directory {str(run_dir)!r}", saved.get("model"))
+    raw = dict(saved)
     info = {k: saved.pop(k) for k in _RUN_KEYS if k in saved}
     config = TrainConfig.from_dict(saved)
     dev = _device(device)
+    weights = _read_weights(model_path)
     with torch.random.fork_rng(devices=[]):  # building initialises weights: keep RNG as it was
         model = make_model(config, info["input_shape"], info["n_classes"])
-    load_weights(model, model_path, _describe(config, info))
-    model.to(dev).eval()
+    _load_into(model, weights, model_path, _describe(config, info))
     metrics_path = run_dir / METRICS_FILE
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
+    if isinstance(metrics, dict) and model_path.name == MODEL_FILE:
+        _check_sealed(run_dir, raw, metrics, weights)
+    model.to(dev).eval()
     return Checkpoint(model=model, config=config, metrics=metrics, path=run_dir, info=info)
+
+
+def _read_weights(model_path: Path) -> dict[str, torch.Tensor]:
+    """A state dict file's tensors (``torch.load`` with ``weights_only=True``)."""
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise BasinscopeError(
+            f"checkpoint {str(model_path)!r} could not be read: {type(e).__name__}: {e}."
+        ) from e
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    ):
+        raise BasinscopeError(
+            f"checkpoint {str(model_path)!r} holds a {type(state).__name__}, not a state dict."
+        )
+    return dict(state)
+
+
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], model_path: Path, what: str):
+    """Load ``state`` into ``model``, refusing missing, unexpected or misshapen entries."""
+    expected = model.state_dict()
+    problems = []
+    if missing := set(expected) - set(state):
+        problems.append(f"missing keys {_few(missing)}")
+    if unexpected := set(state) - set(expected):
+        problems.append(f"unexpected keys {_few(unexpected)}")
+    shapes = [
+        f"{k} (checkpoint {list(state[k].shape)}, model {list(v.shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if shapes:
+        problems.append(f"shape mismatch for {_few(shapes)}")
+    if problems:
+        raise BasinscopeError(
+            f"checkpoint {str(model_path)!r} does not match {what}: {'; '.join(problems)}."
+        )
+    model.load_state_dict(state)
 
 
 def load_weights(model: nn.Module, model_path: str | Path, what: str) -> None:
@@ -1083,31 +1471,4 @@ def load_weights(model: nn.Module, model_path: str | Path, what: str) -> None:
             not match ``model`` (``what`` describes the model in the message).
     """
     model_path = Path(model_path)
-    try:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BasinscopeError(
-            f"checkpoint {str(model_path)!r} could not be read: {type(e).__name__}: {e}."
-        ) from e
-    if not isinstance(state, Mapping):
-        raise BasinscopeError(
-            f"checkpoint {str(model_path)!r} holds a {type(state).__name__}, not a state dict."
-        )
-    expected = model.state_dict()
-    problems = []
-    if missing := set(expected) - set(state):
-        problems.append(f"missing keys {_few(missing)}")
-    if unexpected := set(state) - set(expected):
-        problems.append(f"unexpected keys {_few(unexpected)}")
-    shapes = [
-        f"{k} (checkpoint {list(getattr(state[k], 'shape', []))}, model {list(v.shape)})"
-        for k, v in expected.items()
-        if k in state and (not torch.is_tensor(state[k]) or state[k].shape != v.shape)
-    ]
-    if shapes:
-        problems.append(f"shape mismatch for {_few(shapes)}")
-    if problems:
-        raise BasinscopeError(
-            f"checkpoint {str(model_path)!r} does not match {what}: {'; '.join(problems)}."
-        )
-    model.load_state_dict(state)
+    _load_into(model, _read_weights(model_path), model_path, what)
