@@ -353,3 +353,47 @@ def test_refuses_models_without_curvature_or_determinism():
     )
     with pytest.raises(bs.BasinscopeError, match="not deterministic"):
         hessian.summary(noisy)
+
+
+def test_counts_accept_numpy_integers_and_refuse_fractions():
+    obj, A = quadratic(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+    a = hessian.trace(obj, min_probes=np.int64(3), max_products=np.int64(6), sketch=np.int32(2))
+    b = hessian.trace(obj, min_probes=3, max_products=6, sketch=2)
+    np.testing.assert_array_equal(a.samples, b.samples)
+    d = hessian.density(obj, runs=np.int64(2), steps=np.int64(4), points=np.int64(11))
+    zs = [_rademacher(4, 0, _SLQ, r) for r in range(2)]  # moment 1 = mean zᵀAz/‖z‖²
+    assert d.moment(1) == pytest.approx(np.mean([float(z @ A @ z) / 4 for z in zs]), rel=1e-9)
+    top = hessian.eigenvalues(obj, np.int64(1), max_products=np.int64(50))
+    assert top.values[0] == pytest.approx(4.0, rel=1e-6)
+    bad = [
+        (lambda: hessian.trace(obj, min_probes=3.5), "min_probes must be an integer"),
+        (lambda: hessian.trace(obj, max_products=20.5), "max_products must be an integer"),
+        (lambda: hessian.trace(obj, seed=0.5), "seed must be an integer"),
+        (lambda: hessian.density(obj, runs=2.5), "runs must be an integer"),
+        (lambda: hessian.density(obj, sigma=math.nan), "sigma must be a finite number"),
+        (lambda: hessian.density(obj, sigma=math.inf), "sigma must be a finite number"),
+        (lambda: hessian.eigenvalues(obj, 1, max_products=9.5), "max_products must be"),
+        (lambda: hessian.eigenvalues(obj, 1, tol=math.nan), "tol must be"),
+        (lambda: hessian.summary(obj, 1, max_products=9.5), "max_products must be"),
+    ]
+    for call, match in bad:
+        with pytest.raises(bs.BasinscopeError, match=match):
+            call()
+
+
+def test_curvature_of_a_non_finite_loss_is_refused():
+    # finite weights whose MSE overflows float32; the Hessian 2XᵀX/N would be finite
+    model = nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.fill_(1e25)
+        model.bias.zero_()
+    obj = bs.Objective(model, nn.MSELoss(), (torch.ones(8, 3), torch.zeros(8, 1)))
+    calls = [
+        lambda: hessian.eigenvalues(obj, 1),
+        lambda: hessian.trace(obj),
+        lambda: hessian.density(obj, runs=1, steps=2),
+        lambda: hessian.summary(obj, 1),
+    ]
+    for call in calls:
+        with pytest.raises(bs.BasinscopeError, match="loss at θ is inf"):
+            call()

@@ -139,3 +139,17 @@ def test_adaptive_measures_invariant_plain_ones_not():
     ratio = b.theta0.abs() / a.theta0.abs()  # α, 1/α or 1 per coordinate
     torch.testing.assert_close(wb.delta, wa.delta * ratio, rtol=1e-9, atol=1e-15)
     assert wb.value == pytest.approx(wa.value, rel=1e-9)
+
+
+def test_measure_suite_refuses_a_non_finite_loss_before_any_measure(monkeypatch):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(1e20)  # finite weights, an MSE that overflows float32
+    obj = bs.Objective(model, nn.MSELoss(), (torch.ones(8, 3), torch.zeros(8, 1)))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a measure ran on a non-finite loss")
+
+    monkeypatch.setattr(reparam, "line", fail)
+    with pytest.raises(bs.BasinscopeError, match="loss at the weights is inf"):
+        reparam.measure_suite(obj)

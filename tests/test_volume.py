@@ -112,9 +112,79 @@ def test_uncrossed_rays_reported_and_errors():
     assert (res.radii[~res.crossed] == 10.0).all()
     with pytest.raises(bs.BasinscopeError, match="below the loss"):
         basin_volume(obj, -1.0, n_directions=4)
-    with pytest.raises(bs.BasinscopeError, match="at least 2"):
+    with pytest.raises(bs.BasinscopeError, match="n_directions must be an integer >= 2"):
         basin_volume(obj, 1.0, n_directions=1)
     flat = Bowl(np.array([1e-12, 1e-12]))
     obj2 = bs.Objective(flat.model, flat.loss_fn, (flat.X, flat.y))
     with pytest.raises(bs.BasinscopeError, match="largest loss seen"):
         basin_volume(obj2, 1.0, n_directions=4, r_max=5.0)
+
+
+def _no_search(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the search ran before the input was checked")
+
+    monkeypatch.setattr(bs.volume, "_search", fail)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"threshold": math.nan}, "threshold must be a finite number"),
+        ({"threshold": math.inf}, "threshold must be a finite number"),
+        ({"n_directions": 3.5}, "n_directions must be an integer"),
+        ({"batch": 2.5}, "batch must be an integer"),
+        ({"bootstrap": 1.5}, "bootstrap must be an integer"),
+        ({"seed": 0.5}, "seed must be an integer"),
+        ({"tolerance": math.nan}, "tolerance must be a finite number"),
+        ({"tolerance": 1.0}, "tolerance must be a relative tolerance"),
+        ({"r0": math.nan}, "r0 must be a finite number"),
+        ({"r_max": math.inf}, "r_max must be a finite number"),
+        ({"norm": "fliter"}, "unknown normalisation"),
+        ({"precondition": torch.tensor([1.0, 0.0])}, "entry 1 is 0.0"),
+        ({"precondition": torch.tensor([-1.0, 2.0])}, "entry 0 is -1.0"),
+        ({"precondition": torch.tensor([1.0, math.nan])}, "entry 1 is nan"),
+        ({"precondition": torch.ones(3)}, r"shape \(2,\)"),
+    ],
+)
+def test_volume_refuses_bad_input_before_any_search(kwargs, match, monkeypatch):
+    bowl = Bowl(np.array([1.0, 2.0]))
+    obj = bs.Objective(bowl.model, bowl.loss_fn, (bowl.X, bowl.y))
+    _no_search(monkeypatch)
+    args = {"threshold": 0.1, "n_directions": 4, "rule": "relative"} | kwargs
+    with pytest.raises(bs.BasinscopeError, match=match):
+        basin_volume(obj, args.pop("threshold"), **args)
+
+
+def test_volume_accepts_numpy_integers_and_a_positive_precondition():
+    bowl = Bowl(np.array([1.0, 2.0]))
+    obj = bs.Objective(bowl.model, bowl.loss_fn, (bowl.X, bowl.y))
+    plain = basin_volume(obj, 0.1, n_directions=4, rule="relative", bootstrap=10)
+    same = basin_volume(
+        obj,
+        np.float64(0.1),
+        n_directions=np.int64(4),
+        batch=np.int32(3),
+        bootstrap=np.int64(10),
+        rule="relative",
+        precondition=np.ones(2),  # D = I: the same rays, bit for bit
+    )
+    np.testing.assert_array_equal(plain.radii, same.radii)
+    # a real diagonal changes the rays as u = Dz/‖Dz‖
+    D = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    pre = ray_directions(obj, 3, seed=0, precondition=D)
+    z = ray_directions(obj, 3, seed=0)
+    want = z * D / (z * D).norm(dim=1, keepdim=True)
+    torch.testing.assert_close(pre, want, rtol=1e-12, atol=0)
+
+
+def test_measures_of_a_non_finite_loss_are_refused():
+    model = torch.nn.Linear(3, 1)  # finite weights whose loss overflows float32
+    with torch.no_grad():
+        model.weight.fill_(1e25)
+        model.bias.zero_()
+    obj = bs.Objective(model, torch.nn.MSELoss(), (torch.ones(8, 3), torch.zeros(8, 1)))
+    assert obj.loss() == math.inf
+    for rule in ("absolute", "relative"):
+        with pytest.raises(bs.BasinscopeError, match="loss at the weights is inf"):
+            basin_volume(obj, 1.0, n_directions=4, rule=rule)

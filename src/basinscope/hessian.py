@@ -60,7 +60,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_number
 from ._io import atomic_write
+from ._partial import PartialResults, open_partial
 from ._rng import item_generator
 from .errors import BasinscopeError
 from .objective import Objective
@@ -169,6 +171,12 @@ class HessianOperator:
         obj = self.obj
         loss = obj.loss_fn(obj._forward(obj.space.unflatten(leaf), x), y)
         loss = loss * (len(y) / obj.n_examples)
+        if not bool(torch.isfinite(loss.detach()).all()):
+            raise BasinscopeError(
+                f"the loss at θ is {float(loss.detach().sum())} (not finite) on the evaluation "
+                "data, so its Hessian is undefined; check the model (did training diverge?) "
+                "and the data"
+            )
         try:
             (g,) = torch.autograd.grad(loss, leaf, create_graph=True)
         except torch.OutOfMemoryError:
@@ -605,8 +613,10 @@ def extremes(
     top, bottom = _check_k(top, obj.n, "top"), _check_k(bottom, obj.n, "bottom")
     if top + bottom == 0:
         raise BasinscopeError("ask for at least one eigenvalue (top + bottom ≥ 1)")
-    if not isinstance(max_products, int) or max_products < 1:
-        raise BasinscopeError(f"max_products must be a positive integer, got {max_products!r}")
+    max_products = check_int("max_products", max_products, minimum=1)
+    if max_basis is not None:
+        max_basis = check_int("max_basis", max_basis, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
     tol = _check_tol(tol, obj.dtype)
     op = operator(obj)
     kr = _lanczos(
@@ -748,14 +758,19 @@ def _hutchinson(
     max_probes: int,
     seed: int,
     spent: int,
+    done: PartialResults | None = None,
 ) -> TraceEstimate:
     """``exact`` + Hutchinson on ``PHP`` (``P = I − QᵀQ``, ``Q`` orthonormal rows).
 
     Probe ``i`` is the Rademacher ``z(seed, i)``, projected by ``P``; probes are
     added until ``SE ≤ max(rtol·|value|, atol)`` (checked after every probe, so
-    the result does not depend on how many products a call makes).
+    the result does not depend on how many products a call makes). Probe values
+    already in ``done`` are reused (and counted in ``n_products``, the products
+    the estimate is made of); new ones are stored there.
     """
     start = op.n_products
+    reused = 0
+    done = done if done is not None else PartialResults(None, {}, "trace probes", {})
     rank = 0 if Q is None else len(Q)
     samples: list[float] = []
     converged = rank == op.n
@@ -763,11 +778,18 @@ def _hutchinson(
     while not converged and len(samples) < max_probes:
         first = len(samples)
         count = min(block, max_probes - first)
-        Z = torch.stack([_rademacher(op.n, seed, _PROBE, first + b) for b in range(count)])
-        Z = Z.to(op.device, op.dtype)
-        if rank:
-            Z = Z - (Z @ Q.T) @ Q
-        for value in (Z * op.matmat(Z)).sum(dim=1).double().cpu().tolist():
+        idx = range(first, first + count)
+        if done.missing(idx):
+            Z = torch.stack([_rademacher(op.n, seed, _PROBE, i) for i in idx])
+            Z = Z.to(op.device, op.dtype)
+            if rank:
+                Z = Z - (Z @ Q.T) @ Q
+            values = (Z * op.matmat(Z)).sum(dim=1).double().cpu().tolist()
+            done.update(dict(zip(idx, values, strict=True)))
+        else:
+            values = [float(done.get(i)) for i in idx]
+            reused += count
+        for value in values:
             samples.append(value)
             s = len(samples)
             if s >= min_probes:
@@ -787,7 +809,7 @@ def _hutchinson(
         exact=exact,
         rank=rank,
         samples=arr,
-        n_products=spent + op.n_products - start,
+        n_products=spent + op.n_products - start + reused,
         rtol=rtol,
         atol=atol,
         converged=converged,
@@ -805,6 +827,7 @@ def trace(
     max_products: int = 1000,
     sketch: int = 16,
     seed: int = 0,
+    path: str | Path | None = None,
 ) -> TraceEstimate:
     """``tr H`` by Hutchinson or Hutch++, with its standard error and a stopping rule.
 
@@ -828,14 +851,22 @@ def trace(
     (after at least ``min_probes``) or ``max_products`` is spent
     (``converged=False``). Probe ``i`` is drawn from ``(seed, i)``, sketch
     column ``i`` from ``(seed, i)`` in a stream of its own.
+
+    With ``path`` (a JSON file of partial results, :mod:`basinscope._partial`)
+    each probe's value ``zᵀ(PHP)z`` is stored as it finishes and a rerun reuses
+    them, giving the same estimate bit for bit; Hutch++'s sketch (``2·sketch``
+    products) is recomputed, since storing it would take ``sketch·n`` numbers.
+    Keyed by the Objective's fingerprint, θ, ``method``, ``sketch``, ``seed``
+    and the operator's ``batched`` (not the stopping rule: a rerun with a
+    tighter ``rtol`` continues from the stored probes).
     """
     rtol, atol = _check_positive("rtol", rtol), _check_positive("atol", atol, zero=True)
     if method not in ("hutchinson", "hutch++"):
         raise BasinscopeError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
-    if not isinstance(min_probes, int) or min_probes < 2:
-        raise BasinscopeError(f"min_probes must be an integer ≥ 2, got {min_probes!r}")
-    if not isinstance(sketch, int) or sketch < 1:
-        raise BasinscopeError(f"sketch must be a positive integer, got {sketch!r}")
+    min_probes = check_int("min_probes", min_probes, minimum=2)
+    sketch = check_int("sketch", sketch, minimum=1)
+    max_products = check_int("max_products", max_products, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
     sketch = min(sketch, obj.n) if method == "hutch++" else 0
     if 2 * sketch + min_probes > max_products:
         raise BasinscopeError(
@@ -843,24 +874,39 @@ def trace(
             f"and {min_probes} probes"
         )
     op = operator(obj)
-    Q, exact = None, 0.0
-    if sketch:
-        S = torch.stack([_rademacher(op.n, seed, _SKETCH, i) for i in range(sketch)])
-        Y = op.matmat(S.to(op.device, op.dtype))
-        Q = torch.linalg.qr(Y.T.double()).Q.T.to(op.dtype)  # [sketch, n], orthonormal rows
-        exact = float((Q * op.matmat(Q)).sum(dtype=torch.float64))
-    return _hutchinson(
-        op,
-        Q,
-        exact,
-        method=method,
-        rtol=rtol,
-        atol=atol,
-        min_probes=min_probes,
-        max_probes=max_products - 2 * sketch,
-        seed=seed,
-        spent=2 * sketch,
-    )
+    key = _key(op, method=method, sketch=sketch, seed=seed) if path is not None else {}
+    with open_partial(path, key, what="Hessian trace probes") as done:
+        Q, exact = None, 0.0
+        if sketch:
+            S = torch.stack([_rademacher(op.n, seed, _SKETCH, i) for i in range(sketch)])
+            Y = op.matmat(S.to(op.device, op.dtype))
+            Q = torch.linalg.qr(Y.T.double()).Q.T.to(op.dtype)  # [sketch, n], orthonormal rows
+            exact = float((Q * op.matmat(Q)).sum(dtype=torch.float64))
+        return _hutchinson(
+            op,
+            Q,
+            exact,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            min_probes=min_probes,
+            max_probes=max_products - 2 * sketch,
+            seed=seed,
+            spent=2 * sketch,
+            done=done,
+        )
+
+
+def _key(op: HessianOperator, **settings: Any) -> dict[str, Any]:
+    """The partial-results key of a measure of ``op``: what its products depend on."""
+    from ._keys import tensor_digest
+
+    return {
+        **op.obj.fingerprint(),
+        "theta": tensor_digest(op.theta),
+        "batched": op.batched,
+        **settings,
+    }
 
 
 # ------------------------------------------------------------------- density
@@ -961,6 +1007,7 @@ def density(
     points: int = 4001,
     zero_tol: float = 1e-5,
     seed: int = 0,
+    path: str | Path | None = None,
 ) -> Density:
     """Eigenvalue spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
@@ -978,24 +1025,40 @@ def density(
     quadrature estimate: with fewer steps than distinct eigenvalues a node may
     merge eigenvalues on both sides of 0.
 
+    With ``path`` (a JSON file of partial results, :mod:`basinscope._partial`)
+    each run's nodes and weights are stored as it finishes and a rerun computes
+    only the missing runs, giving the same density bit for bit. Keyed by the
+    Objective's fingerprint, θ, ``steps``, ``seed`` and the operator's
+    ``batched`` (not ``runs``: a rerun with more runs reuses the stored ones).
+
     Returns:
-        A :class:`Density` (``runs·steps`` products at most).
+        A :class:`Density` (``runs·steps`` products at most; stored runs count
+        with the products they took).
     """
-    for name, val in (("runs", runs), ("steps", steps), ("points", points)):
-        if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-            raise BasinscopeError(f"{name} must be a positive integer, got {val!r}")
-    if sigma is not None and not (math.isfinite(sigma) and sigma > 0):
-        raise BasinscopeError(f"sigma must be a positive number, got {sigma}")
+    runs = check_int("runs", runs, minimum=1)
+    steps = check_int("steps", steps, minimum=1)
+    points = check_int("points", points, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    if sigma is not None:
+        sigma = check_number("sigma", sigma, positive=True)
     zero_tol = _check_positive("zero_tol", zero_tol, zero=True)
     op = operator(obj)
     start = op.n_products
     m = min(steps, op.n)
     nodes = np.full((runs, m), np.nan)
     weights = np.zeros((runs, m))
-    for r in range(runs):
-        v = _rademacher(op.n, seed, _SLQ, r).to(op.device, op.dtype)
-        tau, w = _slq_run(op, m, v)
-        nodes[r, : len(tau)], weights[r, : len(w)] = tau, w
+    reused = 0
+    key = _key(op, steps=m, seed=seed) if path is not None else {}
+    with open_partial(path, key, what="spectral-density Lanczos runs") as done:
+        for r in range(runs):
+            if r in done:
+                tau, w = (np.asarray(a, dtype=np.float64) for a in done.get(r))
+                reused += len(tau)  # one product per Lanczos step
+            else:
+                v = _rademacher(op.n, seed, _SLQ, r).to(op.device, op.dtype)
+                tau, w = _slq_run(op, m, v)
+                done.update({r: [tau.tolist(), w.tolist()]})
+            nodes[r, : len(tau)], weights[r, : len(w)] = tau, w
     lo, hi = float(np.nanmin(nodes)), float(np.nanmax(nodes))
     if sigma is None:
         sigma = (hi - lo) / 400 if hi > lo else max(abs(hi), 1.0) * 1e-3
@@ -1017,7 +1080,7 @@ def density(
         negative_mass=float(neg.mean()),
         negative_mass_se=float(neg.std(ddof=1) / math.sqrt(runs)) if runs > 1 else math.inf,
         n=op.n,
-        n_products=op.n_products - start,
+        n_products=op.n_products - start + reused,
         seed=seed,
     )
 
@@ -1178,6 +1241,8 @@ def summary(
         raise BasinscopeError(f"k must be a positive integer, got {k}")
     _check_tol(tol, obj.dtype)
     _check_positive("trace_rtol", trace_rtol)
+    max_products = check_int("max_products", max_products, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
     opts = dict(tol=tol, trace_rtol=trace_rtol, seed=seed, max_products=max_products)
     if per_layer is False:
         blocks = []

@@ -33,6 +33,7 @@ from .directions import random_directions
 from .errors import BasinscopeError
 from .objective import Objective
 from .surface import line
+from .volume import finite_loss0
 
 # Layers whose weight (and bias) is rescaled, and which may receive the division.
 _AFFINE: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -273,6 +274,7 @@ def measure_suite(
       ``t ∈ [−1, 1]``, ``d`` a filter-normalised random direction (Li et al. 2018)
       drawn from ``seed``.
     """
+    finite_loss0(obj, "its sharpness measures")  # before the first of eleven measures
     wc = dict(steps=steps, restarts=restarts, seed=seed)
     d = random_directions(obj, 1, norm="filter", seed=seed)[0]
     surf = line(obj, d, span=(-1.0, 1.0), steps=line_steps)

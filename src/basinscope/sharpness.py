@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,10 +45,16 @@ from scipy.optimize import Bounds, minimize
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import check_int, check_number
+from ._partial import open_partial
 from ._rng import item_generator
 from .errors import BasinscopeError
 from .objective import Objective
 from .surface import Surface
+from .volume import finite_loss0
+
+COARSE_POINTS = 8
+"""Fewer grid points than this (besides the origin) within ε make a grid ε-sharpness coarse."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ class EpsilonSharpness:
         argmax: the coefficients where it was found.
         radius: ε, in units of the (normalised) directions.
         n_points: how many points were examined.
+        coarse: read off a grid with fewer than :data:`COARSE_POINTS` points
+            besides the origin within ε (:func:`from_surface`): the value is
+            then mostly rounding noise and should not be ranked.
     """
 
     value: float
@@ -68,6 +79,7 @@ class EpsilonSharpness:
     argmax: tuple[float, ...]
     radius: float
     n_points: int
+    coarse: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,17 +108,24 @@ class NoiseSharpness:
 
 
 def _check_radius(radius: float) -> float:
-    if not np.isfinite(radius) or radius <= 0:
-        raise BasinscopeError(f"the radius must be a positive number, got {radius}")
-    return float(radius)
+    return check_number("the radius", radius, positive=True)
 
 
-def from_surface(surface: Surface, radius: float, key: str = "train_loss") -> EpsilonSharpness:
+def from_surface(
+    surface: Surface, radius: float, key: str = "train_loss", *, warn: bool = True
+) -> EpsilonSharpness:
     """ε-sharpness read off a computed surface: max over grid points with ``‖c‖₂ ≤ ε``.
 
     ``L(θ0)`` is the loss stored with the surface at the origin (or the grid
     point at the origin). Points not yet computed are ignored; NaN losses
     (diverged points) count as +∞.
+
+    When fewer than :data:`COARSE_POINTS` computed grid points other than the
+    origin lie within ε (a 5×5 grid on ``[−1, 1]²`` with ε = 0.25 has none),
+    the "maximum" is the origin's own loss minus itself, i.e. rounding noise
+    (``±1e-8``, of either sign): the result is marked ``coarse=True`` and,
+    unless ``warn=False`` (for callers that record ``coarse`` themselves), a
+    ``RuntimeWarning`` says to use a finer grid or :func:`epsilon`.
     """
     radius = _check_radius(radius)
     values = surface.metric(key)
@@ -123,6 +142,23 @@ def from_surface(surface: Surface, radius: float, key: str = "train_loss") -> Ep
         if not at_origin.any():
             raise BasinscopeError("the surface has no point at the origin to compare against")
         loss0 = float(values[at_origin][0])
+    if not math.isfinite(loss0):
+        raise BasinscopeError(
+            f"the surface's loss at the origin is {loss0} (not finite), so its ε-sharpness "
+            "is undefined; check the model (did training diverge?) and the data"
+        )
+    off_origin = int((inside & (np.linalg.norm(mesh, axis=-1) > 0)).sum())
+    coarse = off_origin < COARSE_POINTS
+    if coarse and warn:
+        import warnings
+
+        warnings.warn(
+            f"only {off_origin} grid point(s) besides the origin lie within ε = {radius:g}, "
+            "so the ε-sharpness read off this surface is rounding noise; use a finer grid "
+            "(more steps or a smaller span) or sharpness.epsilon",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     vals = np.where(np.isnan(values), np.inf, values)
     vals = np.where(inside, vals, -np.inf)
     flat = int(np.argmax(vals))
@@ -134,6 +170,7 @@ def from_surface(surface: Surface, radius: float, key: str = "train_loss") -> Ep
         argmax=tuple(float(v) for v in mesh[pos]),
         radius=radius,
         n_points=int(inside.sum()),
+        coarse=coarse,
     )
 
 
@@ -154,8 +191,9 @@ def epsilon(
     reached to ``O((π/n_angles)²)`` relative accuracy.
     """
     radius = _check_radius(radius)
-    d = torch.as_tensor(directions)
-    d = d.reshape(1, -1) if d.ndim == 1 else d
+    n_radii = check_int("n_radii", n_radii, minimum=1)
+    n_angles = check_int("n_angles", n_angles, minimum=1)
+    d = _check_directions(obj, directions)
     if len(d) == 1:
         coef = torch.linspace(-radius, radius, 2 * n_radii + 1, dtype=torch.float64)[:, None]
     elif len(d) == 2:
@@ -165,7 +203,7 @@ def epsilon(
         coef = torch.stack([rr * torch.cos(aa), rr * torch.sin(aa)], -1).reshape(-1, 2)
     else:
         raise BasinscopeError(f"ε-sharpness takes 1 or 2 directions, got {len(d)}")
-    loss0 = obj.loss()
+    loss0 = finite_loss0(obj, "its ε-sharpness")
     losses, _ = obj.evaluate_affine(coef, d)
     losses = torch.where(torch.isnan(losses), torch.inf, losses)
     k = int(torch.argmax(losses))
@@ -179,7 +217,28 @@ def epsilon(
     )
 
 
-def _gaussian_rows(obj: Objective, seed: int, indices: range) -> Tensor:
+def _check_directions(obj: Objective, directions: Any) -> Tensor:
+    """``directions`` as a ``[k, n]`` tensor of finite numbers (one direction may be ``[n]``)."""
+    try:
+        d = torch.as_tensor(directions)
+    except (TypeError, ValueError, RuntimeError):
+        raise BasinscopeError(
+            f"directions must be a tensor of shape (k, {obj.n}), got {type(directions).__name__}"
+        ) from None
+    d = d.reshape(1, -1) if d.ndim == 1 else d
+    if d.ndim != 2 or d.shape[1] != obj.n:
+        raise BasinscopeError(
+            f"directions must have shape (k, {obj.n}) or ({obj.n},), got {tuple(d.shape)}"
+        )
+    if not d.is_floating_point() or not bool(torch.isfinite(d).all()):
+        raise BasinscopeError(
+            "every direction must hold finite floating-point numbers "
+            f"(got {d.dtype}, {int((~torch.isfinite(d.double())).sum())} entries NaN or inf)"
+        )
+    return d
+
+
+def _gaussian_rows(obj: Objective, seed: int, indices: Sequence[int]) -> Tensor:
     """``[len(indices), n]`` standard normal noise, row ``i`` drawn from ``(seed, i)`` alone
     (float32, then moved to the Objective's device and dtype)."""
     return torch.stack(
@@ -199,6 +258,7 @@ def average_case(
     adaptive: bool = False,
     chunk: int = 16,
     progress: bool = False,
+    path: str | Path | None = None,
 ) -> NoiseSharpness:
     """Mean loss increase under Gaussian weight noise of scale σ (see module docstring).
 
@@ -210,23 +270,32 @@ def average_case(
         adaptive: scale the noise elementwise by ``|θ0|``.
         chunk: samples evaluated together (results do not depend on it).
         progress: show a progress bar.
+        path: a JSON file of partial results (:mod:`basinscope._partial`): the
+            loss of each noisy sample is stored as its chunk finishes and a rerun
+            evaluates only the missing samples (bit-identical to an uninterrupted
+            run). Keyed by the Objective's fingerprint, ``sigma``, ``seed`` and
+            ``adaptive`` (not ``samples``: a rerun with more reuses the stored ones).
     """
-    if not np.isfinite(sigma) or sigma <= 0:
-        raise BasinscopeError(f"sigma must be a positive number, got {sigma}")
-    if samples < 2:
-        raise BasinscopeError(
-            f"samples must be at least 2 to estimate a standard error, got {samples}"
-        )
-    loss0 = obj.loss()
+    sigma = check_number("sigma", sigma, positive=True)
+    samples = check_int("samples", samples, minimum=2)
+    seed = check_int("seed", seed, minimum=0)
+    chunk = check_int("chunk", chunk, minimum=1)
+    loss0 = finite_loss0(obj, "its average-case sharpness")
     scale = obj.theta0.abs() if adaptive else torch.ones_like(obj.theta0)
-    increases = np.empty(samples)
-    with tqdm(total=samples, disable=not progress, desc="noise", unit="sample") as bar:
-        for start in range(0, samples, chunk):
-            idx = range(start, min(start + chunk, samples))
-            z = _gaussian_rows(obj, seed, idx)
-            losses, _ = obj.evaluate(obj.theta0 + sigma * scale * z)
-            increases[start : start + len(idx)] = losses.numpy() - loss0
-            bar.update(len(idx))
+    settings = {"sigma": sigma, "seed": seed, "adaptive": bool(adaptive)}
+    key = {**obj.fingerprint(), **settings} if path is not None else {}
+    with open_partial(path, key, what="average-case noise samples") as done:
+        todo = done.missing(range(samples))
+        with tqdm(total=samples, disable=not progress, desc="noise", unit="sample") as bar:
+            bar.update(samples - len(todo))
+            for start in range(0, len(todo), chunk):
+                idx = todo[start : start + chunk]
+                z = _gaussian_rows(obj, seed, idx)
+                losses, _ = obj.evaluate(obj.theta0 + sigma * scale * z)
+                done.update(dict(zip(idx, losses.tolist(), strict=True)))
+                bar.update(len(idx))
+        losses = np.array([done.get(i) for i in range(samples)], dtype=np.float64)
+    increases = losses - loss0
     return NoiseSharpness(
         value=float(increases.mean()),
         stderr=float(increases.std(ddof=1) / np.sqrt(samples)),
@@ -346,6 +415,7 @@ def _ascend(
     restarts: int,
     seed: int,
     batch: int,
+    loss0: float | None = None,
 ) -> _Ascent:
     """Projected gradient ascent on ``F(u) = L(θ0 + scale⊙u)`` over ``‖u‖ ≤ radius``.
 
@@ -357,7 +427,7 @@ def _ascend(
     and its first step from ``u = 0`` is SAM's ascent step.
     """
     theta0 = obj.theta0
-    loss0 = obj.loss()
+    loss0 = finite_loss0(obj, "its worst-case sharpness") if loss0 is None else loss0
     out = _Ascent(u=torch.zeros_like(theta0), loss=-math.inf, loss0=loss0, evaluations=1)
 
     def value(u: Tensor) -> float:
@@ -480,9 +550,11 @@ def worst_case(
         raise BasinscopeError(f"eta must be a finite number ≥ 0, got {eta!r}")
     steps = _count("steps", steps)
     restarts = _count("restarts", restarts)
+    seed = check_int("seed", seed, minimum=0)
     n_examples = obj.n_examples
     if m is not None:
         m = _count("m", m, 1, n_examples)
+    loss0 = finite_loss0(obj, "its worst-case sharpness")
     scale = obj.theta0.abs() + eta if adaptive else torch.ones_like(obj.theta0)
     size = n_examples if m is None else m
     starts = list(range(0, n_examples, size))
@@ -490,7 +562,8 @@ def worst_case(
     weights = []
     for b, s in enumerate(tqdm(starts, disable=not progress, desc="batches", unit="batch")):
         part = obj if m is None else obj.with_data((obj.x[s : s + size], obj.y[s : s + size]))
-        results.append(_ascend(part, radius, norm, scale, steps, restarts, seed, b))
+        known = loss0 if m is None else None  # each batch of m examples has its own L(θ0)
+        results.append(_ascend(part, radius, norm, scale, steps, restarts, seed, b, known))
         weights.append(len(part.x) / n_examples)
     values = [r.loss - r.loss0 for r in results]
     ord_ = 2 if norm == "l2" else math.inf
@@ -606,19 +679,21 @@ def keskar(
     """
     epsilon = _positive("epsilon", epsilon)
     maxiter = _count("maxiter", maxiter)
+    seed = check_int("seed", seed, minimum=0)
+    if subspace_dim is not None:
+        subspace_dim = _count("subspace_dim", subspace_dim, 1, obj.n)
+    loss0 = finite_loss0(obj, "its Keskar sharpness")
     theta0 = obj.theta0
     theta64 = theta0.to(torch.float64)
     if subspace_dim is None:
         A = None
         center = theta64
     else:
-        subspace_dim = _count("subspace_dim", subspace_dim, 1, obj.n)
         A = _subspace(obj, subspace_dim, seed)
         Q, R = torch.linalg.qr(A)
         center = torch.linalg.solve_triangular(R, (Q.T @ theta64)[:, None], upper=True)[:, 0]
         del Q, R
     half = (epsilon * (center.abs() + 1)).cpu().numpy()
-    loss0 = obj.loss()
     best = {"loss": -math.inf, "y": np.zeros_like(half)}
     count = {"evaluations": 0}
 
@@ -709,6 +784,17 @@ class PacBayes:
         return _no_vectors(self)
 
 
+def _accuracy0(obj: Objective, measure: str) -> float:
+    """The accuracy at θ0, after refusing a non-finite loss there (a diverged model)."""
+    loss, acc = obj.evaluate(obj.theta0)
+    if not math.isfinite(float(loss[0])):
+        raise BasinscopeError(
+            f"the loss at the weights is {float(loss[0])} (not finite), so {measure} is "
+            "undefined; check the model (did training diverge?) and the data"
+        )
+    return float(acc[0])
+
+
 def noise_error_increase(
     obj: Objective,
     sigma: float,
@@ -730,7 +816,9 @@ def noise_error_increase(
     sigma = _positive("sigma", sigma)
     samples = _count("samples", samples)
     chunk = _count("chunk", chunk)
-    acc0 = float(obj.evaluate(obj.theta0)[1][0])
+    seed = check_int("seed", seed, minimum=0)
+    eps = _positive("eps", eps)
+    acc0 = _accuracy0(obj, "the noise error increase")
     if math.isnan(acc0):
         raise BasinscopeError(
             "the training error needs a classifier: outputs [N, classes] and integer labels"
@@ -774,6 +862,7 @@ def pac_bayes(
     sigma_max: float = 10.0,
     chunk: int = 16,
     progress: bool = False,
+    path: str | Path | None = None,
 ) -> PacBayes:
     """PAC-Bayes sharpness of Jiang et al. (2019, "Fantastic generalization measures
     and where to find them", §C "sharpness-based measures").
@@ -810,6 +899,15 @@ def pac_bayes(
         sigma_min, sigma_max: the search interval, ``0 < sigma_min < sigma_max``.
         chunk: draws evaluated together (results do not depend on it).
         progress: show a progress bar over the bisection.
+        path: a JSON file of partial results (:mod:`basinscope._partial`): the
+            Monte-Carlo mean error at each σ tried is stored as it finishes
+            (keyed by ``float.hex(σ)``), and a rerun replays the bisection from
+            them, evaluating only the σ it has not seen: the same σ sequence and
+            result, bit for bit. The bisection is sequential (each σ depends on
+            the previous answers), so the unit of work is one σ (``samples``
+            evaluations), not one draw. Keyed by the Objective's fingerprint,
+            ``magnitude_aware``, ``eps``, ``samples`` and ``seed`` (not ``target``,
+            ``tol`` or the interval: another search reuses the σ it shares).
     """
     if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target < 1:
         raise BasinscopeError(f"target must be an error increase in (0, 1), got {target!r}")
@@ -817,10 +915,11 @@ def pac_bayes(
     samples = _count("samples", samples)
     chunk = _count("chunk", chunk)
     tol = _positive("tol", tol)
+    seed = check_int("seed", seed, minimum=0)
     lo, hi = _positive("sigma_min", sigma_min), _positive("sigma_max", sigma_max)
     if not lo < hi:
         raise BasinscopeError(f"sigma_min ({lo}) must be smaller than sigma_max ({hi})")
-    acc0 = float(obj.evaluate(obj.theta0)[1][0])
+    acc0 = _accuracy0(obj, "its PAC-Bayes sharpness")
     if math.isnan(acc0):
         raise BasinscopeError(
             "pac_bayes needs a classifier (outputs [N, classes] and integer labels) "
@@ -829,16 +928,26 @@ def pac_bayes(
     error0 = 1.0 - acc0
     sigmas: list[float] = []
     increases: list[float] = []
+    settings = dict(magnitude_aware=bool(magnitude_aware), eps=eps, samples=samples, seed=seed)
+    key = {**obj.fingerprint(), **settings} if path is not None else {}
 
     def increase(sigma: float) -> float:
-        mean = _error_increase(obj, sigma, samples, seed, magnitude_aware, eps, chunk)
+        name = float(sigma).hex()
+        if name in done:
+            mean = float(done.get(name))
+        else:
+            mean = _error_increase(obj, sigma, samples, seed, magnitude_aware, eps, chunk)
+            done.update({name: mean})
         sigmas.append(sigma)
         increases.append(mean - error0)
         bar.update(1)
         return increases[-1]
 
     total = 2 + math.ceil(math.log2(max(math.log(hi / lo) / math.log1p(tol), 1.0)))
-    with tqdm(total=total, disable=not progress, desc="σ search", unit="σ") as bar:
+    with (
+        open_partial(path, key, what="PAC-Bayes noise evaluations") as done,
+        tqdm(total=total, disable=not progress, desc="σ search", unit="σ") as bar,
+    ):
         if increase(hi) <= target:
             sigma, inc, bracketed = hi, increases[-1], False
         elif increase(lo) > target:

@@ -22,13 +22,17 @@ of the largest term so that this is visible.
 
 Radii are found for all rays at once: start at ``r0``, double until the loss
 crosses (or ``r_max``), then bisect to a relative tolerance. Each ray's
-direction comes from ``(seed, index)`` alone.
+direction comes from ``(seed, index)`` alone, and its search depends on that
+ray alone, so with ``basin_volume(..., path=...)`` finished rays are stored as
+each batch ends (:mod:`basinscope._partial`) and an interrupted run resumes
+with the same radii, bit for bit.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +40,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._checks import check_int, check_number
+from ._partial import open_partial
 from ._rng import item_generator
-from .directions import normalize
+from .directions import NORMALIZERS, normalize
 from .errors import BasinscopeError
 from .objective import Objective
 
@@ -165,6 +171,17 @@ def volume_from_radii(
     }
 
 
+def _ray(obj: Objective, seed: int, index: int, norm: str, precondition: Tensor | None) -> Tensor:
+    """Unit ray direction ``index`` (see :func:`ray_directions`), from ``(seed, index)`` alone."""
+    z = torch.randn(obj.n, generator=item_generator(seed, index), dtype=torch.float32)
+    z = z.to(obj.theta0)
+    if norm != "none":
+        z = normalize(z, obj.theta0, obj.space, norm)
+    if precondition is not None:
+        z = z * precondition.to(z)
+    return z / z.norm()
+
+
 def ray_directions(
     obj: Objective,
     count: int,
@@ -181,16 +198,68 @@ def ray_directions(
     unit length. ``precondition``: a positive ``[n]`` diagonal ``D``; ``u = Dz/‖Dz‖``
     (Scherlis & Belrose), which measures volume in the metric ``D⁻¹``.
     """
-    out = []
-    for i in range(start, start + count):
-        z = torch.randn(obj.n, generator=item_generator(seed, i), dtype=torch.float32)
-        z = z.to(obj.theta0)
-        if norm != "none":
-            z = normalize(z, obj.theta0, obj.space, norm)
-        if precondition is not None:
-            z = z * precondition.to(z)
-        out.append(z / z.norm())
-    return torch.stack(out)
+    count = check_int("count", count, minimum=1)
+    start = check_int("start", start, minimum=0)
+    seed = check_int("seed", seed, minimum=0)
+    precondition = _check_precondition(obj, precondition)
+    return torch.stack(
+        [_ray(obj, seed, i, norm, precondition) for i in range(start, start + count)]
+    )
+
+
+def _check_precondition(obj: Objective, precondition: Any) -> Tensor | None:
+    """``precondition`` as an ``[n]`` tensor of positive finite numbers (or ``None``).
+
+    A zero entry leaves that coordinate out of every ray (the "volume" is then
+    of a lower-dimensional slice, not of the basin), a negative one only flips
+    it (``D`` is a metric, so its entries are positive): both are refused.
+    """
+    if precondition is None:
+        return None
+    try:
+        d = torch.as_tensor(precondition)
+    except (TypeError, ValueError, RuntimeError):
+        raise BasinscopeError(
+            f"precondition must be a tensor of {obj.n} positive numbers, "
+            f"got {type(precondition).__name__}"
+        ) from None
+    if d.shape != (obj.n,):
+        raise BasinscopeError(
+            f"precondition must have shape ({obj.n},), one entry per coordinate, "
+            f"got {tuple(d.shape)}"
+        )
+    if d.dtype == torch.bool or d.is_complex():
+        raise BasinscopeError(f"precondition must hold real numbers, got {d.dtype}")
+    d = d.to(torch.float64)
+    bad = ~torch.isfinite(d) | (d <= 0)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise BasinscopeError(
+            f"precondition must be positive and finite in every coordinate; entry {i} is "
+            f"{float(d[i])!r} ({int(bad.sum())} of {obj.n} are not)"
+        )
+    return d
+
+
+def finite_loss0(obj: Objective, measure: str) -> float:
+    """``L(θ0)``, refused with one sentence when it is NaN or infinite."""
+    loss0 = obj.loss()
+    if not math.isfinite(loss0):
+        raise BasinscopeError(
+            f"the loss at the weights is {loss0} (not finite), so {measure} is undefined; "
+            "check the model (did training diverge?) and the data"
+        )
+    return loss0
+
+
+def _volume_key(obj: Objective, settings: dict[str, Any], precondition: Tensor | None) -> dict:
+    from ._keys import tensor_digest
+
+    return {
+        **obj.fingerprint(),
+        **settings,
+        "precondition": None if precondition is None else tensor_digest(precondition),
+    }
 
 
 def basin_volume(
@@ -208,59 +277,90 @@ def basin_volume(
     batch: int = 64,
     bootstrap: int = 1000,
     progress: bool = False,
+    path: str | Path | None = None,
 ) -> VolumeResult:
     """Monte-Carlo star-convex volume of ``{L ≤ τ}`` (or ``{L − L(θ0) ≤ τ}``) around θ0.
 
     Args:
         obj: the Objective (its training data defines the landscape).
-        threshold: τ.
+        threshold: τ, a finite number.
         n_directions: N ≥ 2 rays.
         rule: ``absolute`` (``L > τ`` ends the basin; Fan et al.) or ``relative``.
-        seed, norm, precondition: the ray directions (:func:`ray_directions`).
+        seed, norm, precondition: the ray directions (:func:`ray_directions`);
+            ``precondition`` is ``[n]``, positive and finite.
         r0: first radius tried; halved while it is already outside the basin.
-        r_max: largest radius; rays not crossed by then keep ``r_max`` and are
-            reported in ``crossed``/``n_uncrossed``.
+        r_max: largest radius (finite); rays not crossed by then keep ``r_max``
+            and are reported in ``crossed``/``n_uncrossed``.
         tolerance: bisection stops when ``(hi − lo) ≤ tolerance · hi``; the
             reported radius is the midpoint, within ``tolerance/2`` relative.
         batch: rays searched together (results do not depend on it).
-        bootstrap: resamples for the confidence interval.
+        bootstrap: resamples for the confidence interval (0 for none).
         progress: show a progress bar over rays.
+        path: a JSON file of partial results (:mod:`basinscope._partial`): each
+            batch of rays is stored there as it finishes (radius, crossed,
+            evaluations, largest loss seen), and a rerun with the same path
+            computes only the rays it lacks, giving the same result bit for bit
+            as an uninterrupted run. Keyed by the Objective's fingerprint and
+            ``threshold, rule, seed, norm, precondition, r0, r_max, tolerance``
+            (not ``n_directions`` or ``batch``: a rerun with more rays reuses the
+            stored ones); a file of another computation is refused.
 
     Returns:
         A :class:`VolumeResult`.
     """
     if rule not in RULES:
         raise BasinscopeError(f"unknown threshold rule {rule!r}; use 'absolute' or 'relative'")
-    if n_directions < 2:
-        raise BasinscopeError(f"the volume needs at least 2 directions, got {n_directions}")
-    if not tolerance > 0:
-        raise BasinscopeError(f"the tolerance must be positive, got {tolerance}")
-    if not (0 < r0 < r_max):
+    threshold = check_number("threshold", threshold)
+    n_directions = check_int("n_directions", n_directions, minimum=2)
+    seed = check_int("seed", seed, minimum=0)
+    batch = check_int("batch", batch, minimum=1)
+    bootstrap = check_int("bootstrap", bootstrap, minimum=0)
+    tolerance = check_number("tolerance", tolerance, positive=True)
+    if not tolerance < 1:
+        raise BasinscopeError(f"tolerance must be a relative tolerance in (0, 1), got {tolerance}")
+    r0 = check_number("r0", r0, positive=True)
+    r_max = check_number("r_max", r_max, positive=True)
+    if not r0 < r_max:
         raise BasinscopeError(f"need 0 < r0 < r_max, got r0={r0}, r_max={r_max}")
-    loss0 = obj.loss()
-    level = threshold if rule == "absolute" else loss0 + threshold
+    if norm not in NORMALIZERS:
+        raise BasinscopeError(
+            f"unknown normalisation {norm!r}; use one of {', '.join(NORMALIZERS)}"
+        )
+    precondition = _check_precondition(obj, precondition)
     if rule == "relative" and not threshold > 0:
         raise BasinscopeError(f"a relative threshold must be positive, got {threshold}")
+    loss0 = finite_loss0(obj, "the basin volume")
+    level = threshold if rule == "absolute" else loss0 + threshold
     if loss0 >= level:
         raise BasinscopeError(
             f"the threshold {threshold:g} is below the loss at the minimum ({loss0:.6g}); "
             "the basin would be empty: raise it or use --rule relative"
         )
-    radii = np.empty(n_directions)
-    crossed = np.empty(n_directions, dtype=bool)
-    evaluations = 0
-    largest = -math.inf
-    with tqdm(total=n_directions, disable=not progress, desc="rays", unit="ray") as bar:
-        for start in range(0, n_directions, batch):
-            count = min(batch, n_directions - start)
-            dirs = ray_directions(
-                obj, count, seed=seed, start=start, norm=norm, precondition=precondition
-            )
-            r, c, evals, big = _search(obj, dirs, level, r0, r_max, tolerance)
-            radii[start : start + count], crossed[start : start + count] = r, c
-            evaluations += evals
-            largest = max(largest, big)
-            bar.update(count)
+    settings = dict(
+        threshold=threshold, rule=rule, seed=seed, norm=norm, r0=r0, r_max=r_max,
+        tolerance=tolerance,
+    )  # fmt: skip
+    key = _volume_key(obj, settings, precondition) if path is not None else {}
+    with open_partial(path, key, what="basin-volume rays") as done:
+        todo = done.missing(range(n_directions))
+        with tqdm(total=n_directions, disable=not progress, desc="rays", unit="ray") as bar:
+            bar.update(n_directions - len(todo))
+            for s in range(0, len(todo), batch):
+                idx = todo[s : s + batch]
+                dirs = torch.stack([_ray(obj, seed, i, norm, precondition) for i in idx])
+                r, c, evals, big = _search(obj, dirs, level, r0, r_max, tolerance)
+                done.update(
+                    {
+                        i: [float(r[k]), bool(c[k]), int(evals[k]), float(big[k])]
+                        for k, i in enumerate(idx)
+                    }
+                )
+                bar.update(len(idx))
+        rays = [done.get(i) for i in range(n_directions)]
+    radii = np.array([ray[0] for ray in rays], dtype=np.float64)
+    crossed = np.array([ray[1] for ray in rays], dtype=bool)
+    evaluations = sum(int(ray[2]) for ray in rays)
+    largest = max(float(ray[3]) for ray in rays)
     if not crossed.any():
         raise BasinscopeError(
             f"no ray crossed the threshold {level:.6g} within r_max = {r_max:g} "
@@ -291,19 +391,24 @@ def _losses(obj: Objective, dirs: Tensor, radii: np.ndarray, which: np.ndarray) 
 
 def _search(
     obj: Objective, dirs: Tensor, level: float, r0: float, r_max: float, tol: float
-) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Doubling then bisection for a batch of rays; returns (radii, crossed, evaluations, max loss)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Doubling then bisection for a batch of rays.
+
+    Returns ``[k]`` arrays, one entry per ray: radii, crossed, evaluations and
+    the largest finite loss seen while bracketing (``-inf`` if none); each ray's
+    entries depend on that ray alone.
+    """
     k = len(dirs)
     lo = np.zeros(k)  # largest radius known inside the basin
     hi = np.full(k, np.inf)  # smallest radius known outside
     r = np.full(k, float(r0))
-    evals, largest = 0, -math.inf
+    evals, largest = np.zeros(k, dtype=np.int64), np.full(k, -math.inf)
     # 1. bracket: from r0, halve while outside (rarely needed) or double while inside
     active = np.ones(k, dtype=bool)
     while active.any():
         loss = _losses(obj, dirs, r, active)
-        evals += int(active.sum())
-        largest = max(largest, float(np.max(np.where(np.isfinite(loss), loss, -np.inf))))
+        evals += active
+        largest[active] = np.maximum(largest[active], np.where(np.isfinite(loss), loss, -np.inf))
         out = np.zeros(k, dtype=bool)
         out[active] = loss > level
         inside = active & ~out
@@ -320,7 +425,7 @@ def _search(
     while active.any():
         mid = 0.5 * (lo + hi)
         loss = _losses(obj, dirs, mid, active)
-        evals += int(active.sum())
+        evals += active
         out = np.zeros(k, dtype=bool)
         out[active] = loss > level
         hi = np.where(active & out, mid, hi)
