@@ -1,33 +1,139 @@
 """The ``basinscope`` command line. It only parses arguments and calls the library.
 
-Bad input ends with one sentence on stderr and exit status 2, no traceback.
+Every promise of the command line, under any input:
+
+* Bad input ends with one sentence on stderr and exit status 2, no traceback:
+  argparse's own errors, a :class:`BasinscopeError` from the library (a lock
+  held by another process included), an ``OSError`` while writing (disk full,
+  permission) and running out of memory.
+* Checks come before the work: every number is parsed by a type that refuses
+  non-integers, NaN and ±inf (no option of ours means anything by them), and
+  every output (``--out``, ``--json``, ``--density``, the figures) is checked to
+  be writable before anything is computed.
+* Opening a run directory runs no code unless ``--trust-code`` says so, and a
+  checkpoint is only evaluated on data of the shape it was trained on.
+* Ctrl-C says what is true for the command: which finished work is saved and
+  resumed by a rerun, or that nothing was saved.
+* Every ``--json`` payload records the environment it was computed in.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
+import inspect
+import math
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from ._checks import check_output_dir, check_output_file
 from .errors import BasinscopeError
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
+_TRUST_HELP = (
+    "the run directory's config names a model factory; importing it runs its code: "
+    "use only for run directories you trust"
+)
+_MODEL_HELP = (
+    "package.module:factory for your own state-dict .pt file; this imports that module "
+    "and runs its code"
+)
+NOTHING_SAVED = "nothing was saved; rerun the command to start again"
+
+
+class _UsageError(Exception):
+    """A command line argparse refused (reported by :func:`main` as one sentence)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one sentence (no usage block) that :func:`main` reports."""
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --steps: must be ..." reads better as "--steps must be ...".
+        m = re.fullmatch(r"argument (-[^\s:/]+)(?:/\S+)?: (must .*)", message, flags=re.S)
+        if m:
+            message = f"{m.group(1)} {m.group(2)}"
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _number_text(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
+def _integer(minimum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer (``3``, ``1e3``; not ``3.5``, ``nan``), ``≥ minimum``."""
+
+    def integer(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            number = _number_text(text)
+            if not (math.isfinite(number) and number.is_integer()):
+                raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+            value = int(number)
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer ≥ {minimum}, got {value}")
+        return value
+
+    return integer
+
+
+def _number(*, positive: bool = False, nonnegative: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number (NaN and ±inf refused), optionally ``> 0``/``≥ 0``."""
+
+    def number(text: str) -> float:
+        value = _number_text(text)
+        if positive and not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+        if nonnegative and not (math.isfinite(value) and value >= 0):
+            raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        return value
+
+    return number
+
+
+_INT = _integer()
+_COUNT = _integer(1)
+_SEED = _integer(0)
+_FINITE = _number()
+_POSITIVE = _number(positive=True)
+
 
 def _size(text: str) -> int | float:
-    """A count (``500``) or a fraction (``0.1``)."""
+    """A count (``500``) or a fraction (``0.1``); NaN and ±inf are neither."""
     try:
         return int(text)
     except ValueError:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is neither a count nor a fraction"
             ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(
+                f"must be a count or a fraction in (0, 1], got {text}"
+            ) from None
+        return value
+
+
+def _accepts(func: Callable[..., Any], name: str) -> bool:
+    """Whether ``func`` takes the keyword ``name``.
+
+    The library gains keywords (``basin_volume(path=)``, ``load_checkpoint(trust_code=)``)
+    while the command line already offers them; checked so either side runs alone.
+    """
+    return name in inspect.signature(func).parameters
 
 
 def _example(text: str) -> str:
@@ -41,6 +147,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
     if args.study not in STUDIES:
         raise BasinscopeError(f"unknown study {args.study!r}; choose one of {', '.join(STUDIES)}")
+    check_output_dir(args.out, "the results directory")
     options: dict[str, Any] = {"device": args.device, "seed": args.seed}
     if args.dataset is not None:
         options["dataset"] = args.dataset
@@ -57,11 +164,11 @@ def _cmd_run(args: argparse.Namespace) -> None:
         if args.study != "remedies":
             raise BasinscopeError("--remedies applies to --study remedies only")
         options["remedies"] = tuple(args.remedies)
-    study = STUDIES[args.study](**options)
     if args.span is not None and args.span <= 0:
         raise BasinscopeError(
             f"--span must be positive (the grid is [-span, span]), got {args.span}"
         )
+    study = STUDIES[args.study](**options)
     given = {  # options left out keep the study's own defaults
         "grid_size": args.grid_size,
         "span": None if args.span is None else (-args.span, args.span),
@@ -89,7 +196,13 @@ def _cmd_run(args: argparse.Namespace) -> None:
 def _cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
-    base = TrainConfig.from_toml(args.config).to_dict() if args.config else {}
+    check_output_dir(args.out, "the run directory")
+    base = {}
+    if args.config:
+        trust = (
+            {"trust_code": args.trust_code} if _accepts(TrainConfig.from_toml, "trust_code") else {}
+        )
+        base = TrainConfig.from_toml(args.config, **trust).to_dict()
     fields = {
         "dataset": args.dataset,
         "data_dir": args.data_dir,
@@ -130,46 +243,139 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"checkpoint in {args.out}/")
 
 
-def _write_json(args: argparse.Namespace, payload: Any) -> None:
-    """Write a command's results to ``--json`` (atomically), when it was given."""
+def _check_json(args: argparse.Namespace) -> None:
+    """Refuse a ``--json`` path that cannot be written, before any work."""
+    if args.json:
+        check_output_file(args.json, "the --json file")
+
+
+def _write_json(args: argparse.Namespace, payload: dict[str, Any], obj: Any) -> None:
+    """Write a command's results to ``--json`` (atomically), when it was given.
+
+    The payload gains ``environment`` (torch version, threads, device, dtype of
+    ``obj``): the numbers' last bits depend on it.
+    """
     from ._io import atomic_write_json
+    from ._keys import environment
 
     if args.json:
-        atomic_write_json(args.json, payload)
+        payload = {**payload, "environment": environment(obj.device, obj.dtype)}
+        try:
+            atomic_write_json(args.json, payload)
+        except OSError as exc:  # name the file, not atomic_write's temporary
+            raise BasinscopeError(
+                f"cannot write {str(args.json)!r}: {exc.strerror or exc}"
+            ) from None
         print(f"written to {args.json}")
 
 
 # ------------------------------------------------- checkpoint + objective
-def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(model, DataBundle) for a checkpoint command."""
+def _load(
+    args: argparse.Namespace, checkpoint: str | Path | None = None, data: Any = None
+) -> tuple[Any, Any]:
+    """(model, DataBundle) for a checkpoint command, refused before any work when unusable.
+
+    ``checkpoint`` defaults to ``args.checkpoint``; ``data`` (a DataBundle) is
+    the data to evaluate on, or ``None`` for the run's own (or ``--dataset``).
+    Refused: a run directory whose config names a user factory without
+    ``--trust-code``, data of another shape than the run was trained on, and a
+    model whose weights or final loss are not finite (a diverged run).
+    """
     from .data import load_dataset
     from .models import build_model
     from .train import load_checkpoint, load_config_data, load_weights
 
-    path = Path(args.checkpoint)
+    path = Path(args.checkpoint if checkpoint is None else checkpoint)
     if not path.exists():
         raise BasinscopeError(f"checkpoint {str(path)!r} does not exist")
-    has_config = (path if path.is_dir() else path.parent).joinpath("config.json").is_file()
+    run_dir = path if path.is_dir() else path.parent
+    has_config = run_dir.joinpath("config.json").is_file()
     if has_config and args.model is None:
-        ckpt = load_checkpoint(path, device=args.device)
-        cfg = ckpt.config
-        if args.dataset is not None:  # another dataset: all of it, no label noise
-            cfg = dataclasses.replace(cfg, dataset=args.dataset, train_size=None, label_noise=0.0)
-        if args.data_dir is not None:
-            cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
-        data = load_config_data(cfg)
+        _check_factory(run_dir, args.trust_code)
+        trust = {"trust_code": args.trust_code} if _accepts(load_checkpoint, "trust_code") else {}
+        ckpt = load_checkpoint(path, device=args.device, **trust)
+        if data is None:
+            cfg = ckpt.config
+            if args.dataset is not None:  # another dataset: all of it, no label noise
+                cfg = dataclasses.replace(
+                    cfg, dataset=args.dataset, train_size=None, label_noise=0.0
+                )
+            if args.data_dir is not None:
+                cfg = dataclasses.replace(cfg, data_dir=args.data_dir)
+            data = load_config_data(cfg)
+        _check_shape(path, ckpt.info, data)
+        _check_finite(path, ckpt.model, ckpt.metrics)
         return ckpt.model, data
-    if args.model is None or args.dataset is None:
+    if args.model is None or (args.dataset is None and data is None):
         raise BasinscopeError(
             f"{str(path)!r} is not a basinscope run directory; for your own weights pass "
             "--model package.module:factory and --dataset"
         )
     if not path.is_file():
         raise BasinscopeError(f"checkpoint file {str(path)!r} does not exist")
-    data = load_dataset(args.dataset, data_dir=args.data_dir)
+    if data is None:
+        data = load_dataset(args.dataset, data_dir=args.data_dir)
     model = build_model(args.model, data.input_shape, data.n_classes)
     load_weights(model, path, f"model {args.model!r}")
+    _check_finite(path, model, {})
     return model.to(args.device).eval(), data
+
+
+def _check_factory(run_dir: Path, trust_code: bool) -> None:
+    """Refuse a run directory whose config names a model outside the built-in registry.
+
+    Building such a model imports ``package.module`` and calls ``factory``: any
+    code at all (``"model": "os:system"``). Only ``--trust-code`` allows it.
+    """
+    import json
+
+    from .models import MODELS
+
+    if trust_code:
+        return
+    try:
+        model = json.loads(run_dir.joinpath("config.json").read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return  # unreadable: load_checkpoint says so in its own sentence
+    if isinstance(model, str) and model not in MODELS and ":" in model:
+        raise BasinscopeError(
+            f"the run directory {str(run_dir)!r} names the model factory {model!r}; importing "
+            "it runs its code, so pass --trust-code only if you trust this run directory"
+        )
+
+
+def _check_shape(path: Path, info: dict[str, Any], data: Any) -> None:
+    """Refuse data whose input shape or class count differs from the run's."""
+    saved = (list(info.get("input_shape", [])), info.get("n_classes"))
+    given = (list(data.input_shape), data.n_classes)
+    if saved != given:
+        raise BasinscopeError(
+            f"{str(path)!r} was trained on inputs of shape {saved[0]} with {saved[1]} classes, "
+            f"but dataset {data.name!r} has inputs of shape {given[0]} with {given[1]} "
+            "classes; evaluate it on a dataset of the same shape"
+        )
+
+
+def _check_finite(path: Path, model: Any, metrics: dict[str, Any]) -> None:
+    """Refuse a model with NaN/inf weights, or whose run ended with a non-finite loss.
+
+    Every measure of such a model is NaN: a number that looks like a result.
+    """
+    import torch
+
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise BasinscopeError(
+                f"checkpoint {str(path)!r} has non-finite weights ({name}); its measures "
+                "would be NaN: measure a run that did not diverge"
+            )
+    final = (metrics.get("final") or {}).get("train_loss")
+    if isinstance(final, int | float) and not math.isfinite(final):
+        why = f" ({metrics['message']})" if metrics.get("message") else ""
+        raise BasinscopeError(
+            f"the run {str(path)!r} ended with train loss {final}{why}; its measures would "
+            "be NaN: measure a run that did not diverge"
+        )
 
 
 def _objective(args: argparse.Namespace, model: Any, data: Any, skip_bias_norm: bool) -> Any:
@@ -193,12 +399,12 @@ def _cmd_surface(args: argparse.Namespace) -> None:
     from .directions import random_directions
     from .surface import line, plane
 
-    if args.steps < 2:
-        raise BasinscopeError(f"--steps must be at least 2, got {args.steps}")
     if args.span <= 0:
         raise BasinscopeError(
             f"--span must be positive (the grid is [-span, span]), got {args.span}"
         )
+    out = check_output_file(args.out, "the surface file")
+    figures = _figures(out, args.dim)
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=not args.include_bias_norm)
     test = (data.x_test, data.y_test) if args.data == "both" else None
@@ -208,7 +414,6 @@ def _cmd_surface(args: argparse.Namespace) -> None:
         d = top_directions(obj, args.dim, seed=args.seed)
     else:
         d = random_directions(obj, args.dim, norm=args.norm, seed=args.seed)
-    out = Path(args.out)
     common = {
         "span": (-args.span, args.span),
         "steps": args.steps,
@@ -224,15 +429,25 @@ def _cmd_surface(args: argparse.Namespace) -> None:
         },
     }
     surf = line(obj, d[0], **common) if args.dim == 1 else plane(obj, d[0], d[1], **common)
-    stem = out.with_suffix("")
     if args.dim == 1:
-        written = [plots.plot_line(surf, f"{stem}_line.png")]
+        written = [plots.plot_line(surf, figures[0])]
     else:
-        written = [
-            plots.plot_contour(surf, f"{stem}_contour.png"),
-            plots.plot_surface_3d(surf, f"{stem}_3d.png"),
-        ]
+        written = [plots.plot_contour(surf, figures[0]), plots.plot_surface_3d(surf, figures[1])]
     print(f"surface written to {out}; figures: {', '.join(str(p) for p in written)}")
+
+
+def _figures(out: Path, dim: int, kinds: Sequence[str] | None = None) -> list[Path]:
+    """The figures drawn beside ``out`` (``<stem>_line.png`` or ``_contour``/``_3d``), checked.
+
+    Each must be writable before the surface is computed: a surface whose
+    figure then fails to be written is work shown as lost.
+    """
+    stem = out.with_suffix("")
+    kinds = kinds or (["line"] if dim == 1 else ["contour", "3d"])
+    paths = [Path(f"{stem}_{kind}.png") for kind in kinds]
+    for p in paths:
+        check_output_file(p, "the figure")
+    return paths
 
 
 # --------------------------------------------------------------- sharpness
@@ -241,6 +456,7 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
     from .directions import random_directions
 
     _check_sharpness_options(args)
+    _check_json(args)
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=True)
     if args.rescale is not None:
@@ -298,7 +514,7 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
         print(
             f"PAC-Bayes {kind}σ' (error +{pb.target:g})  {pb.sigma:.6g}; bound term {pb.bound:.6g}"
         )
-    _write_json(args, result)
+    _write_json(args, result, obj)
 
 
 def _check_sharpness_options(args: argparse.Namespace) -> None:
@@ -330,6 +546,23 @@ def _check_sharpness_options(args: argparse.Namespace) -> None:
     for flag, value in (("--worst-case", args.worst_case), ("--keskar", args.keskar)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise BasinscopeError(f"{flag} must be a positive finite number, got {value}")
+    if not 0 < args.target < 1:
+        raise BasinscopeError(f"--target must be an error increase in (0, 1), got {args.target}")
+    if args.rescale is not None:
+        _rescale_alpha(args.rescale[1])
+
+
+def _rescale_alpha(text: str) -> float:
+    """ALPHA of ``--rescale LAYER ALPHA``: a positive finite number."""
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = math.nan
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise BasinscopeError(
+            f"--rescale needs LAYER ALPHA with a positive finite number ALPHA, got {text!r}"
+        )
+    return alpha
 
 
 def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any) -> None:
@@ -337,12 +570,7 @@ def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any
     from .reparam import compare_measures, rescale
 
     layer, alpha_text = args.rescale
-    try:
-        alpha = float(alpha_text)
-    except ValueError:
-        raise BasinscopeError(
-            f"--rescale needs LAYER ALPHA with a number ALPHA, got {alpha_text!r}"
-        ) from None
+    alpha = _rescale_alpha(alpha_text)
     other = _objective(args, rescale(model, layer, alpha), data, skip_bias_norm=True)
     table = compare_measures(obj, other, seed=args.seed)
     print(f"rescaling {layer!r} by α = {alpha:g} and the next layer by 1/α (same function):")
@@ -353,6 +581,7 @@ def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any
     _write_json(
         args,
         {"layer": layer, "alpha": alpha} | {k: dataclasses.asdict(v) for k, v in table.items()},
+        obj,
     )
 
 
@@ -360,6 +589,9 @@ def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any
 def _cmd_hessian(args: argparse.Namespace) -> None:
     from . import hessian
 
+    _check_json(args)
+    if args.density:
+        check_output_file(args.density, "the --density figure")
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=False)
     per_layer: bool | list[str] = args.layers if args.layers else bool(args.per_layer)
@@ -385,13 +617,19 @@ def _cmd_hessian(args: argparse.Namespace) -> None:
         png = hessian.plot_density(dens, args.density)
         out["density"] = dens.to_dict()
         print(f"spectral density drawn in {png}")
-    _write_json(args, out)
+    _write_json(args, out, obj)
 
 
 # ------------------------------------------------------------------ volume
 def _cmd_volume(args: argparse.Namespace) -> None:
     from .volume import basin_volume
 
+    if args.rule == "relative" and not args.threshold > 0:
+        raise BasinscopeError(f"a relative --threshold must be positive, got {args.threshold}")
+    _check_json(args)
+    resumable = _accepts(basin_volume, "path")
+    if resumable:
+        args.out = check_output_file(_volume_file(args), "the volume's partial-results file")
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=False)
     res = basin_volume(
@@ -404,6 +642,7 @@ def _cmd_volume(args: argparse.Namespace) -> None:
         r_max=args.r_max,
         tolerance=args.tolerance,
         progress=not args.quiet,
+        **({"path": args.out} if resumable else {}),
     )
     d = res.to_dict()
     print(f"coordinates n              {res.n}")
@@ -423,7 +662,36 @@ def _cmd_volume(args: argparse.Namespace) -> None:
     )
     print(f"rays not crossed by r_max  {res.n_uncrossed}")
     print(f"loss evaluations           {res.evaluations}")
-    _write_json(args, d)
+    if resumable:
+        print(f"rays recorded in {args.out} (a rerun reuses them)")
+    _write_json(args, d, obj)
+
+
+def _volume_file(args: argparse.Namespace) -> Path:
+    """``--out``, or by default ``<run>/volume-<hash of the settings>.json``.
+
+    One default file per computation: trying another threshold on the same run
+    starts its own file instead of being refused by the first one's.
+    """
+    from ._keys import value_digest
+
+    if args.out is not None:
+        return Path(args.out)
+    ckpt = Path(args.checkpoint)
+    settings = {
+        "checkpoint": ckpt.name if ckpt.is_file() else None,
+        "model": args.model,
+        "dataset": args.dataset,
+        "eval_subset": args.eval_subset,
+        "threshold": args.threshold,
+        "rule": args.rule,
+        "norm": args.norm,
+        "seed": args.seed,
+        "r_max": args.r_max,
+        "tolerance": args.tolerance,
+    }
+    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    return run_dir / f"volume-{value_digest(settings)[:10]}.json"
 
 
 # -------------------------------------------------------------------- path
@@ -431,8 +699,6 @@ def _cmd_path(args: argparse.Namespace) -> None:
     from . import plots
     from .surface import interpolate, three_model_plane, trajectory_plane
 
-    if args.steps < 2:
-        raise BasinscopeError(f"--steps must be at least 2, got {args.steps}")
     if args.trajectory and len(args.checkpoints) != 1:
         raise BasinscopeError(
             f"--trajectory draws one run's trajectory; give one checkpoint, got {len(args.checkpoints)}"
@@ -442,43 +708,44 @@ def _cmd_path(args: argparse.Namespace) -> None:
             f"give two checkpoints (interpolation), three (their plane), or one with "
             f"--trajectory; got {len(args.checkpoints)}"
         )
-    loaded = []
-    for ckpt in args.checkpoints:
-        args.checkpoint = ckpt
-        loaded.append(_load(args))
-    model, data = loaded[0]
-    # All parameters are coordinates: the models differ in their biases too.
-    obj = _objective(args, model, data, skip_bias_norm=False)
     labels = args.labels or [Path(c).name or str(c) for c in args.checkpoints]
     if len(labels) != len(args.checkpoints):
         raise BasinscopeError(
             f"--labels needs one name per checkpoint ({len(args.checkpoints)}), got {len(labels)}"
         )
+    two = len(args.checkpoints) == 2 and not args.trajectory
+    if two and not args.span[1] > args.span[0]:
+        raise BasinscopeError(f"--span must be MIN MAX with MAX > MIN, got {args.span}")
+    out = check_output_file(args.out, "the path file")
+    figures = _figures(out, 1 if two else 2, kinds=["line"] if two else ["contour"])
+    # The first checkpoint gives the data; every other one is evaluated on it and
+    # must have been trained on data of its shape.
+    model, data = _load(args, args.checkpoints[0])
+    loaded = [(model, data)] + [_load(args, c, data) for c in args.checkpoints[1:]]
+    # All parameters are coordinates: the models differ in their biases too.
+    obj = _objective(args, model, data, skip_bias_norm=False)
     common = {
         "steps": args.steps,
         "test": (data.x_test, data.y_test) if args.data == "both" else None,
-        "path": Path(args.out),
+        "path": out,
         "progress": not args.quiet,
         "update_bn": (data.x_train, data.y_train) if args.update_bn else None,
     }
-    stem = Path(args.out).with_suffix("")
     if args.trajectory:
         from .train import load_trajectory
 
         surf = trajectory_plane(
             obj, load_trajectory(args.checkpoints[0]), margin=args.margin, **common
         )
-        written = [plots.plot_contour(surf, f"{stem}_contour.png", title="training trajectory")]
-    elif len(args.checkpoints) == 2:
-        if not args.span[1] > args.span[0]:
-            raise BasinscopeError(f"--span must be MIN MAX with MAX > MIN, got {args.span}")
+        written = [plots.plot_contour(surf, figures[0], title="training trajectory")]
+    elif two:
         surf = interpolate(obj, loaded[1][0], span=tuple(args.span), labels=tuple(labels), **common)
-        written = [plots.plot_line(surf, f"{stem}_line.png")]
+        written = [plots.plot_line(surf, figures[0])]
     else:
         surf = three_model_plane(
             obj, tuple(m for m, _ in loaded), labels=tuple(labels), margin=args.margin, **common
         )
-        written = [plots.plot_contour(surf, f"{stem}_contour.png", title="plane of three models")]
+        written = [plots.plot_contour(surf, figures[0], title="plane of three models")]
     print(f"path written to {args.out}; figures: {', '.join(str(p) for p in written)}")
 
 
@@ -488,6 +755,9 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
     rows = read_summary(args.study_dir)
     out = Path(args.study_dir) if Path(args.study_dir).is_dir() else Path(args.study_dir).parent
+    for name in ("correlation.md", "correlation.json"):
+        check_output_file(out / name, "the report file")
+    check_output_dir(out / "figures", "the report's figure directory")
     print(
         correlation_report(rows, out, title=f"Measures against the generalisation gap ({out.name})")
     )
@@ -499,18 +769,22 @@ def _cmd_plot(args: argparse.Namespace) -> None:
     from . import plots
     from .surface import Surface
 
+    out = check_output_dir(args.out, "the figure directory")
     surfaces = {Path(p).stem: Surface.load(p) for p in args.surfaces}
-    out = Path(args.out)
-    written = []
     if len(surfaces) == 1:
         ((name, s),) = surfaces.items()
-        if s.is_2d:
-            written.append(plots.plot_contour(s, out / f"{name}_contour.png", key=args.key))
-            written.append(plots.plot_surface_3d(s, out / f"{name}_3d.png", key=args.key))
-        else:
-            written.append(plots.plot_line(s, out / f"{name}_line.png"))
+        figures = _figures(out / f"{name}.h5", 2 if s.is_2d else 1)
     else:
-        written.append(plots.plot_grid(surfaces, out / "grid.png", key=args.key, kind=args.kind))
+        figures = [check_output_file(out / "grid.png", "the figure")]
+    written = []
+    if len(surfaces) == 1:
+        if s.is_2d:
+            written.append(plots.plot_contour(s, figures[0], key=args.key))
+            written.append(plots.plot_surface_3d(s, figures[1], key=args.key))
+        else:
+            written.append(plots.plot_line(s, figures[0]))
+    else:
+        written.append(plots.plot_grid(surfaces, figures[0], key=args.key, kind=args.kind))
     print("written: " + ", ".join(str(p) for p in written))
 
 
@@ -520,22 +794,33 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _trust_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", action="store_true", help=_TRUST_HELP)
+
+
 def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a run directory written by `basinscope train`, or a .pt")
-    p.add_argument("--model", help="package.module:factory for your own state-dict .pt file")
+    p.add_argument("--model", help=_MODEL_HELP)
     p.add_argument("--dataset", help="evaluate on this dataset instead of the run's")
     p.add_argument("--data-dir", help="where dataset files are (or are cached)")
-    p.add_argument("--eval-subset", type=int, help="evaluate on a fixed random subset of this size")
-    p.add_argument("--seed", type=int, default=0, help="seed of directions and noise (default 0)")
+    p.add_argument(
+        "--eval-subset", type=_COUNT, help="evaluate on a fixed random subset of this size"
+    )
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of directions and noise (default 0)")
+    _trust_arg(p)
     _common(p)
+    p.set_defaults(interrupted=NOTHING_SAVED)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="basinscope",
         description="Measure and draw the geometry of neural-network loss landscapes.",
         formatter_class=_FORMATTER,
-        epilog=_example("basinscope run            # the 4-run lr × batch study, offline"),
+        epilog=_example("basinscope run            # the 4-run lr × batch study, offline")
+        + "\n\nnaming code runs it: --model package.module:factory imports that module and "
+        "calls the factory,\nand so does opening a run directory whose config names one "
+        "(refused unless --trust-code).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -561,28 +846,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where dataset files are (or are cached)")
     p.add_argument(
         "--grid-size",
-        type=int,
+        type=_INT,
         help="surface points per axis (default: the study's, 31 for lr-batch)",
     )
-    p.add_argument("--span", type=float, help="surface grid is [-span, span]² (default 1)")
-    p.add_argument("--epochs", type=int, help="epochs per run (default: the study's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of training, directions, noise")
-    p.add_argument("--radius", type=float, help="ε of the ε-sharpness (default 0.25)")
-    p.add_argument("--sigma", type=float, help="σ of the weight-noise sharpness (default 0.05)")
-    p.add_argument("--samples", type=int, help="weight-noise samples (default 32)")
-    p.add_argument("--threshold", type=float, help="basin loss threshold (volume; default 0.1)")
-    p.add_argument("--directions", type=int, help="rays per volume estimate (default 50)")
+    p.add_argument("--span", type=_FINITE, help="surface grid is [-span, span]² (default 1)")
+    p.add_argument("--epochs", type=_COUNT, help="epochs per run (default: the study's)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of training, directions, noise")
+    p.add_argument("--radius", type=_POSITIVE, help="ε of the ε-sharpness (default 0.25)")
+    p.add_argument("--sigma", type=_POSITIVE, help="σ of the weight-noise sharpness (default 0.05)")
+    p.add_argument("--samples", type=_integer(2), help="weight-noise samples (default 32)")
+    p.add_argument("--threshold", type=_FINITE, help="basin loss threshold (volume; default 0.1)")
+    p.add_argument("--directions", type=_integer(2), help="rays per volume estimate (default 50)")
     p.add_argument(
         "--rule",
         choices=["absolute", "relative"],
         help="basin is L ≤ τ or L − L(θ0) ≤ τ (default: the study's)",
     )
-    p.add_argument("--sizes", type=float, nargs="+", help="dataset-size: training fractions")
-    p.add_argument("--fractions", type=float, nargs="+", help="poison: mislabelled fractions")
+    p.add_argument("--sizes", type=_POSITIVE, nargs="+", help="dataset-size: training fractions")
+    p.add_argument("--fractions", type=_FINITE, nargs="+", help="poison: mislabelled fractions")
     p.add_argument("--remedies", nargs="+", help="remedies: which remedies to run beside the base")
     p.add_argument("--out", default="results", help="results directory (default: results/)")
     _common(p)
-    p.set_defaults(func=_cmd_run)
+    p.set_defaults(
+        func=_cmd_run,
+        interrupted="finished runs and measures are saved under {out}/{study}; "
+        "rerun the same command to resume",
+    )
 
     p = sub.add_parser(
         "train",
@@ -601,28 +890,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset")
     p.add_argument("--data-dir")
     p.add_argument("--train-size", type=_size, help="fraction (≤ 1) or number of examples")
-    p.add_argument("--model", help="mlp, cnn, or package.module:factory")
-    p.add_argument("--widths", type=int, nargs="+", help="MLP hidden widths")
-    p.add_argument("--dropout", type=float)
+    p.add_argument(
+        "--model",
+        help="mlp, cnn, or package.module:factory (this imports that module and runs its code)",
+    )
+    p.add_argument("--widths", type=_COUNT, nargs="+", help="MLP hidden widths")
+    p.add_argument("--dropout", type=_FINITE)
     p.add_argument("--batch-norm", action="store_true", help="BatchNorm after each hidden layer")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps", type=int, help="optimizer steps (overrides --epochs)")
-    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--lr", type=_FINITE)
+    p.add_argument("--momentum", type=_FINITE)
+    p.add_argument("--weight-decay", type=_FINITE)
+    p.add_argument("--batch-size", type=_INT)
+    p.add_argument("--epochs", type=_INT)
+    p.add_argument("--steps", type=_INT, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--warmup-steps", type=_INT)
     p.add_argument("--schedule", choices=["constant", "cosine"])
-    p.add_argument("--sam-rho", type=float, help="SAM radius ρ around the base optimizer (0: off)")
+    p.add_argument(
+        "--sam-rho", type=_FINITE, help="SAM radius ρ around the base optimizer (0: off)"
+    )
     p.add_argument("--sam-adaptive", action="store_true", help="ASAM: elementwise |w|+η scaling")
-    p.add_argument("--swa-start", type=int, help="average weights from this epoch on (SWA)")
-    p.add_argument("--swa-lr", type=float, help="SWA learning rate (SWALR anneals to it)")
-    p.add_argument("--snapshot-every", type=int, help="keep weights every k epochs (PCA paths)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--swa-start", type=_INT, help="average weights from this epoch on (SWA)")
+    p.add_argument("--swa-lr", type=_FINITE, help="SWA learning rate (SWALR anneals to it)")
+    p.add_argument("--snapshot-every", type=_INT, help="keep weights every k epochs (PCA paths)")
+    p.add_argument("--seed", type=_INT)
     p.add_argument("--device", default=None, help="torch device (default: cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_train)
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="the --config file names a model factory; importing it runs its code: "
+        "use only for config files you trust",
+    )
+    p.set_defaults(
+        func=_cmd_train,
+        interrupted="finished epochs are saved in {out}; "
+        "rerun the same command to resume from the last one",
+    )
 
     p = sub.add_parser(
         "surface",
@@ -635,9 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _checkpoint_args(p)
-    p.add_argument("--dim", type=int, choices=[1, 2], default=2, help="line (1) or plane (2)")
-    p.add_argument("--steps", type=int, default=31, help="points per axis (default 31)")
-    p.add_argument("--span", type=float, default=1.0, help="grid is [-span, span] (default 1)")
+    p.add_argument("--dim", type=_INT, choices=[1, 2], default=2, help="line (1) or plane (2)")
+    p.add_argument("--steps", type=_integer(2), default=31, help="points per axis (default 31)")
+    p.add_argument("--span", type=_FINITE, default=1.0, help="grid is [-span, span] (default 1)")
     p.add_argument("--norm", choices=["filter", "layer", "none"], default="filter")
     p.add_argument(
         "--directions",
@@ -653,7 +957,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--update-bn", action="store_true", help="recompute BatchNorm stats per point")
     p.add_argument("--out", default="surface.h5", help="HDF5 file; resumed if it exists")
-    p.set_defaults(func=_cmd_surface)
+    p.set_defaults(
+        func=_cmd_surface,
+        interrupted="the points computed so far are saved in {out}; "
+        "rerun the same command to resume",
+    )
 
     p = sub.add_parser(
         "sharpness",
@@ -667,22 +975,22 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _checkpoint_args(p)
-    p.add_argument("--radius", type=float, default=0.25, help="ε (filter-normalised units)")
-    p.add_argument("--sigma", type=float, default=0.05, help="noise standard deviation")
-    p.add_argument("--samples", type=int, default=32, help="noise samples")
+    p.add_argument("--radius", type=_POSITIVE, default=0.25, help="ε (filter-normalised units)")
+    p.add_argument("--sigma", type=_POSITIVE, default=0.05, help="noise standard deviation")
+    p.add_argument("--samples", type=_integer(2), default=32, help="noise samples")
     p.add_argument(
-        "--worst-case", type=float, metavar="RHO", help="worst case in a ball of radius ρ"
+        "--worst-case", type=_POSITIVE, metavar="RHO", help="worst case in a ball of radius ρ"
     )
     p.add_argument("--norm", choices=["l2", "linf"], default="l2", help="the ball's norm")
     p.add_argument("--adaptive", action="store_true", help="ball scaled by |w| (ASAM-style)")
-    p.add_argument("--m", type=int, help="m-sharpness: worst case per batch of m examples")
-    p.add_argument("--steps", type=int, default=20, help="ascent steps (1: SAM's step)")
-    p.add_argument("--restarts", type=int, default=2, help="ascent restarts")
-    p.add_argument("--keskar", type=float, metavar="EPS", help="Keskar et al.'s φ with box ε")
-    p.add_argument("--subspace", type=int, help="Keskar: a random p-dimensional subspace")
+    p.add_argument("--m", type=_COUNT, help="m-sharpness: worst case per batch of m examples")
+    p.add_argument("--steps", type=_COUNT, default=20, help="ascent steps (1: SAM's step)")
+    p.add_argument("--restarts", type=_COUNT, default=2, help="ascent restarts")
+    p.add_argument("--keskar", type=_POSITIVE, metavar="EPS", help="Keskar et al.'s φ with box ε")
+    p.add_argument("--subspace", type=_COUNT, help="Keskar: a random p-dimensional subspace")
     p.add_argument("--pac-bayes", action="store_true", help="PAC-Bayes σ' (Jiang et al. 2019)")
     p.add_argument("--magnitude-aware", action="store_true", help="PAC-Bayes noise σ²w² + ε²")
-    p.add_argument("--target", type=float, default=0.1, help="PAC-Bayes: allowed error increase")
+    p.add_argument("--target", type=_FINITE, default=0.1, help="PAC-Bayes: allowed error increase")
     p.add_argument(
         "--rescale",
         nargs=2,
@@ -702,9 +1010,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _checkpoint_args(p)
-    p.add_argument("--k", type=int, default=5, help="number of top eigenvalues (default 5)")
-    p.add_argument("--tol", type=float, default=1e-4, help="relative eigenvalue tolerance")
-    p.add_argument("--trace-rtol", type=float, default=1e-2, help="trace: stop at SE ≤ rtol·|tr|")
+    p.add_argument("--k", type=_COUNT, default=5, help="number of top eigenvalues (default 5)")
+    p.add_argument("--tol", type=_POSITIVE, default=1e-4, help="relative eigenvalue tolerance")
+    p.add_argument(
+        "--trace-rtol", type=_POSITIVE, default=1e-2, help="trace: stop at SE ≤ rtol·|tr|"
+    )
     p.add_argument("--per-layer", action="store_true", help="also one block per module")
     p.add_argument("--layers", nargs="+", help="blocks to measure: module names or patterns")
     p.add_argument("--density", help="draw the spectral density (SLQ) into this PNG")
@@ -721,24 +1031,29 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _checkpoint_args(p)
-    p.add_argument("--threshold", type=float, required=True, help="loss threshold τ")
+    p.add_argument("--threshold", type=_FINITE, required=True, help="loss threshold τ")
     p.add_argument(
         "--rule",
         choices=["absolute", "relative"],
         default="absolute",
         help="basin is L ≤ τ (absolute) or L − L(θ0) ≤ τ (relative)",
     )
-    p.add_argument("--directions", type=int, default=100, help="number of rays N")
+    p.add_argument("--directions", type=_integer(2), default=100, help="number of rays N")
     p.add_argument(
         "--norm",
         choices=["none", "filter", "layer"],
         default="none",
         help="ray directions: uniform on the sphere, or normalised first",
     )
-    p.add_argument("--tolerance", type=float, default=1e-3, help="relative bisection tolerance")
-    p.add_argument("--r-max", type=float, default=1e4, help="largest radius searched")
+    p.add_argument("--tolerance", type=_POSITIVE, default=1e-3, help="relative bisection tolerance")
+    p.add_argument("--r-max", type=_POSITIVE, default=1e4, help="largest radius searched")
+    p.add_argument(
+        "--out",
+        help="JSON file of the rays finished so far, so that a killed run resumes "
+        "(default: RUN/volume-<hash of the settings>.json)",
+    )
     p.add_argument("--json", help="also write the result to this JSON file")
-    p.set_defaults(func=_cmd_volume)
+    p.set_defaults(func=_cmd_volume, interrupted=_volume_interrupted)
 
     p = sub.add_parser(
         "path",
@@ -752,19 +1067,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoints", nargs="+", help="run directories (the first gives the data)")
     p.add_argument("--trajectory", action="store_true", help="PCA plane of one run's trajectory")
-    p.add_argument("--span", type=float, nargs=2, default=[-0.5, 1.5], help="interpolation α range")
-    p.add_argument("--steps", type=int, default=41, help="points per axis (default 41)")
-    p.add_argument("--margin", type=float, default=0.25, help="planes: border around the models")
+    p.add_argument(
+        "--span", type=_FINITE, nargs=2, default=[-0.5, 1.5], help="interpolation α range"
+    )
+    p.add_argument("--steps", type=_integer(2), default=41, help="points per axis (default 41)")
+    p.add_argument(
+        "--margin",
+        type=_number(nonnegative=True),
+        default=0.25,
+        help="planes: border around the models",
+    )
     p.add_argument("--labels", nargs="+", help="names of the models in the figures")
     p.add_argument("--data", choices=["train", "both"], default="both", help="also the test data")
     p.add_argument("--update-bn", action="store_true", help="recompute BatchNorm stats per point")
     p.add_argument("--out", default="path.h5", help="HDF5 file; resumed if it exists")
-    p.add_argument("--model", help="package.module:factory for your own state-dict .pt files")
+    p.add_argument("--model", help=_MODEL_HELP)
     p.add_argument("--dataset", help="evaluate on this dataset instead of the first run's")
     p.add_argument("--data-dir", help="where dataset files are (or are cached)")
-    p.add_argument("--eval-subset", type=int, help="evaluate on a fixed random subset of this size")
+    p.add_argument(
+        "--eval-subset", type=_COUNT, help="evaluate on a fixed random subset of this size"
+    )
+    _trust_arg(p)
     _common(p)
-    p.set_defaults(func=_cmd_path)
+    p.set_defaults(
+        func=_cmd_path,
+        interrupted="the points computed so far are saved in {out}; "
+        "rerun the same command to resume",
+    )
 
     p = sub.add_parser(
         "report",
@@ -775,7 +1104,11 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("study_dir", help="a study directory written by `basinscope run` (summary.csv)")
-    p.set_defaults(func=_cmd_report)
+    p.set_defaults(
+        func=_cmd_report,
+        interrupted="the files already written are complete, the rest are not written; "
+        "rerun the command",
+    )
 
     p = sub.add_parser(
         "plot",
@@ -790,23 +1123,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="train_loss", help="train_loss, test_loss, train_acc, test_acc")
     p.add_argument("--kind", choices=["contour", "surface"], default="contour")
     p.add_argument("--out", default=".", help="directory for the PNG files")
-    p.set_defaults(func=_cmd_plot)
+    p.set_defaults(
+        func=_cmd_plot,
+        interrupted="the figures already written are complete, the rest are not written; "
+        "rerun the command",
+    )
     return parser
 
 
+def _volume_interrupted(args: argparse.Namespace) -> str:
+    from .volume import basin_volume
+
+    if _accepts(basin_volume, "path") and args.out is not None:
+        return f"the rays finished so far are saved in {args.out}; rerun the same command to resume"
+    return NOTHING_SAVED
+
+
+def _os_error(exc: OSError) -> str:
+    """One sentence for an ``OSError`` (disk full, permission), naming the file."""
+    name = exc.filename
+    if name is not None:  # atomic writes fail on ".<name>.<random>.tmp": name the target
+        p = Path(name)
+        m = re.fullmatch(r"\.(.+)\.[^.]+\.tmp", p.name)
+        name = str(p.with_name(m.group(1))) if m else str(p)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    writing = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+    verb = "cannot write" if writing else "cannot read or write"
+    return f"{verb} {name!r}: {reason}" if name else f"{verb} a file: {reason}"
+
+
+def _fail(message: str) -> int:
+    print(f"basinscope: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``basinscope`` console script; returns the exit status."""
+    """Entry point of the ``basinscope`` console script; returns the exit status.
+
+    0: done; 2: refused input or an output that cannot be written, one sentence
+    on stderr; 130: interrupted (Ctrl-C), with what was saved.
+    """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        return _fail(str(exc))
     try:
         args.func(args)
     except BasinscopeError as exc:
-        print(f"basinscope: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "basinscope: interrupted; finished work is saved and a rerun resumes", file=sys.stderr
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(_os_error(exc))
+    except MemoryError:
+        return _fail(
+            "out of memory: the computation does not fit on this machine; use fewer points "
+            "(--steps, --directions, --samples) or a smaller --eval-subset"
         )
+    except KeyboardInterrupt:
+        saved = args.interrupted
+        saved = saved(args) if callable(saved) else saved.format(**vars(args))
+        print(f"basinscope: interrupted; {saved}", file=sys.stderr)
         return 130
     return 0
 
