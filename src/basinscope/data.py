@@ -45,6 +45,7 @@ from urllib.request import urlopen
 import numpy as np
 import torch
 
+from ._checks import check_int
 from ._io import atomic_write
 from .errors import BasinscopeError
 
@@ -511,18 +512,30 @@ def _load_npz(path: Path) -> DataBundle:
             )
         if not np.issubdtype(y.dtype, np.integer):
             raise BasinscopeError(
-                f"{path} has y_{split} of dtype {y.dtype}; labels must be integers >= 0"
+                f"{path} has y_{split} of dtype {y.dtype}; labels must be integers >= 0 "
+                f"(y_{split}.astype(np.int64) if they are whole numbers)"
             )
         if y.size and y.min() < 0:
             raise BasinscopeError(f"{path} has y_{split} with label {y.min()}; labels must be >= 0")
-        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        if np.issubdtype(x.dtype, np.complexfloating) or not (
+            np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_
+        ):
             raise BasinscopeError(
-                f"{path} has x_{split} of dtype {x.dtype}; inputs must be numeric"
+                f"{path} has x_{split} of dtype {x.dtype}; inputs must be real numbers"
             )
+        if x.ndim > 1 and 0 in x.shape[1:]:
+            raise BasinscopeError(
+                f"{path} has x_{split} of shape {x.shape}, examples with no values; give "
+                "at least one feature per example"
+            )
+        _check_finite_array(path, f"x_{split}", x)
         if x.ndim == 1:
             arrays[f"x_{split}"] = x[:, None]
-    if len(arrays["y_train"]) == 0:
-        raise BasinscopeError(f"{path} has an empty training set")
+    for split, what in (("train", "training"), ("test", "test")):
+        if len(arrays[f"y_{split}"]) == 0:
+            raise BasinscopeError(
+                f"{path} has an empty {what} split (x_{split} holds no examples); give at least one"
+            )
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise BasinscopeError(
             f"{path} has x_train examples of shape {arrays['x_train'].shape[1:]} but x_test "
@@ -530,6 +543,26 @@ def _load_npz(path: Path) -> DataBundle:
         )
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
     return _bundle(str(path), *(arrays[k] for k in _NPZ_ARRAYS), n_classes=int(labels.max()) + 1)
+
+
+def _check_finite_array(path: Path, name: str, x: np.ndarray) -> None:
+    """Refuse NaN/inf in an input array, and values float32 (the bundle's dtype) cannot hold."""
+    if not np.issubdtype(x.dtype, np.number) or x.size == 0:
+        return
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(x)
+        if bad.any():
+            i = int(np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))[0])
+            kind = "NaN" if np.isnan(x[i]).any() else "inf"
+            raise BasinscopeError(
+                f"{path} has {name} holding {kind} (example {i}); inputs must be finite numbers"
+            )
+    biggest = float(np.abs(x).max())
+    if biggest > float(np.finfo(np.float32).max):
+        raise BasinscopeError(
+            f"{path} has {name} holding {biggest:.3g}, beyond float32's range "
+            f"({np.finfo(np.float32).max:.3g}); rescale the inputs"
+        )
 
 
 #: name -> loader ``(data_dir, download) -> DataBundle`` returning the full raw dataset.
@@ -646,6 +679,14 @@ def load_dataset(
     Raises:
         BasinscopeError: unknown name, bad file, missing files, bad ``train_size``.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise BasinscopeError(
+            f"dataset name {name!r} is not valid; give one of {', '.join(DATASETS)} or a path "
+            "to an .npz file"
+        )
+    seed = check_int("seed", seed)
     path = Path(name).expanduser()
     if name in DATASETS:
         directory = Path(data_dir).expanduser() if data_dir is not None else None
@@ -679,8 +720,16 @@ def poison_labels(bundle: DataBundle, fraction: float, seed: int = 0) -> DataBun
     """
     if not (isinstance(fraction, numbers.Real) and 0.0 <= fraction < 1.0):
         raise BasinscopeError(f"label_noise {fraction!r} is not valid; give a fraction in [0, 1).")
+    if fraction and bundle.n_classes < 2:
+        raise BasinscopeError(
+            f"label_noise {fraction!r} needs at least 2 classes to mislabel into; the data "
+            f"has {bundle.n_classes}"
+        )
+    seed = check_int("seed", seed)
     n = len(bundle.y_train)
     k = int(round(fraction * n))
+    if k == 0:
+        return dataclasses.replace(bundle, y_train=bundle.y_train.clone())
     g = torch.Generator().manual_seed(int(seed) + 7919)  # apart from the subset's stream
     idx = torch.randperm(n, generator=g)[:k]
     shift = torch.randint(1, bundle.n_classes, (k,), generator=g)

@@ -28,8 +28,42 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._checks import check_int
 from .errors import BasinscopeError
 from .objective import Objective, ParamSpace
+
+
+def check_directions(
+    what: str, directions: Tensor, n: int | None = None, *, single: bool = False
+) -> Tensor:
+    """``directions`` as a tensor of finite numbers, ``[n]`` or ``[k, n]`` (only ``[n]``
+    when ``single``).
+
+    Raises one sentence naming the first NaN/inf coordinate (a NaN direction
+    would turn every point of a surface into NaN) or the wrong shape.
+    """
+    try:
+        t = torch.as_tensor(directions)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise BasinscopeError(
+            f"{what} of type {type(directions).__name__} is not a tensor of numbers ({err})"
+        ) from err
+    if t.ndim not in ((1,) if single else (1, 2)) or (n is not None and t.shape[-1] != n):
+        size = "n" if n is None else str(n)
+        want = f"[{size}]" if single else f"[{size}] (or [k, {size}])"
+        raise BasinscopeError(f"{what} must have shape {want}, got {list(t.shape)}")
+    if not (t.is_floating_point() or t.is_complex()):
+        return t
+    bad = ~torch.isfinite(t)
+    if bool(bad.any()):
+        flat = int(bad.reshape(-1).nonzero()[0, 0])
+        value = t.reshape(-1)[flat].item()
+        row = f"row {flat // t.shape[-1]}, " if t.ndim == 2 else ""
+        raise BasinscopeError(
+            f"{what} holds {value} at {row}coordinate {flat % t.shape[-1]}; directions "
+            "must be finite"
+        )
+    return t
 
 
 def _ratio(target: Tensor, current: Tensor) -> Tensor:
@@ -77,13 +111,38 @@ def normalize(direction: Tensor, theta: Tensor, space: ParamSpace, norm: str = "
     Returns:
         A new ``[n]`` tensor; ``direction`` is not modified.
     """
-    if norm not in NORMALIZERS:
+    if not isinstance(norm, str) or norm not in NORMALIZERS:
         raise BasinscopeError(
             f"unknown normalisation {norm!r}; use one of {', '.join(NORMALIZERS)}"
         )
+    direction = check_directions("the direction", direction, space.n, single=True)
+    theta = check_directions("the weights theta", theta, space.n, single=True)
     fn = NORMALIZERS[norm]
     dt, wt = space.unflatten(direction), space.unflatten(theta)
+    if norm in ("filter", "layer"):
+        for name in space.names:
+            _check_scalable(name, dt[name], wt[name], norm)
     return torch.cat([fn(dt[name], wt[name]).reshape(-1) for name in space.names])
+
+
+def _check_scalable(name: str, d: Tensor, w: Tensor, norm: str) -> None:
+    """Refuse a zero filter (or tensor) of ``d`` whose weights are not zero: scaling it to
+    the weights' norm would divide by zero (a zero filter of the weights stays zero)."""
+    if norm == "filter" and d.ndim <= 1:
+        return  # d = θ there
+    if norm == "filter":
+        dn, wn = d.reshape(d.shape[0], -1).norm(dim=1), w.reshape(w.shape[0], -1).norm(dim=1)
+    else:
+        dn, wn = d.norm().reshape(1), w.norm().reshape(1)
+    bad = (dn == 0) & (wn > 0)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        part = f"filter {i} of {name!r}" if norm == "filter" else f"{name!r}"
+        raise BasinscopeError(
+            f"the direction is zero on {part}, whose weights have norm {float(wn[i]):.4g}, so "
+            f"{norm} normalisation would divide by zero; give a direction that is nonzero "
+            "there (or norm='none')"
+        )
 
 
 def random_directions(
@@ -115,14 +174,21 @@ def random_directions(
     Returns:
         ``[k, n]`` in the Objective's dtype and device.
     """
-    if k < 1:
-        raise BasinscopeError(f"the number of directions must be at least 1, got {k}")
+    k = check_int("the number of directions k", k, minimum=1)
+    if not isinstance(norm, str) or norm not in NORMALIZERS:
+        raise BasinscopeError(
+            f"unknown normalisation {norm!r}; use one of {', '.join(NORMALIZERS)}"
+        )
     if generator is None:
         if seed is None:
             raise BasinscopeError(
                 "pass a torch.Generator or a seed: basinscope never seeds globally"
             )
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(check_int("seed", seed))
+    elif not isinstance(generator, torch.Generator):
+        raise BasinscopeError(
+            f"generator must be a torch.Generator, got {type(generator).__name__}"
+        )
     theta = obj.theta0
     dirs = []
     for _ in range(k):
@@ -133,18 +199,47 @@ def random_directions(
 
 
 def gram_schmidt(directions: Tensor) -> Tensor:
-    """Orthogonalise rows in order, keeping each row's original norm (see above)."""
+    """Orthogonalise rows in order, keeping each row's original norm (see above).
+
+    Args:
+        directions: ``[k, n]`` finite, linearly independent rows.
+
+    Raises:
+        BasinscopeError: a NaN/inf entry, a zero row, or a row (numerically) in the
+        span of the rows before it, which orthogonalising would reduce to
+        rounding noise.
+    """
+    directions = check_directions("the directions", directions)
+    if directions.ndim != 2 or not directions.is_floating_point():
+        raise BasinscopeError(
+            f"gram_schmidt takes [k, n] floating-point directions, got {list(directions.shape)} "
+            f"of {directions.dtype}"
+        )
     out = directions.clone()
-    for j in range(1, len(out)):
+    # Below this share of its norm, what is left of a row is rounding noise.
+    tol = 10 * torch.finfo(out.dtype).eps ** 0.5
+    for j in range(len(out)):
         norm0 = out[j].norm()
         for i in range(j):
             out[j] -= (out[j] @ out[i]) / (out[i] @ out[i]) * out[i]
+        if not out[j].norm() > tol * norm0:
+            raise BasinscopeError(
+                f"direction {j} is zero or lies in the span of the directions before it, so "
+                "it cannot be orthogonalised; give linearly independent directions"
+            )
         out[j] *= _ratio(norm0, out[j].norm())
     return out
 
 
 def interpolation_direction(theta_a: Tensor, theta_b: Tensor) -> Tensor:
     """``θ_b − θ_a``: with origin ``θ_a``, coefficient α gives ``(1−α)θ_a + αθ_b``."""
+    theta_a = check_directions("theta_a", theta_a, single=True)
+    theta_b = check_directions("theta_b", theta_b, single=True)
+    if theta_a.shape != theta_b.shape:
+        raise BasinscopeError(
+            f"theta_a has shape {list(theta_a.shape)} but theta_b {list(theta_b.shape)}; "
+            "give two points of one parameter space"
+        )
     return theta_b - theta_a
 
 
@@ -180,6 +275,9 @@ def pca_directions(snapshots: Tensor, final: Tensor | None = None, k: int = 2) -
         k: number of directions (``1 ≤ k < T``).
     """
     snapshots = torch.as_tensor(snapshots)
+    if snapshots.ndim == 2 and snapshots.is_floating_point():
+        check_directions("the snapshots", snapshots)
+    k = check_int("k", k)
     if snapshots.ndim != 2 or len(snapshots) < 3:
         raise BasinscopeError(
             f"PCA of a trajectory needs at least 3 snapshots as a [T, n] array, "
@@ -188,6 +286,8 @@ def pca_directions(snapshots: Tensor, final: Tensor | None = None, k: int = 2) -
     if not 1 <= k < len(snapshots):
         raise BasinscopeError(f"k must be in [1, {len(snapshots) - 1}], got {k}")
     m64 = snapshots.detach().to("cpu", torch.float64)
+    if final is not None:
+        final = check_directions("final", final, single=True)
     fin = m64[-1] if final is None else torch.as_tensor(final).detach().to("cpu", torch.float64)
     if fin.shape != m64.shape[1:]:
         raise BasinscopeError(

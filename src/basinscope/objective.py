@@ -35,16 +35,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ._checks import check_int
 from .errors import BasinscopeError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -201,33 +204,246 @@ class _FirstLayer:
     chain: _Chain | None = None  # the rest of the network, when it can run batched
 
 
-def _as_tensors(data: Any) -> tuple[Tensor, Tensor]:
-    """Materialise ``(X, y)``, a ``Dataset`` or a ``DataLoader`` as two tensors."""
-    if isinstance(data, tuple | list) and len(data) == 2:
-        x, y = data
-        return torch.as_tensor(x), torch.as_tensor(y)
+# ---------------------------------------------------------------- reading data
+# How many items of a Dataset are read twice to catch random transforms.
+_REREAD = 8
+
+
+def _as_tensors(data: Any) -> tuple[Tensor, Tensor, bool]:
+    """Materialise ``(X, y)``, a ``Dataset`` or a ``DataLoader`` as two tensors.
+
+    Returns ``(x, y, fresh)``: ``fresh`` is False when ``x``/``y`` may share memory
+    with the caller's arrays (the ``(X, y)`` form), so the Objective copies them.
+    A DataLoader is read in its dataset's order with every example (see
+    :func:`_sequential_loader`); a Dataset's first items are read twice to
+    refuse random transforms.
+    """
+    if isinstance(data, tuple | list):
+        if len(data) != 2:
+            raise BasinscopeError(
+                f"data given as a {type(data).__name__} must be a pair (X, y), got "
+                f"{len(data)} items"
+            )
+        return _tensor("the inputs X", data[0]), _tensor("the targets y", data[1]), False
     if isinstance(data, torch.utils.data.DataLoader):
-        xs, ys = [], []
-        for batch in data:
-            xs.append(torch.as_tensor(batch[0]))
-            ys.append(torch.as_tensor(batch[1]))
-        if not xs:
-            raise BasinscopeError("the DataLoader yielded no batches")
-        return torch.cat(xs), torch.cat(ys)
+        return (*_from_loader(data), True)
     if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
-        items = [data[i] for i in range(len(data))]
-        if not items:
-            raise BasinscopeError("the dataset is empty")
-        return (
-            torch.stack([torch.as_tensor(it[0]) for it in items]),
-            torch.as_tensor([it[1] for it in items])
-            if not torch.is_tensor(items[0][1])
-            else torch.stack([it[1] for it in items]),
-        )
+        return (*_from_dataset(data), True)
     raise BasinscopeError(
         f"data of type {type(data).__name__} is not supported; pass (X, y) tensors, "
         "a torch Dataset or a DataLoader"
     )
+
+
+def _tensor(what: str, value: Any) -> Tensor:
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise BasinscopeError(
+            f"{what} of type {type(value).__name__} cannot be read as a tensor ({err}); "
+            "give a tensor or a numeric array"
+        ) from err
+    if t.ndim == 0:
+        raise BasinscopeError(f"{what} must have a leading example dimension, got a scalar")
+    return t
+
+
+def _pair(item: Any, where: str) -> tuple[Any, Any]:
+    """The ``(x, y)`` of one dataset item or loader batch (a sequence's first two entries)."""
+    if isinstance(item, Mapping):
+        keys = ", ".join(repr(k) for k in list(item)[:4])
+        raise BasinscopeError(
+            f"{where} is a dict (keys {keys}); basinscope needs (x, y) pairs: make the "
+            "dataset return (input, target)"
+        )
+    if not isinstance(item, tuple | list) or len(item) < 2:
+        kind = (
+            f"a {len(item)}-item {type(item).__name__}"
+            if isinstance(item, tuple | list)
+            else (f"a {type(item).__name__}")
+        )
+        raise BasinscopeError(
+            f"{where} is {kind}; basinscope needs (x, y) pairs: make the dataset return "
+            "(input, target)"
+        )
+    return item[0], item[1]
+
+
+def _stack(what: str, parts: list[Any], cat: bool) -> Tensor:
+    try:
+        tensors = [torch.as_tensor(p) for p in parts]
+        return torch.cat(tensors) if cat else torch.stack(tensors)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise BasinscopeError(
+            f"the {what} cannot be joined into one tensor ({err}); every example needs the "
+            "same shape"
+        ) from err
+
+
+def _from_dataset(ds: Any) -> tuple[Tensor, Tensor]:
+    n = len(ds)
+    if n == 0:
+        raise BasinscopeError("the dataset is empty")
+    raw = [ds[i] for i in range(n)]
+    items = [_pair(it, f"dataset item {i}") for i, it in enumerate(raw)]
+    _check_rereads(ds, raw)
+    x = _stack("dataset's inputs", [it[0] for it in items], cat=False)
+    ys = [it[1] for it in items]
+    if torch.is_tensor(ys[0]):
+        return x, _stack("dataset's targets", ys, cat=False)
+    return x, _tensor("the dataset's targets", ys)
+
+
+def _check_rereads(ds: Any, first: list[Any] | None = None) -> None:
+    """Refuse a dataset whose first items change between two reads (random transforms).
+
+    Reads items ``0 … min(8, len) − 1`` (again, when ``first`` holds a first read):
+    negligible next to reading the whole dataset, and a random augmentation
+    changes almost every item.
+    """
+    for i in range(min(_REREAD, len(ds))):
+        a = first[i] if first is not None else ds[i]
+        if not _same_value(a, ds[i]):
+            raise BasinscopeError(
+                f"dataset item {i} differs between two reads (random transforms or "
+                "augmentation?); basinscope needs the same data every time: pass a "
+                "deterministic evaluation dataset"
+            )
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal values, NaN equal to NaN (items of a dataset, outputs of a model)."""
+    if torch.is_tensor(a) or isinstance(a, np.ndarray):
+        try:
+            ta, tb = torch.as_tensor(a), torch.as_tensor(b)
+        except (TypeError, ValueError, RuntimeError):
+            return False
+        if ta.shape != tb.shape or ta.dtype != tb.dtype:
+            return False
+        if ta.is_floating_point() or ta.is_complex():
+            return bool(((ta == tb) | (ta.isnan() & tb.isnan())).all())
+        return torch.equal(ta, tb)
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, Mapping)
+            and list(a) == list(b)
+            and all(_same_value(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, tuple | list):
+        return (
+            isinstance(b, tuple | list)
+            and len(a) == len(b)
+            and all(_same_value(p, q) for p, q in zip(a, b, strict=True))
+        )
+    try:
+        return bool(a == b) or (a != a and b != b)  # NaN scalars
+    except Exception:
+        return False
+
+
+def _from_loader(loader: torch.utils.data.DataLoader) -> tuple[Tensor, Tensor]:
+    ds = loader.dataset
+    if loader.batch_sampler is None:  # batch_size=None: the loader yields single items
+        if not isinstance(ds, torch.utils.data.IterableDataset):
+            return _from_dataset(ds)
+        items = [_pair(it, f"item {i} of the DataLoader") for i, it in enumerate(loader)]
+        if not items:
+            raise BasinscopeError("the DataLoader yielded no items")
+        xs, ys = [it[0] for it in items], [it[1] for it in items]
+        return _stack("DataLoader's inputs", xs, cat=False), _stack(
+            "DataLoader's targets", ys, cat=False
+        )
+    if not isinstance(ds, torch.utils.data.IterableDataset):
+        _check_rereads(ds)
+    xs, ys = [], []
+    for b, batch in enumerate(_sequential_loader(loader)):
+        x, y = _pair(batch, f"batch {b} of the DataLoader")
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise BasinscopeError("the DataLoader yielded no batches")
+    return _stack("DataLoader's inputs", xs, cat=True), _stack("DataLoader's targets", ys, cat=True)
+
+
+def _sequential_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """A DataLoader over the same examples in the dataset's order, dropping none.
+
+    A shuffling loader gives another order (and with ``batch_size`` chunks,
+    another rounding) on every pass and ``drop_last=True`` leaves examples out;
+    an evaluation reads every example of ``loader.dataset`` in order instead,
+    with the same ``collate_fn`` and batch size. A sampler that picks a fixed
+    part of the dataset (``SubsetRandomSampler``, a custom one that yields the
+    same indices every pass) keeps its part, in ascending order for the former;
+    one that draws different examples each pass is refused.
+    """
+    ds = loader.dataset
+    data = torch.utils.data
+    indices: list[int] | None = None
+    if not isinstance(ds, data.IterableDataset):
+        custom = loader.batch_sampler is not None and type(loader.batch_sampler) is not (
+            data.BatchSampler
+        )
+        sampler = loader.batch_sampler if custom else loader.sampler
+        if isinstance(sampler, data.SubsetRandomSampler):
+            indices = sorted(int(i) for i in sampler.indices)
+        elif not isinstance(sampler, data.SequentialSampler | data.RandomSampler):
+            first, second = (list(_flat(sampler)) for _ in range(2))
+            if first != second:
+                raise BasinscopeError(
+                    f"the DataLoader's {type(sampler).__name__} draws different examples on "
+                    "each pass; basinscope evaluates a fixed set: pass a DataLoader without "
+                    "a sampler (or the dataset itself)"
+                )
+            indices = first
+    batch_size = loader.batch_size or 64
+    workers = loader.num_workers
+    return data.DataLoader(
+        ds if indices is None else data.Subset(ds, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        collate_fn=loader.collate_fn,
+        num_workers=workers,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context if workers else None,
+        timeout=loader.timeout,
+    )
+
+
+def _flat(sampler: Any) -> Iterator[int]:
+    for i in sampler:
+        if isinstance(i, int | np.integer):
+            yield int(i)
+        else:  # a batch sampler yields lists of indices
+            yield from (int(j) for j in i)
+
+
+def _first_non_finite(what: str, t: Tensor) -> None:
+    """Refuse NaN/inf in ``t``, naming the first example that holds one."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return
+    bad = ~torch.isfinite(t)
+    if not bool(bad.any()):
+        return
+    row = int(bad.reshape(len(t), -1).any(1).nonzero()[0, 0])
+    kind = "NaN" if bool(t[row].isnan().any()) else "inf"
+    raise BasinscopeError(
+        f"the {what} hold {kind} (example {row} of {len(t)}, in {str(t.dtype)[6:]}); "
+        "basinscope evaluates finite data: remove or repair those examples"
+    )
+
+
+def _check_finite_model(model: nn.Module) -> None:
+    """Refuse a model whose parameters or buffers hold NaN or inf (a diverged run)."""
+    named = [("parameter", n, t) for n, t in model.named_parameters()]
+    named += [("buffer", n, t) for n, t in model.named_buffers()]
+    for kind, name, t in named:
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            value = "NaN" if bool(t.isnan().any()) else "inf"
+            raise BasinscopeError(
+                f"the model's {kind} {name!r} holds {value} (a diverged run?); basinscope "
+                "measures a model with finite weights"
+            )
 
 
 class Objective:
@@ -238,7 +454,13 @@ class Objective:
             never modified.
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` that averages over the
             batch (every torch loss with ``reduction="mean"``).
-        data: ``(X, y)`` tensors or arrays, a ``Dataset`` or a ``DataLoader``.
+        data: ``(X, y)`` tensors or arrays, a ``Dataset`` (of ``(x, y)`` items) or a
+            ``DataLoader``. The Objective holds its own copy: changing the
+            user's tensors afterwards changes nothing here, and nothing is ever
+            written into them. A DataLoader is read in its dataset's order with
+            every example (its shuffling and ``drop_last`` are not used, so the
+            same numbers come out every time); a dataset whose items change
+            between reads (random augmentation) is refused.
         space: the coordinates (default: all trainable parameters, or all
             matrices/filters when ``skip_bias_norm``).
         device, dtype: where and in what precision to evaluate (default: the
@@ -249,6 +471,16 @@ class Objective:
             with ``seed``.
         check_determinism: evaluate twice and refuse a model whose evaluation
             is random (dropout hard-wired on, noise layers).
+
+    Checked before any work, each refused with one sentence: NaN/inf in the
+    model's weights or buffers (a diverged run), in the inputs or float
+    targets; a model that fails on the data (wrong number of features, integer
+    inputs to a layer that is not an Embedding) or returns no tensor; labels
+    outside ``[0, C)`` for a cross-entropy/NLL loss with ``C`` outputs, targets
+    ``[N, 1]`` for it; targets whose shape an elementwise loss would broadcast;
+    a loss that fails on the outputs, returns no scalar, or sums over the batch
+    (probed on three examples: a batch mean lies within the examples' losses,
+    a sum equals their total, which lies outside them).
     """
 
     def __init__(
@@ -268,8 +500,14 @@ class Objective:
     ):
         if not isinstance(model, nn.Module):
             raise BasinscopeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if batch_size < 1:
-            raise BasinscopeError(f"batch_size must be a positive integer, got {batch_size}")
+        if not callable(loss_fn):
+            raise BasinscopeError(
+                f"loss_fn must be a callable loss(outputs, targets), got {type(loss_fn).__name__}"
+            )
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        if subset is not None:
+            subset = check_int("subset", subset, minimum=1)
+        seed = check_int("seed", seed)
         reduction = getattr(loss_fn, "reduction", "mean")
         if reduction != "mean":
             raise BasinscopeError(
@@ -282,26 +520,29 @@ class Objective:
         self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        _check_finite_model(self.model)
         self.loss_fn = loss_fn
         self.space = space or ParamSpace(model, skip_bias_norm=skip_bias_norm)
         self.theta0 = self.space.flatten(self.model).clone()
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.seed = seed
         self.x, self.y = self._prepare(data, subset, seed)
+        self._set_totals()
         self._first: _FirstLayer | None | bool = False  # False: not probed yet
         self._first_cache: tuple | None = None  # see _first_outputs
         self._targets_ok: tuple[Tensor, int] | None = None  # see _batchable
-        if check_determinism:
-            self._check_determinism()
+        self._probe(determinism=check_determinism)
 
     # ------------------------------------------------------------------ data
     def _prepare(self, data: Any, subset: int | None, seed: int) -> tuple[Tensor, Tensor]:
-        x, y = _as_tensors(data)
+        x, y, fresh = _as_tensors(data)
+        source = (x, y)
         if len(x) != len(y):
             raise BasinscopeError(f"inputs and targets differ in length ({len(x)} vs {len(y)})")
         if len(x) == 0:
             raise BasinscopeError("the evaluation data is empty")
         if subset is not None:
+            subset = check_int("subset", subset, minimum=1)
             if not 1 <= subset <= len(x):
                 raise BasinscopeError(f"subset must be in [1, {len(x)}], got {subset}")
             g = torch.Generator().manual_seed(seed)
@@ -311,14 +552,84 @@ class Objective:
             x = x.to(self.dtype)
         if y.is_floating_point():
             y = y.to(self.dtype)
-        return x.to(self.device), y.to(self.device)
+        x, y = x.to(self.device), y.to(self.device)
+        if not fresh:  # never alias the caller's memory (a later in-place change)
+            x, y = (
+                t.clone() if _shares_memory(t, s) else t
+                for t, s in zip((x, y), source, strict=True)
+            )
+        _first_non_finite("inputs", x)
+        _first_non_finite("targets", y)
+        return x, y
 
     def with_data(self, data: Any, *, subset: int | None = None) -> Objective:
-        """The same model, loss and space on other data (e.g. the test set)."""
-        other = copy.copy(self)
-        other.x, other.y = self._prepare(data, subset, self.seed)
-        other._first_cache = None
+        """The same model, loss and space on other data (e.g. the test set).
+
+        The data is checked as :class:`Objective` checks its own (finite values,
+        labels, shapes, one probe forward).
+        """
+        other = self._on(*self._prepare(data, subset, self.seed))
+        other._probe(determinism=False)
         return other
+
+    def _on(self, x: Tensor, y: Tensor) -> Objective:
+        """This Objective on tensors already prepared (internal: no checks, no copy)."""
+        other = copy.copy(self)
+        other.x, other.y = x, y
+        other._first_cache = None
+        other._set_totals()
+        return other
+
+    def _set_totals(self) -> None:
+        """The denominators of the dataset's loss and accuracy.
+
+        ``L = Σ_chunks count(chunk) · mean(chunk) / Σ_chunks count(chunk)``. For most
+        losses a chunk's count is its number of examples. torch's cross-entropy and
+        NLL losses with class weights ``w`` or ignored targets average as
+        ``Σ_i w_{y_i} ℓ_i / Σ_i w_{y_i}`` over the targets that are not ignored, so
+        there the count is ``Σ_i w_{y_i}`` (ignored ones weigh 0); accuracy then
+        counts only targets that are not ignored.
+        """
+        spec = _class_weights(self.loss_fn)
+        y = self.y
+        self._weighting: tuple[Tensor | None, int] | None = None
+        if spec is not None and not (y.is_floating_point() or y.is_complex()):
+            weight, ignore = spec
+            if weight is not None or bool((y == ignore).any()):
+                self._weighting = (
+                    None if weight is None else weight.detach().to(y.device, torch.float64),
+                    ignore,
+                )
+        if self._weighting is None:
+            self._loss_total: float | int = self.n_examples
+            self._acc_total: float | int = self.n_examples
+            return
+        valid = y != self._weighting[1]
+        self._loss_total = float(self._count(y))
+        self._acc_total = (
+            int(valid.reshape(len(y), -1).all(1).sum()) if y.ndim > 1 else int(valid.sum())
+        )
+        if self._loss_total <= 0:
+            raise BasinscopeError(
+                f"every target is ignore_index {self._weighting[1]} (or has class weight 0); "
+                "there is nothing to evaluate"
+            )
+
+    def _count(self, y: Tensor) -> Tensor:
+        """``Σ_i w_{y_i}`` over the targets of ``y`` that are not ignored (float64)."""
+        assert self._weighting is not None
+        weight, ignore = self._weighting
+        valid = y != ignore
+        if weight is None:
+            return valid.sum().to(torch.float64)
+        return (weight[torch.where(valid, y, 0)] * valid).sum()
+
+    def _share(self, y: Tensor) -> float | None:
+        """A chunk's weight in the dataset's loss, ``count / total``; None for none."""
+        if self._weighting is None:
+            return len(y) / self.n_examples
+        count = float(self._count(y))
+        return count / self._loss_total if count > 0 else None
 
     @property
     def n_examples(self) -> int:
@@ -338,10 +649,23 @@ class Objective:
         return functional_call(self.model, params, (x,), strict=False)
 
     def _stats(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(batch-size × batch loss, number correct) for one chunk, in float64."""
-        loss = self.loss_fn(out, y).to(torch.float64) * len(y)
+        """(count × batch loss, number correct) for one chunk, in float64.
+
+        The count is the batch mean's denominator (see :meth:`_count`), so the sum
+        over chunks divided by the total count is the dataset's loss whatever the
+        chunks.
+        """
+        value = self.loss_fn(out, y).to(torch.float64)
+        if self._weighting is None:
+            loss = value * len(y)
+        else:  # a chunk whose targets are all ignored adds nothing (its mean is 0/0)
+            count = self._count(y)
+            loss = torch.where(count > 0, value * count, torch.zeros_like(value))
         if out.ndim == 2 and out.shape[1] > 1 and not y.is_floating_point():
-            correct = (out.argmax(dim=1) == y).sum().to(torch.float64)
+            hits = out.argmax(dim=1) == y
+            if self._weighting is not None:
+                hits &= y != self._weighting[1]
+            correct = hits.sum().to(torch.float64)
         else:
             correct = torch.tensor(float("nan"), dtype=torch.float64, device=out.device)
         return loss, correct
@@ -376,7 +700,7 @@ class Objective:
                 dl, dc = self._stats(out, y)
                 loss[k] += dl
                 correct[k] += dc
-        return (loss / self.n_examples).cpu(), (correct / self.n_examples).cpu()
+        return (loss / self._loss_total).cpu(), (correct / self._acc_total).cpu()
 
     @torch.no_grad()
     def evaluate_affine(
@@ -448,7 +772,7 @@ class Objective:
             finally:
                 del layer.forward
                 injected.clear()
-        return (loss / self.n_examples).cpu(), (correct / self.n_examples).cpu()
+        return (loss / self._loss_total).cpu(), (correct / self._acc_total).cpu()
 
     # ------------------------------------------------- batched tail (chains)
     def _batchable(self, chain: _Chain) -> bool:
@@ -528,7 +852,7 @@ class Objective:
                         loss[s - g : s + _BLOCK] += dl
                         correct[s - g : s + _BLOCK] += dc
         n = len(rows)
-        return (loss[:n] / self.n_examples).cpu(), (correct[:n] / self.n_examples).cpu()
+        return (loss[:n] / self._loss_total).cpu(), (correct[:n] / self._acc_total).cpu()
 
     def _run_chain(
         self,
@@ -670,10 +994,11 @@ class Objective:
         theta = (self.theta0 if theta is None else self._points(theta)[0]).detach()
         total = torch.zeros_like(theta)
         for x, y in self._chunks():
+            share = self._share(y)
+            if share is None:
+                continue
             t = theta.clone().requires_grad_(True)
-            loss = self.loss_fn(self._forward(self.space.unflatten(t), x), y) * (
-                len(y) / self.n_examples
-            )
+            loss = self.loss_fn(self._forward(self.space.unflatten(t), x), y) * share
             (g,) = torch.autograd.grad(loss, t)
             total += g
         return total
@@ -687,10 +1012,11 @@ class Objective:
         vs = self._points(v)
         total = torch.zeros_like(vs)
         for x, y in self._chunks():
+            share = self._share(y)
+            if share is None:
+                continue
             t = theta.clone().requires_grad_(True)
-            loss = self.loss_fn(self._forward(self.space.unflatten(t), x), y) * (
-                len(y) / self.n_examples
-            )
+            loss = self.loss_fn(self._forward(self.space.unflatten(t), x), y) * share
             (g,) = torch.autograd.grad(loss, t, create_graph=True)
             for k in range(len(vs)):
                 (hv,) = torch.autograd.grad(g @ vs[k], t, retain_graph=k < len(vs) - 1)
@@ -698,18 +1024,144 @@ class Objective:
         return total[0] if torch.as_tensor(v).ndim == 1 else total
 
     # ---------------------------------------------------------------- probes
-    def _check_determinism(self) -> None:
+    def _probe(self, determinism: bool) -> None:
+        """One forward on the first examples, before any work: does the model take the
+        data and return a tensor, do the targets fit the outputs and the loss, is the
+        loss a batch mean; with ``determinism``, a second forward must agree exactly
+        (a model whose evaluation is random is refused)."""
         x = self.x[: min(self.batch_size, 256)]
+        y = self.y[: len(x)]
         params = self.space.unflatten(self.theta0)
         with torch.no_grad():
-            a = self._forward(params, x)
-            b = self._forward(params, x)
-        if not torch.equal(a, b):
-            diff = (a - b).abs().max().item()
+            try:
+                out = self._forward(params, x)
+            except Exception as err:
+                raise BasinscopeError(self._forward_failure(x, err)) from err
+            if isinstance(out, Mapping | tuple | list) or not torch.is_tensor(out):
+                kind = (
+                    f"a dict (keys {', '.join(repr(k) for k in list(out)[:4])})"
+                    if isinstance(out, Mapping)
+                    else f"a {type(out).__name__}"
+                )
+                raise BasinscopeError(
+                    f"the model returns {kind}; basinscope needs a model whose forward returns "
+                    "one tensor of outputs (selecting an output is not supported yet): wrap it "
+                    "to return that tensor"
+                )
+            self._check_targets(out)
+            self._check_loss(out, y)
+            if determinism:
+                again = self._forward(params, x)
+                if not _same_value(out, again):
+                    diff = (
+                        (out - again).abs().max().item() if out.shape == again.shape else math.nan
+                    )
+                    raise BasinscopeError(
+                        f"the model's evaluation is not deterministic (two evaluations of the "
+                        f"same weights differ by up to {diff:.3g}); disable dropout/noise in "
+                        "eval mode or pass check_determinism=False"
+                    )
+
+    def _forward_failure(self, x: Tensor, err: Exception) -> str:
+        """The sentence for a model whose forward raises on the data ``x``."""
+        first = next(
+            (
+                (path, m)
+                for path, m in self.model.named_modules()
+                if any(True for _ in m.parameters(recurse=False))
+            ),
+            None,
+        )
+        dtype = str(x.dtype)[6:]
+        if not (x.is_floating_point() or x.is_complex()) and first is not None:
+            path, module = first
+            if not isinstance(module, nn.Embedding | nn.EmbeddingBag):
+                return (
+                    f"the inputs are integers ({dtype}) but the model's first layer "
+                    f"{path or 'the model'!r} is a {type(module).__name__}, not an Embedding; "
+                    "convert them to floating point (X.float())"
+                )
+        return (
+            f"the model cannot evaluate the data: on inputs of shape {list(x.shape)} "
+            f"(examples of shape {list(x.shape[1:])}, {dtype}) its forward raises "
+            f"{_error_line(err)}; give inputs of the shape and dtype the model takes"
+        )
+
+    def _check_targets(self, out: Tensor) -> None:
+        """Targets that fit the outputs ``out`` (of the probe's examples) and the loss."""
+        y, loss_name = self.y, _loss_name(self.loss_fn)
+        integer = not (y.is_floating_point() or y.is_complex())
+        classes = int(out.shape[1]) if out.ndim >= 2 else 0
+        known = _class_loss(self.loss_fn)
+        if known is not None and integer and classes:
+            if y.ndim == 2 and y.shape[1] == 1 and out.ndim == 2:
+                raise BasinscopeError(
+                    f"the targets have shape {list(y.shape)} but {loss_name} takes class "
+                    "indices of shape [N]: pass y.squeeze(1)"
+                )
+            bad = _bad_labels(y, classes, known)
+            if bad is not None:
+                i, label = bad
+                raise BasinscopeError(
+                    f"the targets hold label {label} (example {i}) but the model has {classes} "
+                    f"outputs; {loss_name} needs class indices in [0, {classes - 1}]"
+                )
+        elif integer and out.ndim == 2 and classes > 1 and y.ndim == 1:
+            # Another loss of class indices: a label it cannot take would fail on some
+            # later chunk, mid-work; try the first such label now.
+            bad = _bad_labels(y, classes, -100)
+            if bad is not None:
+                i, label = bad
+                try:
+                    self.loss_fn(out[:1], y[i : i + 1])
+                except Exception as err:
+                    raise BasinscopeError(
+                        f"the targets hold label {label} (example {i}) but the model has "
+                        f"{classes} outputs, and loss_fn fails on it ({_error_line(err)}); give "
+                        f"labels in [0, {classes - 1}]"
+                    ) from err
+        elif _elementwise_loss(self.loss_fn) and out.ndim >= 1 and out.shape[1:] != y.shape[1:]:
             raise BasinscopeError(
-                f"the model's evaluation is not deterministic (two evaluations of the same "
-                f"weights differ by up to {diff:.3g}); disable dropout/noise in eval mode or "
-                "pass check_determinism=False"
+                f"the model's outputs have shape {_per_example(out)} but the targets "
+                f"{_per_example(y)}; {loss_name} would broadcast one against the other: "
+                "give targets of the outputs' shape"
+            )
+
+    def _check_loss(self, out: Tensor, y: Tensor) -> None:
+        """The loss takes the probe's outputs and targets, returns a scalar and is a mean.
+
+        A batch mean of ``k`` examples (class weights, label smoothing, a mean over
+        elements: any convex combination) lies within ``[min_i ℓ_i, max_i ℓ_i]`` of
+        the examples' own losses; a sum equals ``Σ_i ℓ_i``, outside that range once
+        two examples have a loss. Only that clear case is refused.
+        """
+        try:
+            value = self.loss_fn(out, y)
+        except Exception as err:
+            raise BasinscopeError(_loss_failure(out, y, err)) from err
+        if not torch.is_tensor(value) or value.numel() != 1:
+            got = f"shape {list(value.shape)}" if torch.is_tensor(value) else type(value).__name__
+            raise BasinscopeError(
+                f"loss_fn must return a scalar tensor (the batch mean), got {got}"
+            )
+        k = min(3, len(y))
+        if out.ndim == 0 or len(out) != len(y) or k < 2:
+            return
+        try:
+            whole = float(self.loss_fn(out[:k], y[:k]))
+            each = [float(self.loss_fn(out[i : i + 1], y[i : i + 1])) for i in range(k)]
+        except Exception:
+            return  # a loss that needs more examples at once: nothing to tell
+        if not all(math.isfinite(v) for v in [whole, *each]):
+            return  # ignored examples (0/0) or overflow: no verdict
+        total, lo, hi = sum(each), min(each), max(each)
+        tol = 1e-4 * (abs(total) + abs(lo) + abs(hi))
+        if abs(whole - total) <= tol and not lo - tol <= whole <= hi + tol:
+            raise BasinscopeError(
+                f"loss_fn sums over the batch (on {k} examples it gives {whole:.6g}, the sum "
+                f"of their losses, not a mean within [{lo:.6g}, {hi:.6g}]), so its value "
+                "would depend on batch_size; basinscope needs a batch-mean loss "
+                "(reduction='mean')"
             )
 
     def _first_layer(self) -> _FirstLayer | None:
@@ -866,7 +1318,7 @@ class Objective:
         d = torch.randn(2, self.n, generator=g).to(self.device, self.dtype)
         d *= self.theta0.norm() / (d.norm(dim=1, keepdim=True) * 10 + 1e-12)
         coef = torch.tensor([[0.3, -0.7]], dtype=self.dtype, device=self.device)
-        sub = self.with_data((self.x[:64], self.y[:64]))
+        sub = self._on(self.x[:64], self.y[:64])
         fast = sub._evaluate_shortcut(first, coef, d, self.theta0)[0]
         plain = sub.evaluate(_combine(self.theta0, coef, d))[0]
         tol = 1e-4 if self.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
@@ -882,7 +1334,7 @@ class Objective:
         coef = coef.to(self.device)
         x = self.x[:64]
         y = torch.arange(len(x), device=self.device) % first.chain.classes
-        sub = self.with_data((x, y))
+        sub = self._on(x, y)
         try:
             fast = sub._evaluate_batched(first, coef, d, self.theta0)[0]
         except Exception:
@@ -971,6 +1423,101 @@ def _describe_callable(fn: Any, depth: int = 0) -> Any:
             ),
         }
     return {"object": name, "repr": repr(fn)[:200]}
+
+
+def _shares_memory(t: Tensor, source: Tensor) -> bool:
+    return t.device == source.device and (
+        t.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+    )
+
+
+def _per_example(t: Tensor) -> str:
+    """``[N, 3, 4]`` for a tensor of ``N`` examples of shape ``[3, 4]``."""
+    return "[" + ", ".join(["N", *(str(d) for d in t.shape[1:])]) + "]"
+
+
+def _error_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception from user code."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _loss_name(loss_fn: Any) -> str:
+    fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+    if isinstance(fn, nn.Module):
+        return type(fn).__name__
+    return fn.__name__ if any(fn is f for f in _TORCH_LOSSES) else "loss_fn"
+
+
+def _class_loss(loss_fn: Any) -> int | None:
+    """For torch's cross-entropy or NLL loss (class-index targets): its ``ignore_index``
+    (-100 by default); None for any other loss."""
+    spec = _class_weights(loss_fn)
+    return None if spec is None else spec[1]
+
+
+def _class_weights(loss_fn: Any) -> tuple[Tensor | None, int] | None:
+    """``(weight, ignore_index)`` of torch's cross-entropy or NLL loss, else None."""
+    if isinstance(loss_fn, nn.CrossEntropyLoss | nn.NLLLoss):
+        return loss_fn.weight, int(loss_fn.ignore_index)
+    keywords: dict[str, Any] = {}
+    if isinstance(loss_fn, functools.partial):
+        keywords, loss_fn = dict(loss_fn.keywords), loss_fn.func
+    if loss_fn is F.cross_entropy or loss_fn is F.nll_loss:
+        return keywords.get("weight"), int(keywords.get("ignore_index", -100))
+    return None
+
+
+def _elementwise_loss(loss_fn: Any) -> bool:
+    """torch's elementwise losses, which broadcast outputs against targets of another shape."""
+    fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+    return isinstance(fn, _ELEMENTWISE_MODULES) or any(fn is f for f in _ELEMENTWISE_FUNCTIONS)
+
+
+def _bad_labels(y: Tensor, classes: int, ignore: int | None) -> tuple[int, int] | None:
+    """``(example, label)`` of the first label outside ``[0, classes)`` (not ``ignore``)."""
+    bad = (y < 0) | (y >= classes)
+    if ignore is not None:
+        bad &= y != ignore
+    if not bool(bad.any()):
+        return None
+    rows = bad.reshape(len(y), -1)
+    i = int(rows.any(1).nonzero()[0, 0])
+    label = int(y.reshape(len(y), -1)[i][rows[i]][0])
+    return i, label
+
+
+def _loss_failure(out: Tensor, y: Tensor, err: Exception) -> str:
+    """The sentence for a loss that raises on the probe's outputs and targets."""
+    hint = "give targets the loss takes"
+    integer = not (y.is_floating_point() or y.is_complex())
+    if integer and y.ndim == 2 and y.shape[1] == 1 and out.ndim == 2 and out.shape[1] > 1:
+        hint = "class indices have shape [N]: pass y.squeeze(1)"
+    elif not integer and y.ndim == 1 and out.ndim == 2 and bool((y == y.round()).all()):
+        hint = "the targets look like class indices stored as floats: pass y.long()"
+    return (
+        f"loss_fn fails on the model's outputs of shape {list(out.shape)} and targets of "
+        f"shape {list(y.shape)} ({str(y.dtype)[6:]}): {_error_line(err)}; {hint}"
+    )
+
+
+_ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+)
+_ELEMENTWISE_FUNCTIONS = (
+    F.mse_loss,
+    F.l1_loss,
+    F.smooth_l1_loss,
+    F.huber_loss,
+    F.binary_cross_entropy,
+    F.binary_cross_entropy_with_logits,
+)
+_TORCH_LOSSES = (F.cross_entropy, F.nll_loss, *_ELEMENTWISE_FUNCTIONS)
 
 
 def _same_params(a: list[dict[str, Tensor]], b: list[dict[str, Tensor]]) -> bool:

@@ -1,0 +1,174 @@
+"""Hostile input to load_dataset (.npz files) and to the direction functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import basinscope as bs
+from basinscope.data import load_dataset, poison_labels
+from basinscope.directions import gram_schmidt, interpolation_direction, normalize, pca_directions
+
+f64 = torch.float64
+
+
+def _npz(tmp_path: Path, name: str = "d.npz", **override: np.ndarray) -> Path:
+    arrays = {
+        "x_train": np.arange(12, dtype=np.float64).reshape(6, 2),
+        "y_train": np.array([0, 1, 2, 0, 1, 2]),
+        "x_test": np.ones((3, 2)),
+        "y_test": np.array([2, 1, 0]),
+    }
+    arrays.update(override)
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+# ------------------------------------------------------------------ .npz datasets
+@pytest.mark.parametrize("split", ["train", "test"])
+@pytest.mark.parametrize("bad, kind", [(np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "inf")])
+def test_npz_non_finite_inputs_name_file_array_and_example(tmp_path, split, bad, kind):
+    x = np.ones((6, 2)) if split == "train" else np.ones((3, 2))
+    x[2, 1] = bad
+    path = _npz(tmp_path, **{f"x_{split}": x})
+    with pytest.raises(bs.BasinscopeError) as err:
+        load_dataset(str(path))
+    assert str(err.value) == (
+        f"{path} has x_{split} holding {kind} (example 2); inputs must be finite numbers"
+    )
+
+
+def test_npz_values_beyond_float32_are_refused(tmp_path):
+    path = _npz(tmp_path, x_test=np.full((3, 2), 1e300))
+    with pytest.raises(bs.BasinscopeError, match=r"x_test holding 1e\+300, beyond float32"):
+        load_dataset(str(path))
+
+
+@pytest.mark.parametrize("split, what", [("train", "training"), ("test", "test")])
+def test_npz_empty_split_is_refused(tmp_path, split, what):
+    path = _npz(tmp_path, **{f"x_{split}": np.zeros((0, 2)), f"y_{split}": np.zeros(0, np.int64)})
+    with pytest.raises(bs.BasinscopeError, match=rf"{path} has an empty {what} split \(x_{split}"):
+        load_dataset(str(path))
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"x_test": np.ones((3, 2), dtype=np.complex64)}, "x_test of dtype complex64"),
+        ({"x_train": np.ones((6, 0))}, r"x_train of shape \(6, 0\), examples with no values"),
+        ({"y_test": np.array([2.0, 1.0, 0.0])}, r"y_test of dtype float64.*astype\(np.int64\)"),
+        ({"y_train": np.zeros((6, 1), np.int64)}, r"y_train of shape \(6, 1\)"),
+        ({"x_test": np.ones((3, 3))}, r"x_train examples of shape \(2,\) but x_test.*\(3,\)"),
+    ],
+)
+def test_npz_mis_shaped_or_typed_arrays(tmp_path, override, match):
+    path = _npz(tmp_path, **override)
+    with pytest.raises(bs.BasinscopeError, match=match):
+        load_dataset(str(path))
+
+
+def test_npz_good_file_and_path_objects_still_load(tmp_path):
+    path = _npz(tmp_path)
+    b = load_dataset(path, standardize=False)  # a Path, not only a str
+    assert b.n_classes == 3 and b.x_train[5].tolist() == [10.0, 11.0]
+    with pytest.raises(bs.BasinscopeError, match="dataset name 3 is not valid"):
+        load_dataset(3)  # type: ignore[arg-type]
+    with pytest.raises(bs.BasinscopeError, match="seed must be an integer"):
+        load_dataset(str(path), seed=1.5)  # type: ignore[arg-type]
+
+
+def test_label_noise_needs_two_classes(tmp_path):
+    path = _npz(tmp_path, y_train=np.zeros(6, np.int64), y_test=np.zeros(3, np.int64))
+    one = load_dataset(str(path), standardize=False)
+    assert one.n_classes == 1
+    with pytest.raises(bs.BasinscopeError, match="needs at least 2 classes"):
+        poison_labels(one, 0.5)
+    assert torch.equal(poison_labels(one, 0.0).y_train, one.y_train)
+
+
+# ------------------------------------------------------------------ directions
+@pytest.fixture
+def obj():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    X = torch.randn(10, 3, dtype=f64)
+    return bs.Objective(model, nn.CrossEntropyLoss(), (X, torch.arange(10) % 2))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_direction_is_refused(obj, bad):
+    d = torch.randn(obj.n, dtype=f64)
+    d[7] = bad
+    with pytest.raises(bs.BasinscopeError, match=rf"the direction holds {bad} at coordinate 7"):
+        normalize(d, obj.theta0, obj.space, "filter")
+    two = torch.randn(2, obj.n, dtype=f64)
+    two[1, 4] = bad
+    with pytest.raises(bs.BasinscopeError, match=rf"holds {bad} at row 1, coordinate 4"):
+        gram_schmidt(two)
+    with pytest.raises(bs.BasinscopeError, match="theta_b holds"):
+        interpolation_direction(obj.theta0, two[1])
+    traj = torch.randn(4, obj.n, dtype=f64)
+    traj[2, 0] = bad
+    with pytest.raises(bs.BasinscopeError, match="the snapshots holds"):
+        pca_directions(traj)
+    with pytest.raises(
+        bs.BasinscopeError, match=r"the direction must have shape \[26\], got \[5\]"
+    ):
+        normalize(d[:5], obj.theta0, obj.space)
+
+
+@pytest.mark.parametrize("norm", ["filter", "layer"])
+def test_zero_direction_where_weights_are_not_zero_is_refused(obj, norm):
+    d = torch.randn(obj.n, dtype=f64)
+    if norm == "filter":  # '0.weight' is [4, 3]: filter 1 is coordinates 3-5
+        d[3:6], part = 0.0, "filter 1 of '0.weight'"
+    else:
+        d[:12], part = 0.0, "'0.weight'"
+    with pytest.raises(
+        bs.BasinscopeError, match=rf"the direction is zero on {part}.*divide by zero"
+    ):
+        normalize(d, obj.theta0, obj.space, norm)
+    # where the weights are zero too, zero is the right answer and stays
+    theta = obj.theta0.clone()
+    theta[:12] = 0.0
+    out = obj.space.unflatten(normalize(d, theta, obj.space, norm))["0.weight"]
+    if norm == "filter":
+        assert out[1].tolist() == [0.0, 0.0, 0.0]
+    else:
+        assert float(out.norm()) == 0.0
+
+
+def test_gram_schmidt_refuses_dependent_directions(obj):
+    d = bs.random_directions(obj, 2, seed=1)
+    with pytest.raises(bs.BasinscopeError, match="direction 2 is zero or lies in the span"):
+        gram_schmidt(torch.stack([d[0], d[1], 2 * d[0] - 0.5 * d[1]]))
+    with pytest.raises(bs.BasinscopeError, match="direction 0 is zero"):
+        gram_schmidt(torch.zeros(2, obj.n, dtype=f64))
+    o = gram_schmidt(d)
+    assert abs(float(o[0] @ o[1])) < 1e-12 * float(o[0].norm() * o[1].norm())
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"k": 2.5, "seed": 0}, "the number of directions k must be an integer, got 2.5"),
+        ({"k": 0, "seed": 0}, "the number of directions k must be an integer >= 1"),
+        ({"k": 2, "seed": 1.5}, "seed must be an integer, got 1.5"),
+        ({"k": 2, "generator": 3}, "generator must be a torch.Generator"),
+    ],
+)
+def test_random_directions_counts(obj, kw, match):
+    with pytest.raises(bs.BasinscopeError, match=match):
+        bs.random_directions(obj, **kw)
+    assert torch.equal(bs.random_directions(obj, 2.0, seed=3), bs.random_directions(obj, 2, seed=3))
+
+
+def test_pca_k_must_be_an_integer():
+    traj = torch.randn(5, 6, generator=torch.Generator().manual_seed(0), dtype=f64)
+    with pytest.raises(bs.BasinscopeError, match="k must be an integer, got 1.5"):
+        pca_directions(traj, k=1.5)  # type: ignore[arg-type]
