@@ -358,3 +358,38 @@ def test_plots_create_no_pyplot_figures(tmp_path):
     plots.plot_bars({"a": 1.0}, tmp_path / "b.png")
     assert matplotlib.get_backend() == backend
     assert plt.get_fignums() == figs
+
+
+def _half_computed(s: Surface) -> Surface:
+    """The bowl as a killed computation leaves it: rows from x = 0 on not computed."""
+    s.computed = np.ones(s.shape, dtype=bool)
+    s.computed[10:, :] = False
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        getattr(s, key)[~s.computed] = np.nan
+    return s
+
+
+def test_a_partial_surface_says_so_and_marks_no_false_minimum(tmp_path, captured):
+    s = _half_computed(bowl(a=2.0, b=30.0, x0=0.5, y0=-0.25))  # the minimum is not computed
+    plots.plot_contour(s, tmp_path / "c.png", title="run a")
+    ax = captured[-1].axes[0]
+    assert ax.get_title() == f"run a (partial: {10 * 17} of {21 * 17} points)"
+    # the trained point is marked; the lowest computed point (on the strip's edge) is not
+    assert [h.get_label() for h in ax.get_lines()] == ["θ0"]
+    plots.plot_surface_3d(s, tmp_path / "s.png")
+    assert captured[-1].axes[0].get_title() == "train loss (partial: 170 of 357 points)"
+    plots.plot_grid({"a": s, "b": bowl()}, tmp_path / "g.png")
+    titles = [a.get_title() for a in captured[-1].axes if a.get_title()]
+    assert titles == ["a (partial: 170 of 357 points)", "b"]
+    ln = line()
+    ln.computed = np.arange(41) < 30
+    plots.plot_line(ln, tmp_path / "l.png")
+    assert captured[-1].axes[0].get_title() == "1-D slice through θ0 (partial: 30 of 41 points)"
+    # complete: the minimum is marked and the title is the plain one
+    s.computed[:] = True
+    s.train_loss = bowl(a=2.0, b=30.0, x0=0.5, y0=-0.25).train_loss
+    plots.plot_contour(s, tmp_path / "c2.png", title="run a")
+    ax = captured[-1].axes[0]
+    assert ax.get_title() == "run a"
+    marks = {h.get_label(): (h.get_xdata()[0], h.get_ydata()[0]) for h in ax.get_lines()}
+    assert marks["min"] == (0.5, -0.25)

@@ -125,3 +125,50 @@ def test_granulated_groups_by_every_setting_in_study_json(tmp_path):
     # swa_start: only (base, swa): λ 3 > 1 while gap 0.1 < 0.3 → τ = −1.
     assert lam["per_hyperparameter"] == {"config:batch_size": 1.0, "config:swa_start": -1.0}
     assert lam["granulated"] == 0.0
+
+
+def test_coarse_and_non_finite_measures_are_excluded_and_listed(tmp_path):
+    rows = _rows()
+    for k, r in enumerate(rows):
+        # rounding noise off a coarse grid (its order would give a spurious τ), flagged
+        r["eps_sharpness_surface"] = (-1) ** k * 1e-8 * (k + 1)
+        r["coarse_measures"] = "eps_sharpness_surface" if k == 3 else ""
+        r["keskar"] = float("nan") if k == 5 else 0.1 * k  # one diverged measurement
+        r["noise_sharpness"] = r["gap_loss"] * 2  # fine: ranked
+    with (tmp_path / "summary.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    back = read_summary(tmp_path)  # the flags survive the CSV ("nan", a string of names)
+    measured = {c.measure for c in rank_correlations(back)}
+    assert measured == {"noise_sharpness", "lambda_max", "pac_bayes_sigma"}
+    text = correlation_report(back, tmp_path)
+    saved = json.loads((tmp_path / "correlation.json").read_text())
+    assert {d["measure"] for d in saved} == measured
+    noise = next(d for d in saved if d["measure"] == "noise_sharpness" and d["gap"] == "gap_loss")
+    assert noise["tau"] == pytest.approx(1.0)
+    md = (tmp_path / "correlation.md").read_text()
+    assert md == text and "Excluded from the rankings" in md
+    assert "- ε-sharpness (grid): a coarse estimate for run r3." in md
+    assert "- Keskar φ: not finite (NaN or infinite) for run r5." in md
+    assert not (tmp_path / "figures" / "scatter_keskar.png").exists()
+
+
+def test_a_missing_value_is_not_an_exclusion():
+    rows = _rows()
+    rows[0]["lambda_max"] = None  # not measured for one run: ranked over the others
+    (lam,) = [c for c in rank_correlations(rows, gaps=("gap_loss",)) if c.measure == "lambda_max"]
+    assert lam.n == len(rows) - 1
+
+
+def test_a_study_row_flags_a_coarse_grid_sharpness():
+    from basinscope.study import RunReport
+    from basinscope.train import TrainConfig
+
+    rep = RunReport("a", TrainConfig(), {}, False, "")
+    rep.sharpness = {"surface": {"value": 1e-8, "coarse": True}, "direct": {"value": 0.2}}
+    assert rep.row()["coarse_measures"] == "eps_sharpness_surface"
+    rep.sharpness["surface"]["coarse"] = False
+    assert rep.row()["coarse_measures"] is None
+    rep.sharpness["surface"] = {"value": 0.1}  # written before the flag existed
+    assert rep.row()["coarse_measures"] is None

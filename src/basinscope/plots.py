@@ -10,7 +10,9 @@ The pictures follow Li et al. 2018, "Visualizing the Loss Landscape of Neural
 Nets": 1-D slices with accuracy on a twin axis, 2-D contour maps and 3-D
 surfaces of ``L(θ0 + α d1 + β d2)``. Arrays are indexed ``[i, j]`` at
 ``(x[i], y[j])``. Points not yet computed (or diverged) are ``NaN`` and are
-masked, so a partially computed grid can be drawn while it is still running.
+masked, so a partially computed grid can be drawn while it is still running;
+such a figure says so in its title ("partial: k of n points") and a contour map
+then marks no minimum (the lowest computed point is not the surface's minimum).
 Losses that span more than two decades are drawn on a log scale by default.
 """
 
@@ -190,12 +192,36 @@ def _draw_paths(ax, surface: Surface) -> None:
             ax.annotate(lab, (pos[0], pos[1]), xytext=(5, 5), textcoords="offset points")
 
 
-def _mark_points(ax, x: np.ndarray, y: np.ndarray, z: np.ndarray, origin: bool = True) -> None:
-    """Mark the trained point (α, β) = (0, 0) and the grid's lowest value."""
+def _partial(surface: Surface) -> str | None:
+    """``"partial: k of n points"`` for a surface whose grid is not all computed."""
+    if surface.computed is None:
+        return None
+    done, total = int(np.count_nonzero(surface.computed)), int(np.size(surface.computed))
+    return None if done == total else f"partial: {done} of {total} points"
+
+
+def _title(title: str | None, default: str, surface: Surface) -> str:
+    """``title`` (or ``default``) with the partial-surface note when it applies."""
+    text = title if title is not None else default
+    note = _partial(surface)
+    return f"{text} ({note})" if note else text
+
+
+def _mark_points(
+    ax,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray,
+    origin: bool = True,
+    minimum: bool = True,
+) -> None:
+    """Mark the trained point (α, β) = (0, 0) and, with ``minimum``, the grid's lowest
+    value (not on a partial surface: the lowest computed point would sit on the edge
+    of the computed part, pretending to be the minimum)."""
     if origin and x.min() <= 0 <= x.max() and y.min() <= 0 <= y.max():
         ax.plot([0.0], [0.0], marker="o", ms=6, mfc="white", mec="black", ls="", label="θ0")
     zf = np.where(np.isfinite(z), z, np.inf)
-    if np.isfinite(zf).any():
+    if minimum and np.isfinite(zf).any():
         i, j = np.unravel_index(int(np.argmin(zf)), zf.shape)
         ax.plot([x[i]], [y[j]], marker="*", ms=11, color="red", mec="black", ls="", label="min")
     ax.legend(loc="upper right", fontsize="small", framealpha=0.8)
@@ -283,7 +309,7 @@ def plot_line(
         ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
     ax.set_xlabel(surface.attrs.get("xlabel", "α (direction 1)"))
     default = "interpolation between two models" if marks else "1-D slice through θ0"
-    ax.set_title(title if title is not None else default)
+    ax.set_title(_title(title, default, surface))
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
     return _save(fig, path)
 
@@ -346,7 +372,7 @@ def plot_surface_3d(
     ax.set_xlabel("α (direction 1)")
     ax.set_ylabel("β (direction 2)")
     ax.set_zlabel(_label(key, log))
-    ax.set_title(title if title is not None else _label(key))
+    ax.set_title(_title(title, _label(key), surface))
     fig.colorbar(surf, ax=ax, shrink=0.6, pad=0.1, label=_label(key, log))
     return _save(fig, path)
 
@@ -396,7 +422,14 @@ def plot_contour(
     ax.contour(X, Y, zm, levels=lv, colors="black", linewidths=0.3, alpha=0.5)
     _draw_paths(ax, surface)
     if mark_origin:
-        _mark_points(ax, x, y, np.where(zm.mask, np.nan, z), origin="marks" not in surface.attrs)
+        _mark_points(
+            ax,
+            x,
+            y,
+            np.where(zm.mask, np.nan, z),
+            origin="marks" not in surface.attrs,
+            minimum=_partial(surface) is None,
+        )
     if log:  # ticks at decades, not at each of the geometric levels
         fig.colorbar(cs, ax=ax, label=_label(key), ticks=LogLocator())
     else:
@@ -404,7 +437,7 @@ def plot_contour(
     ax.set_xlabel(surface.attrs.get("xlabel", "α (direction 1)"))
     ax.set_ylabel(surface.attrs.get("ylabel", "β (direction 2)"))
     ax.set_aspect("auto")
-    ax.set_title(title if title is not None else _label(key))
+    ax.set_title(_title(title, _label(key), surface))
     return _save(fig, path)
 
 
@@ -470,7 +503,7 @@ def plot_grid(
         for ax, name, a in zip(axes[:n], names, arrays, strict=True):
             ax.plot(np.asarray(surfaces[name].xcoordinates), a, color="C0", lw=1.8)
             ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
-            ax.set_title(name)
+            ax.set_title(_title(name, name, surfaces[name]))
             ax.set_xlabel("α")
             ax.xaxis.set_major_locator(MaxNLocator(5))
         if log:
@@ -497,7 +530,7 @@ def plot_grid(
                 ccount=min(len(s.ycoordinates), 200),
             )  # fmt: skip
             ax.set_zlim(znorm.vmin, znorm.vmax)
-            ax.set_title(name)
+            ax.set_title(_title(name, name, surfaces[name]))
             ax.set_xlabel("α")
             ax.set_ylabel("β")
             axes.append(ax)
@@ -514,7 +547,7 @@ def plot_grid(
             ax.contourf(X, Y, zm, levels=lv, norm=norm, cmap=CMAP)
             ax.contour(X, Y, zm, levels=lv, colors="black", linewidths=0.3, alpha=0.5)
             ax.plot([0.0], [0.0], marker="o", ms=5, mfc="white", mec="black", ls="")
-            ax.set_title(name)
+            ax.set_title(_title(name, name, surfaces[name]))
             ax.set_xlabel("α")
             ax.set_ylabel("β")
         for ax in axes[n:]:

@@ -103,6 +103,61 @@ def _number(v: Any) -> float:
         return math.nan
 
 
+def _given(v: Any) -> bool:
+    """``v`` is a number (NaN and infinity included), not a missing value."""
+    if v is None or v == "" or isinstance(v, bool):
+        return False
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _nonfinite(v: Any) -> bool:
+    """A number that is NaN or infinite (a diverged measurement); missing is not."""
+    return _given(v) and not math.isfinite(float(v))
+
+
+def _coarse(row: Mapping[str, Any]) -> set[str]:
+    """The columns of ``row`` flagged as coarse estimates (``coarse_measures``: names
+    separated by spaces, as a study's summary writes them, or a list)."""
+    flagged = row.get("coarse_measures")
+    if not flagged:
+        return set()
+    return set(flagged.split() if isinstance(flagged, str) else flagged)
+
+
+def excluded_measures(
+    rows: Sequence[Mapping[str, Any]], measures: Sequence[str] | None = None
+) -> dict[str, str]:
+    """Measures that must not be ranked, with the reason: those flagged as a coarse
+    estimate for any run (ε-sharpness read off a grid with too few points within ε is
+    rounding noise), and those that are NaN or infinite for any run (a diverged
+    measurement). Runs whose ``status`` is not ``"ok"`` are not considered.
+
+    Returns:
+        ``{measure: reason}`` for ``measures`` (default: every :data:`MEASURE_COLUMNS`).
+    """
+    ok = [r for r in rows if r.get("status", "ok") == "ok"]
+    out: dict[str, str] = {}
+    for m in MEASURE_COLUMNS if measures is None else measures:
+        coarse = [str(r.get("run", i)) for i, r in enumerate(ok) if m in _coarse(r)]
+        broken = [str(r.get("run", i)) for i, r in enumerate(ok) if _nonfinite(r.get(m))]
+        reasons = []
+        if coarse:
+            reasons.append(f"a coarse estimate for {_runs(coarse)}")
+        if broken:
+            reasons.append(f"not finite (NaN or infinite) for {_runs(broken)}")
+        if reasons:
+            out[m] = " and ".join(reasons)
+    return out
+
+
+def _runs(names: Sequence[str]) -> str:
+    return ("run " if len(names) == 1 else "runs ") + ", ".join(names)
+
+
 def _tau(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     from scipy import stats
 
@@ -149,7 +204,9 @@ def rank_correlations(
     Args:
         rows: one mapping per run (a study's summary rows); runs whose
             ``status`` is not ``"ok"`` are left out.
-        measures: columns to rank (default: every :data:`MEASURE_COLUMNS` present).
+        measures: columns to rank (default: every :data:`MEASURE_COLUMNS` present);
+            those :func:`excluded_measures` names (coarse or non-finite for some run)
+            are never ranked.
         gaps: gap columns (default both of :data:`GAPS`).
         hyperparameters: columns defining the granulated coefficient's axes;
             only those that take more than one value are used.
@@ -165,10 +222,16 @@ def rank_correlations(
         )
     if measures is None:
         measures = [m for m in MEASURE_COLUMNS if any(math.isfinite(_number(r.get(m))) for r in ok)]
+    excluded = excluded_measures(ok, measures)
+    measures = [m for m in measures if m not in excluded]
     if not measures:
         raise BasinscopeError(
-            "the runs have no sharpness measure to correlate; expected columns such as "
-            + ", ".join(list(MEASURE_COLUMNS)[:4])
+            "the runs have no sharpness measure to correlate"
+            + (
+                f" (excluded: {'; '.join(f'{m}, {why}' for m, why in excluded.items())})"
+                if excluded
+                else "; expected columns such as " + ", ".join(list(MEASURE_COLUMNS)[:4])
+            )
         )
     hyper = [h for h in hyperparameters if len({str(r.get(h)) for r in ok}) > 1]
     out = []
@@ -228,8 +291,11 @@ def read_summary(path: str | Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
-def correlation_markdown(results: Sequence[Correlation]) -> str:
-    """The correlations as a Markdown table, one row per measure."""
+def correlation_markdown(
+    results: Sequence[Correlation], excluded: Mapping[str, str] | None = None
+) -> str:
+    """The correlations as a Markdown table, one row per measure, and the measures
+    ``excluded`` from it (``{measure: reason}``, see :func:`excluded_measures`)."""
     gaps = list(dict.fromkeys(c.gap for c in results))
     by = {(c.measure, c.gap): c for c in results}
     head = ["measure"] + [f"τ vs {g}" for g in gaps] + [f"Ψ vs {g}" for g in gaps] + ["runs"]
@@ -250,7 +316,19 @@ def correlation_markdown(results: Sequence[Correlation]) -> str:
         "that differ in one hyperparameter only. A sharpness measure that predicts "
         "generalisation has τ > 0; measures marked ↑ flatter should have τ < 0. The test "
         "error is shown beside the gaps because a gap also shrinks when the training fit "
-        "gets worse.\n"
+        "gets worse.\n" + _excluded_markdown(excluded or {})
+    )
+
+
+def _excluded_markdown(excluded: Mapping[str, str]) -> str:
+    if not excluded:
+        return ""
+    lines = [f"- {MEASURE_COLUMNS.get(m, m)}: {why}." for m, why in excluded.items()]
+    return (
+        "\nExcluded from the rankings (a coarse estimate is rounding noise on too few grid "
+        "points within ε; a non-finite value comes from a diverged measurement):\n\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
@@ -272,7 +350,9 @@ def correlation_report(
     out = Path(out)
     rows, hyper = _with_config(rows, out / "study.json")
     results = rank_correlations(rows, hyperparameters=hyper)
-    text = (f"## {title}\n\n" if title else "") + correlation_markdown(results)
+    present = [m for m in MEASURE_COLUMNS if any(_given(r.get(m)) for r in rows)]
+    excluded = excluded_measures(rows, present)
+    text = (f"## {title}\n\n" if title else "") + correlation_markdown(results, excluded)
     atomic_write_text(out / "correlation.md", text)
     atomic_write_json(out / "correlation.json", [asdict(c) for c in results])
     ok = [r for r in rows if r.get("status", "ok") == "ok"]

@@ -17,7 +17,6 @@ names them for ``basinscope run --study``:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -27,14 +26,17 @@ import numpy as np
 
 from . import plots
 from ._io import atomic_write_json
+from ._keys import tensor_digest
 from .errors import BasinscopeError
 from .study import (
     MeasureConfig,
     RunReport,
     Study,
     _fmt,
+    _read_json,
     cached_volume,
     model_fingerprint,
+    objective_key,
     own_file,
     study_key,
     train_objective,
@@ -114,7 +116,11 @@ def _lr_batch_finish(study: Study, reports: list[RunReport], root: Path) -> str:
             path=root / f"interpolation_{label}.h5",
             attrs=own_file(
                 root / f"interpolation_{label}.h5",
-                study_key(model_fingerprint(small.model, large.model)),
+                study_key(
+                    model_fingerprint(small.model, large.model),
+                    objective_key(obj),
+                    tensor_digest(small.data.x_test, small.data.y_test),
+                ),
             ),
             labels=("small batch", "large batch"),
         )
@@ -351,7 +357,11 @@ def _fan_plane(done: list[RunReport], m: MeasureConfig, root: Path) -> str:
             path=root / "plane_three_sizes.h5",
             attrs=own_file(
                 root / "plane_three_sizes.h5",
-                study_key(model_fingerprint(big.model, mid.model, small.model), m.grid_size),
+                study_key(
+                    model_fingerprint(big.model, mid.model, small.model),
+                    objective_key(obj),
+                    m.grid_size,
+                ),
             ),
         )
     except BasinscopeError as exc:  # e.g. two sizes gave the same minimum
@@ -619,7 +629,7 @@ def _remedies_finish(study: Study, reports: list[RunReport], root: Path) -> str:
     swa = next((r for r in reports if r.name == "swa" and not r.diverged), None)
     note = ""
     if swa is not None:
-        metrics = json.loads((root / "swa" / "metrics.json").read_text())
+        metrics = _read_json(root / "swa" / "metrics.json") or {}
         it = metrics.get("final_iterate") or {}
         if it.get("test_acc") is not None:
             note = (

@@ -38,6 +38,7 @@ from torch import nn
 
 from . import plots, sharpness
 from ._io import atomic_write_json, atomic_write_text
+from ._keys import tensor_digest
 from .data import DataBundle
 from .directions import random_directions
 from .errors import BasinscopeError
@@ -87,33 +88,49 @@ class MeasureConfig:
     pac_samples: int = 16
 
     def validate(self) -> None:
-        if self.grid_size < 2:
-            raise BasinscopeError(f"the grid size must be at least 2, got {self.grid_size}")
-        lo, hi = self.span
-        if not hi > lo:
-            raise BasinscopeError(f"the span must have max > min, got ({lo}, {hi})")
-        if self.radius <= 0:
-            raise BasinscopeError(f"the sharpness radius must be positive, got {self.radius}")
-        if self.sigma <= 0:
-            raise BasinscopeError(f"the noise sigma must be positive, got {self.sigma}")
-        if self.noise_samples < 2:
-            raise BasinscopeError(f"noise samples must be at least 2, got {self.noise_samples}")
+        """Refuse settings that cannot give numbers, before any run is trained or measured:
+        integer counts, finite spans, radii and widths (an infinite span would replace a
+        finished surface with a NaN one), and a grid that fits in memory."""
+        from ._checks import check_int, check_number, check_span
+        from .surface import _check_memory
+
+        grid = check_int("the grid size", self.grid_size)
+        if grid < 2:
+            raise BasinscopeError(f"the grid size must be at least 2, got {grid}")
+        check_span("the span", self.span)
+        _check_memory((grid, grid), 2, "the study's surface")
+        for name in ("direction_seed", "noise_seed"):
+            check_int(name.replace("_", " "), getattr(self, name))
+        for name, minimum in (("noise_samples", 2), ("volume_directions", 2), ("pac_samples", 1)):
+            value = check_int(name.replace("_", " "), getattr(self, name))
+            if value < minimum:
+                raise BasinscopeError(
+                    f"{name.replace('_', ' ')} must be at least {minimum}, got {value}"
+                )
+        if self.eval_subset is not None:
+            check_int("the evaluation subset", self.eval_subset, minimum=0)
         for name in (
+            "radius",
+            "sigma",
             "worst_radius",
             "worst_linf_radius",
             "adaptive_radius",
             "adaptive_sigma",
             "keskar_epsilon",
         ):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise BasinscopeError(f"{name.replace('_', ' ')} must be positive, got {value}")
-        if not 0 < self.pac_target < 1:
-            raise BasinscopeError(f"the PAC-Bayes target must lie in (0, 1), got {self.pac_target}")
-        if self.volume_directions < 2:
+            label = {"radius": "the sharpness radius", "sigma": "the noise sigma"}.get(name)
+            check_number(label or name.replace("_", " "), getattr(self, name), positive=True)
+        check_number("the volume threshold", self.volume_threshold)
+        tol = check_number("the volume tolerance", self.volume_tolerance, positive=True)
+        if not tol < 1:
+            raise BasinscopeError(f"the volume tolerance must lie in (0, 1), got {tol}")
+        if self.volume_rule not in ("absolute", "relative"):
             raise BasinscopeError(
-                f"the volume needs at least 2 directions, got {self.volume_directions}"
+                f"the volume rule must be 'absolute' or 'relative', got {self.volume_rule!r}"
             )
+        target = check_number("the PAC-Bayes target", self.pac_target)
+        if not 0 < target < 1:
+            raise BasinscopeError(f"the PAC-Bayes target must lie in (0, 1), got {target}")
 
 
 @dataclass
@@ -152,6 +169,10 @@ class RunReport:
     model: nn.Module | None = None
     data: DataBundle | None = None
 
+    def coarse(self) -> list[str]:
+        """The summary columns whose value is flagged as a coarse estimate."""
+        return ["eps_sharpness_surface"] if self.sharpness.get("surface", {}).get("coarse") else []
+
     def row(self) -> dict[str, Any]:
         f = self.final
         tl, tel = f.get("train_loss"), f.get("test_loss")
@@ -179,6 +200,9 @@ class RunReport:
             "noise_sharpness": self.sharpness.get("noise", {}).get("value"),
             "noise_sharpness_se": self.sharpness.get("noise", {}).get("stderr"),
             **self.values,
+            # measures whose value is a coarse estimate (too few grid points within ε):
+            # shown in the summary, left out of the rankings (report.py)
+            "coarse_measures": " ".join(self.coarse()) or None,
             "status": "diverged" if self.diverged else "ok",
         }
 
@@ -213,14 +237,22 @@ def measure_run(
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[Surface, dict[str, Any]]:
-    """Surface and sharpness of one trained model; resumable and skipped when done."""
+    """Surface and sharpness of one trained model; resumable and skipped when done.
+
+    ``surface.h5`` and ``sharpness.json`` are keyed by the weights, the evaluation
+    data (training subset and test set), the loss, every setting of ``measure`` and
+    the environment: anything else is measured afresh.
+    """
     obj = train_objective(
         model, data, device, skip_bias_norm=measure.skip_bias_norm, subset=measure.eval_subset
     )
     d = random_directions(obj, 2, norm="filter", seed=measure.direction_seed)
     fp = model_fingerprint(model)
+    objective = objective_key(obj)
     key = study_key(
         fp,
+        objective,
+        tensor_digest(data.x_test, data.y_test),
         measure.grid_size,
         measure.span,
         measure.direction_seed,
@@ -248,13 +280,43 @@ def measure_run(
             obj, measure.sigma, samples=measure.noise_samples, seed=measure.noise_seed
         )
         return {
-            "surface": _asdict(sharpness.from_surface(surf, measure.radius)),
+            "surface": _quiet_coarse(lambda: _asdict(sharpness.from_surface(surf, measure.radius))),
             "direct": _asdict(sharpness.epsilon(obj, d, measure.radius)),
             "noise": {k: v for k, v in _asdict(noise).items() if k != "increases"},
         }
 
-    settings = dataclasses.asdict(measure) | {"model": fp}
-    return surf, _cached_json(out_dir / "sharpness.json", settings, compute)
+    settings = dataclasses.asdict(measure) | {"model": fp, "objective": objective}
+    return surf, _cached_json(out_dir / "sharpness.json", settings, compute, _env(obj))
+
+
+def _quiet_coarse(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``read()`` (ε-sharpness read off the study's grid) without the warning that the
+    grid is too coarse for ε: a study records it as ``"coarse"``, shows it in the
+    summary and leaves the measure out of the rankings. Other warnings pass through."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = read()
+    for w in caught:
+        if not (result.get("coarse") and issubclass(w.category, RuntimeWarning)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result
+
+
+def objective_key(obj: Objective) -> dict[str, Any]:
+    """The parts of ``obj.fingerprint()`` that decide a cached number (weights, space,
+    data after the subset, loss, device, dtype); the torch version and thread count
+    only change rounding and are recorded beside it (:func:`_env`)."""
+    from ._keys import SOFT
+
+    return {k: v for k, v in obj.fingerprint().items() if k not in SOFT}
+
+
+def _env(obj: Objective) -> dict[str, Any]:
+    from ._keys import environment
+
+    return environment(obj.device, obj.dtype)
 
 
 def model_fingerprint(*models: nn.Module) -> str:
@@ -279,9 +341,11 @@ def study_key(*parts: Any) -> str:
 
 
 def own_file(path: Path, key: str) -> dict[str, str]:
-    """Delete a surface file a study wrote for other weights or settings (a retrained
-    run, a new grid), so it is computed afresh; a file with the same key is resumed.
-    Returns the attrs that record the key in the new file."""
+    """Delete a surface file a study wrote for other weights, data or settings (a
+    retrained run, a new grid), or one that cannot be read, so it is computed afresh; a
+    file with the same key is resumed. Returns the attrs that record the key in the
+    new file. The surface's own key (see :mod:`basinscope.surface`) still guards the
+    resume; this one only decides that the study, which owns the file, replaces it."""
     if path.exists():
         try:
             old = Surface.load(path).attrs.get("study_key")
@@ -292,18 +356,44 @@ def own_file(path: Path, key: str) -> dict[str, str]:
     return {"study_key": key}
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; ``None`` when it is missing, truncated or unreadable."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _cached_json(
-    path: Path, settings: dict[str, Any], compute: Callable[[], dict[str, Any]]
+    path: Path,
+    settings: dict[str, Any],
+    compute: Callable[[], dict[str, Any]],
+    environment: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``compute()`` stored in ``path`` with its ``settings``; reused while they match."""
-    settings = json.loads(json.dumps(settings))
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("settings") == settings:
-            return saved
+    """``compute()`` stored in ``path`` with its ``settings`` and ``environment``.
+
+    Reused while ``settings`` (everything that decides the numbers: weights, data,
+    loss, every measure setting, device and dtype) match; a file that is missing,
+    truncated, unreadable or of other settings is recomputed and replaced
+    atomically. A result computed under another torch version or thread count is
+    reused with a warning (its last bits may differ from a fresh one).
+    """
+    from ._keys import normalise, warn_soft
+
+    settings = normalise(settings)
+    saved = _read_json(path) if path.exists() else None
+    if saved is not None and saved.get("settings") == settings:
+        if environment is not None:
+            then = saved.get("environment") or {}
+            soft = [k for k in ("torch_version", "threads") if then.get(k) != environment.get(k)]
+            warn_soft(path, soft, then, environment)
+        return saved
     result = {**compute(), "settings": settings}
+    if environment is not None:
+        result["environment"] = environment
     atomic_write_json(path, result)
-    return json.loads(json.dumps(result))
+    return json.loads(json.dumps(result, default=str))
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
@@ -314,12 +404,25 @@ def _asdict(obj: Any) -> dict[str, Any]:
 def run_study(
     study: Study, out: str | Path = "results", *, progress: bool = True
 ) -> list[RunReport]:
-    """Train, measure and report every run of ``study`` under ``out/<study.name>``."""
+    """Train, measure and report every run of ``study`` under ``out/<study.name>``.
+
+    Every setting is checked before any work, and the study directory is locked for
+    the whole study: a second ``run_study`` (another process) on the same directory
+    stops with one sentence instead of interleaving its files with this one's.
+    """
+    from ._checks import check_output_dir
+    from ._lock import output_lock
+
     study.measure.validate()
     for cfg in study.runs.values():
         cfg.validate()
-    root = Path(out) / study.name
+    root = check_output_dir(Path(out) / study.name, "the study directory")
     root.mkdir(parents=True, exist_ok=True)
+    with output_lock(root, "the study directory"):
+        return _run_locked(study, root, progress)
+
+
+def _run_locked(study: Study, root: Path, progress: bool) -> list[RunReport]:
     atomic_write_json(root / "study.json", study.to_dict())
     reports = []
     cache: dict[str, DataBundle] = {}
@@ -397,6 +500,7 @@ def cached_volume(
     """
     from .volume import basin_volume
 
+    obj = train_objective(model, data, device)
     settings = {
         "threshold": m.volume_threshold,
         "rule": m.volume_rule,
@@ -405,10 +509,10 @@ def cached_volume(
         "seed": m.direction_seed,
         "fingerprint": data_fingerprint(data),
         "model": model_fingerprint(model),
+        "objective": objective_key(obj),
     }
 
     def compute() -> dict[str, Any]:
-        obj = train_objective(model, data, device)
         try:
             return basin_volume(
                 obj,
@@ -421,7 +525,7 @@ def cached_volume(
         except BasinscopeError as exc:
             return {"log_volume": None, "reason": str(exc)}
 
-    return _cached_json(path, settings, compute)
+    return _cached_json(path, settings, compute, _env(obj))
 
 
 def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
@@ -429,6 +533,7 @@ def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: b
     from .hessian import summary
 
     path = out / "hessian.json"
+    obj = train_objective(report.model, report.data, report.config.device)
     settings = {
         "k": 1,
         "tol": 1e-4,
@@ -437,15 +542,15 @@ def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: b
         "seed": m.direction_seed,
         "fingerprint": data_fingerprint(report.data),
         "model": model_fingerprint(report.model),
+        "objective": objective_key(obj),
     }
 
     def compute() -> dict[str, Any]:
-        obj = train_objective(report.model, report.data, report.config.device)
         return summary(
             obj, 1, tol=1e-4, trace_rtol=1e-2, lambda_min=False, seed=m.direction_seed
         ).to_dict()
 
-    saved = _cached_json(path, settings, compute)
+    saved = _cached_json(path, settings, compute, _env(obj))
     report.values["lambda_max"] = saved["lambda_max"]
     report.values["hessian_trace"] = saved["trace"]
 
@@ -467,19 +572,20 @@ def _measure_suite(report: RunReport, m: MeasureConfig, out: Path, progress: boo
         "eval_subset",
         "noise_samples",
     )
+    obj = train_objective(
+        report.model,
+        report.data,
+        report.config.device,
+        skip_bias_norm=m.skip_bias_norm,
+        subset=m.eval_subset,
+    )
     settings = {k: getattr(m, k) for k in keys} | {
         "fingerprint": data_fingerprint(report.data),
         "model": model_fingerprint(report.model),
+        "objective": objective_key(obj),
     }
 
     def compute() -> dict[str, Any]:
-        obj = train_objective(
-            report.model,
-            report.data,
-            report.config.device,
-            skip_bias_norm=m.skip_bias_norm,
-            subset=m.eval_subset,
-        )
         seed = m.direction_seed
         parts = {
             "worst_case_l2": sharpness.worst_case(obj, m.worst_radius, seed=seed),
@@ -506,7 +612,7 @@ def _measure_suite(report: RunReport, m: MeasureConfig, out: Path, progress: boo
             for k, v in parts.items()
         }
 
-    saved = _cached_json(out / "suite.json", settings, compute)
+    saved = _cached_json(out / "suite.json", settings, compute, _env(obj))
     for key in ("worst_case_l2", "worst_case_linf", "adaptive_worst_case", "keskar"):
         report.values[key] = saved[key]["value"]
     report.values["adaptive_noise_sharpness"] = saved["adaptive_noise_sharpness"]["value"]
@@ -526,10 +632,17 @@ def _measure_trajectory(report: RunReport, m: MeasureConfig, out: Path, progress
             f"run {report.name!r} kept no snapshots; the trajectory measure needs snapshot_every > 0"
         )
     obj = train_objective(report.model, report.data, report.config.device, subset=m.eval_subset)
-    key = study_key(model_fingerprint(report.model), m.grid_size, m.eval_subset)
+    trajectory = load_trajectory(out)
+    key = study_key(
+        model_fingerprint(report.model),
+        objective_key(obj),
+        tensor_digest(trajectory.params),
+        m.grid_size,
+        m.eval_subset,
+    )
     surf = trajectory_plane(
         obj,
-        load_trajectory(out),
+        trajectory,
         steps=m.grid_size,
         path=out / "trajectory.h5",
         progress=progress,
@@ -590,6 +703,7 @@ _COLUMNS = [
     ("pca_explained", "PCA var. (2 dirs)", "{:.3f}"),
     ("log_volume", "log volume", "{:.1f}"),
     ("volume_ess", "volume ESS", "{:.2f}"),
+    ("coarse_measures", "coarse estimates", "{}"),
     ("status", "status", "{}"),
 ]
 

@@ -12,6 +12,7 @@ Accuracy is stored as a fraction in [0, 1].
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,11 @@ class Surface:
             (no test data); ``NaN`` at points not yet computed.
         computed: boolean mask of the grid points already evaluated.
         directions: ``[k, n]`` float32 directions (k = 1 or 2), or ``None``.
-        attrs: JSON-serialisable metadata (normalisation, seed, span, ...).
+        attrs: JSON-serialisable metadata (normalisation, seed, span, ...);
+            a computed surface also holds ``key`` (hashes of everything its
+            numbers depend on: weights, data, loss, directions, grid, settings,
+            environment; a resume must match it) and ``environment`` (torch
+            version, threads, device, dtype it was computed with).
     """
 
     xcoordinates: np.ndarray
@@ -148,15 +153,71 @@ def _write_into(f: Any, s: Surface) -> None:
 
 
 # --------------------------------------------------------------------- compute
-def _grid(span: tuple[float, float], steps: int, what: str) -> np.ndarray:
+def _grids(axes: list[tuple[Any, Any]], what: str, n_coef: int | None = None) -> list[np.ndarray]:
+    """``linspace(*span, steps)`` for each ``(span, steps)`` axis, after the checks.
+
+    Each span must be finite with max > min and each ``steps`` an integer ≥ 2;
+    the whole grid must fit in memory (:func:`_check_memory`) before any array
+    of it is allocated.
+    """
+    from ._checks import check_int, check_span
     from .errors import BasinscopeError
 
-    lo, hi = (float(v) for v in span)
-    if steps < 2:
-        raise BasinscopeError(f"{what} needs at least 2 steps, got {steps}")
-    if not hi > lo:
-        raise BasinscopeError(f"{what} span must have max > min, got ({lo}, {hi})")
-    return np.linspace(lo, hi, int(steps))
+    checked = []
+    for span, steps in axes:
+        steps = check_int(f"the number of steps of {what}", steps)
+        if steps < 2:
+            raise BasinscopeError(f"{what} needs at least 2 steps, got {steps}")
+        checked.append((check_span(f"the span of {what}", span), steps))
+    shape = tuple(steps for _, steps in checked)
+    _check_memory(shape, len(shape) if n_coef is None else n_coef, what)
+    return [np.linspace(lo, hi, steps) for (lo, hi), steps in checked]
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for row in f:
+                if row.startswith("MemAvailable:"):
+                    return int(row.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def _check_memory(shape: tuple[int, ...], n_coef: int, what: str) -> None:
+    """Refuse a grid whose arrays would not fit in the available memory.
+
+    A grid of ``P = Π shape`` points holds the four float64 metric arrays, the
+    ``computed`` mask, the ``[P, dim]`` mesh (built from ``dim`` coordinate
+    arrays, so about three copies at once) and the ``[P, n_coef]`` coefficients:
+    ``P · (8 · (4 + 3·dim + n_coef) + 1)`` bytes, a lower bound on what it needs.
+    """
+    from .errors import BasinscopeError
+
+    points = math.prod(shape)
+    need = points * (8 * (4 + 3 * len(shape) + n_coef) + 1)
+    available = _available_memory()
+    if available is not None and need > available:
+        grid = f"{' × '.join(str(n) for n in shape)} = " if len(shape) > 1 else ""
+        raise BasinscopeError(
+            f"{what} of {grid}{points:,} points needs at least {_bytes(need)} ({need:,} bytes) "
+            f"of memory, more than the {_bytes(available)} available; use fewer steps"
+        )
 
 
 def line(
@@ -190,7 +251,7 @@ def line(
             keeps θ0's statistics.
     """
     d = torch.as_tensor(direction).reshape(1, -1)
-    coords = [_grid(span, steps, "a line")]
+    coords = _grids([(span, steps)], "a line")
     return _compute(obj, d, coords, test, path, chunk, progress, attrs, update_bn=update_bn)
 
 
@@ -217,10 +278,10 @@ def plane(
     in :func:`line`.
     """
     d = torch.stack([torch.as_tensor(d1).reshape(-1), torch.as_tensor(d2).reshape(-1)])
-    coords = [
-        _grid(span, steps, "a plane"),
-        _grid(yspan or span, ysteps or steps, "a plane"),
-    ]
+    coords = _grids(
+        [(span, steps), (span if yspan is None else yspan, steps if ysteps is None else ysteps)],
+        "a plane",
+    )
     return _compute(obj, d, coords, test, path, chunk, progress, attrs, update_bn=update_bn)
 
 
@@ -244,36 +305,134 @@ def _compute(
     ``c = grid point`` by default; with ``coef_map = (offset, matrix)`` the
     coefficients are the affine image ``offset + point @ matrix`` (how a path
     through several models is written with the models themselves as directions).
-    """
-    from tqdm.auto import tqdm
 
+    With ``path``, the file is written as the computation goes, under an
+    exclusive lock (a second process writing the same file is refused), and an
+    existing file is resumed only when its key (:func:`_surface_key`: weights,
+    data, loss, directions, grid, every setting, the environment) matches.
+    """
+    from ._checks import check_int, check_output_file
+    from ._keys import environment
+    from ._lock import output_lock
     from .errors import BasinscopeError
     from .objective import Objective
 
-    if chunk < 1:
-        raise BasinscopeError(f"chunk must be a positive integer, got {chunk}")
-    if dirs.shape[1] != obj.n:
-        raise BasinscopeError(f"directions have {dirs.shape[1]} coordinates, the space has {obj.n}")
+    chunk = check_int("chunk", chunk, minimum=1)
+    dirs = torch.as_tensor(dirs)
+    if dirs.ndim != 2 or dirs.shape[1] != obj.n:
+        raise BasinscopeError(
+            f"directions have {dirs.shape[-1]} coordinates, the space has {obj.n}"
+        )
+    if not torch.isfinite(dirs).all():
+        raise BasinscopeError(
+            "the directions contain NaN or infinite values; give finite directions"
+        )
+    if origin is not None and not torch.isfinite(origin).all():
+        raise BasinscopeError("the origin contains NaN or infinite values")
+    if coef_map is not None:
+        offset, matrix = (np.asarray(a, dtype=np.float64) for a in coef_map)
+        if not (np.isfinite(offset).all() and np.isfinite(matrix).all()):
+            raise BasinscopeError("the coefficient map contains NaN or infinite values")
+    if path is not None:
+        path = check_output_file(path, "the surface file")
     test_obj = None
     if test is not None:
         test_obj = test if isinstance(test, Objective) else obj.with_data(test)
+    theta = obj.theta0 if origin is None else origin.to(device=obj.device, dtype=obj.dtype)
+    bn = None if update_bn is None else _BatchNormUpdate(obj, update_bn)
+    meta = {"dim": len(coords), "n_params": obj.n, **(attrs or {})}
+    if coef_map is not None:
+        meta["coefficient_map"] = {"offset": offset.tolist(), "matrix": matrix.tolist()}
+    if update_bn is not None:
+        meta["update_bn"] = True
+    if origin is not None:
+        meta["origin"] = "given"
+    key = _surface_key(obj, test_obj, dirs, coords, origin, coef_map, bn, shortcut)
+    meta |= {"key": key, "environment": environment(obj.device, obj.dtype)}
+    args = (obj, test_obj, dirs, coords, theta, origin, coef_map, bn, shortcut)
+    if path is None:
+        return _evaluate_grid(*args, None, chunk, progress, meta)
+    with output_lock(_lock_target(path), "the surface file"):
+        return _evaluate_grid(*args, path, chunk, progress, meta)
+
+
+def _lock_target(path: Path) -> Path:
+    """What :func:`output_lock` is given for a surface file: the file itself (its lock
+    is ``<file>.lock``); a name without a suffix would be taken for a directory, so
+    it is locked as ``<name>.h5``."""
+    return path if path.suffix else path.with_name(path.name + ".h5")
+
+
+def _surface_key(
+    obj: Objective,
+    test_obj: Objective | None,
+    dirs: Tensor,
+    coords: list[np.ndarray],
+    origin: Tensor | None,
+    coef_map: tuple[np.ndarray, np.ndarray] | None,
+    bn: _BatchNormUpdate | None,
+    shortcut: bool,
+) -> dict[str, Any]:
+    """Everything a surface's numbers depend on, as a flat key (see :mod:`._keys`).
+
+    The training Objective's :meth:`~basinscope.Objective.fingerprint` (weights,
+    space, data, loss, batch size, environment); the test data and the rest of the
+    test Objective; digests of the directions (in the dtype they are used in), the
+    grid, the coefficient map and a given origin; the ``update_bn`` data and batch
+    size (the batches decide the re-estimated variance); and the shortcut flag.
+    """
+    from ._keys import tensor_digest, value_digest
+
+    key: dict[str, Any] = dict(obj.fingerprint())
+    test_fp = None if test_obj is None else test_obj.fingerprint()
+    key["test_data"] = None if test_fp is None else test_fp["data"]
+    key["test_objective"] = (
+        None
+        if test_fp is None
+        else value_digest([test_fp[k] for k in ("weights", "space", "loss", "device", "dtype")])
+    )
+    key["directions"] = tensor_digest(dirs.detach().to("cpu", obj.dtype))
+    key["grid"] = tensor_digest(
+        *(torch.from_numpy(np.ascontiguousarray(c, dtype=np.float64)) for c in coords)
+    )
+    key["coefficient_map"] = (
+        None
+        if coef_map is None
+        else value_digest([np.asarray(a, dtype=np.float64).tolist() for a in coef_map])
+    )
+    key["origin"] = None if origin is None else tensor_digest(origin.detach().to("cpu", obj.dtype))
+    key["update_bn"] = None if bn is None else tensor_digest(bn.data.x, bn.data.y)
+    key["update_bn_batch_size"] = None if bn is None else bn.data.batch_size
+    key["shortcut"] = bool(shortcut)
+    return key
+
+
+def _evaluate_grid(
+    obj: Objective,
+    test_obj: Objective | None,
+    dirs: Tensor,
+    coords: list[np.ndarray],
+    theta: Tensor,
+    origin: Tensor | None,
+    coef_map: tuple[np.ndarray, np.ndarray] | None,
+    bn: _BatchNormUpdate | None,
+    shortcut: bool,
+    path: Path | None,
+    chunk: int,
+    progress: bool,
+    meta: dict[str, Any],
+) -> Surface:
+    """The body of :func:`_compute`: resume or start the surface, evaluate what is missing."""
+    from tqdm.auto import tqdm
+
     shape = tuple(len(c) for c in coords)
     mesh = np.stack(np.meshgrid(*coords, indexing="ij"), axis=-1).reshape(-1, len(coords))
     if coef_map is not None:
         offset, matrix = (np.asarray(a, dtype=np.float64) for a in coef_map)
         mesh = offset + mesh @ matrix
     dirs_np = dirs.detach().to("cpu", torch.float32).numpy()
-    meta = {"dim": len(coords), "n_params": obj.n, **(attrs or {})}
-    if coef_map is not None:
-        meta["coefficient_map"] = {"offset": offset.tolist(), "matrix": matrix.tolist()}
-    if update_bn is not None:
-        meta["update_bn"] = True
-    theta = obj.theta0 if origin is None else origin.to(device=obj.device, dtype=obj.dtype)
-    if origin is not None:
-        meta["origin"] = "given"
-    bn = None if update_bn is None else _BatchNormUpdate(obj, update_bn)
 
-    surface = _resume(path, coords, dirs_np, test_obj is not None, meta) if path else None
+    surface = _resume(path, shape, test_obj is not None, meta) if path else None
     if surface is None:
         empty = lambda: np.full(shape, np.nan)  # noqa: E731
         surface = Surface(
@@ -332,34 +491,44 @@ def _compute(
 
 
 def _resume(
-    path: str | Path,
-    coords: list[np.ndarray],
-    dirs: np.ndarray,
-    has_test: bool,
-    meta: dict[str, Any],
+    path: Path, shape: tuple[int, ...], has_test: bool, meta: dict[str, Any]
 ) -> Surface | None:
+    """The surface already in ``path`` if it is the same computation, else a refusal.
+
+    Its stored key must match ``meta["key"]`` in every hard component
+    (:func:`basinscope._keys.check_key`); a different torch version, thread count
+    or batch size only warns, and the resume is recorded in ``attrs["resumed_under"]``.
+    """
+    from ._keys import check_key, warn_soft
     from .errors import BasinscopeError
 
-    path = Path(path)
     if not path.exists():
         return None
     old = Surface.load(path)
-    same = (
-        old.directions is not None
-        and old.computed is not None
-        and np.array_equal(old.directions, dirs)
-        and np.array_equal(old.xcoordinates, coords[0])
-        and (len(coords) == 1) == (old.ycoordinates is None)
-        and (len(coords) == 1 or np.array_equal(old.ycoordinates, coords[1]))
-        and (old.test_loss is not None) == has_test
-        and all(old.attrs.get(k) == meta.get(k) for k in ("coefficient_map", "update_bn"))
-    )
-    if not same:
-        raise BasinscopeError(
-            f"{str(path)!r} holds a surface with other directions, grid or data; "
-            "delete it or write to another path"
-        )
+    fresh = "delete it or write to another path to start afresh"
+    saved = old.attrs.get("key")
+    soft = check_key(path, saved, meta["key"], what="a surface", fresh=fresh)
+    if (
+        old.computed is None
+        or old.directions is None
+        or old.shape != shape
+        or old.computed.shape != shape
+        or (old.test_loss is not None) != has_test
+    ):
+        raise BasinscopeError(f"{str(path)!r} holds an incomplete or altered surface file; {fresh}")
+    if soft:
+        warn_soft(path, soft, saved, meta["key"])
+        old.attrs.setdefault("resumed_under", []).append(meta["environment"])
+        _write_attrs(path, old)
     return old
+
+
+def _write_attrs(path: Path, surface: Surface) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f.attrs["basinscope"] = json.dumps(surface.attrs, sort_keys=True, default=str)
+        f.flush()
 
 
 def _write_chunk(path: str | Path, surface: Surface, idx: np.ndarray, keys: list[str]) -> None:
@@ -461,10 +630,10 @@ def interpolate(
             every point (see :class:`_BatchNormUpdate`); ``None`` keeps ``θ_a``'s.
         labels: names of the two models, stored for the plots.
     """
+    coords = _grids([(span, steps)], "an interpolation", 2)
     check = update_bn is None
     a = obj.theta0 if theta_a is None else _flat(obj, theta_a, "theta_a", buffers=check)
     b = _flat(obj, theta_b, "theta_b", buffers=check)
-    coords = [_grid(span, steps, "an interpolation")]
     meta = {
         "kind": "interpolation",
         "marks": [[labels[0], [0.0]], [labels[1], [1.0]]],
@@ -514,12 +683,13 @@ def three_model_plane(
     for the three models in order, ``attrs["mark_losses"]`` ``[label, loss]`` with
     their own train losses (lists, so the order survives the file's sorted JSON).
     """
+    from ._checks import check_number
     from .errors import BasinscopeError
 
     if len(models) != 3:
         raise BasinscopeError(f"three_model_plane needs exactly 3 models, got {len(models)}")
-    if not (np.isfinite(margin) and margin >= 0):
-        raise BasinscopeError(f"margin must be a non-negative number, got {margin}")
+    margin = check_number("margin", margin, nonnegative=True)
+    _grids([((0.0, 1.0), steps), ((0.0, 1.0), steps)], "a plane", 3)  # steps and memory, first
     thetas = [
         _flat(obj, m, f"model {i + 1}", buffers=update_bn is None) for i, m in enumerate(models)
     ]
@@ -536,7 +706,7 @@ def three_model_plane(
     w, h = xs.max() - xs.min(), ys.max() - ys.min()
     xspan = (xs.min() - margin * w, xs.max() + margin * w)
     yspan = (ys.min() - margin * h, ys.max() + margin * h)
-    coords = [_grid(xspan, steps, "a plane"), _grid(yspan, steps, "a plane")]
+    coords = _grids([(xspan, steps), (yspan, steps)], "a plane", 3)
     # (x, y) -> (s, t) -> weights (1 - s - t, s, t) on (θ1, θ2, θ3).
     ds_dx, dt_dy, ds_dy = 1.0 / x2, 1.0 / y3, -x3 / (x2 * y3)
     matrix = np.array([[-ds_dx, ds_dx, 0.0], [-(ds_dy + dt_dy), ds_dy, dt_dy]])
@@ -588,9 +758,11 @@ def trajectory_plane(
     trajectory's coordinates and the explained variance are stored in
     ``attrs["trajectory"]`` and ``attrs["explained_variance_ratio"]``.
     """
+    from ._checks import check_number
     from .directions import pca_directions
-    from .errors import BasinscopeError
 
+    margin = check_number("margin", margin, nonnegative=True)
+    _grids([((0.0, 1.0), steps), ((0.0, 1.0), steps)], "a trajectory plane")  # before the PCA
     epochs = None
     if hasattr(snapshots, "unflatten") and hasattr(snapshots, "epochs"):  # a train.Trajectory
         epochs = [int(e) for e in snapshots.epochs]
@@ -606,12 +778,10 @@ def trajectory_plane(
     xy = pca.coordinates
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     ext = np.maximum(hi - lo, 1e-12)
-    if not (np.isfinite(margin) and margin >= 0):
-        raise BasinscopeError(f"margin must be a non-negative number, got {margin}")
-    coords = [
-        _grid((lo[k] - margin * ext[k], hi[k] + margin * ext[k]), steps, "a trajectory plane")
-        for k in range(2)
-    ]
+    coords = _grids(
+        [((lo[k] - margin * ext[k], hi[k] + margin * ext[k]), steps) for k in range(2)],
+        "a trajectory plane",
+    )
     meta = {
         "kind": "trajectory_plane",
         "trajectory": xy.tolist(),
