@@ -394,11 +394,9 @@ def test_every_json_records_the_environment(capsys, run, tmp_path):
 def test_volume_killed_between_ray_batches_resumes_to_the_same_result(
     capsys, run, tmp_path, monkeypatch
 ):
-    """Depends on ``basin_volume(path=)`` storing each batch of rays as it finishes."""
+    """``basin_volume(path=)`` stores each batch of rays as it finishes."""
     from basinscope import volume
 
-    if "path" not in volume.basin_volume.__kwdefaults__:
-        pytest.skip("basin_volume(path=) has not landed")
     monkeypatch.setitem(volume.basin_volume.__kwdefaults__, "batch", 2)
     argv = ["volume", run, "--threshold", 5, "--directions", 5, "--quiet"]
     code, _, err = _run(capsys, *argv, "--out", tmp_path / "full.json", "--json", tmp_path / "a")
@@ -430,10 +428,6 @@ def test_volume_killed_between_ray_batches_resumes_to_the_same_result(
 
 
 def test_volume_default_record_lives_in_the_run_directory(capsys, run, monkeypatch):
-    from basinscope import volume
-
-    if "path" not in volume.basin_volume.__kwdefaults__:
-        pytest.skip("basin_volume(path=) has not landed")
     files = set(run.glob("volume-*.json"))
     argv = ["volume", run, "--directions", 2, "--quiet"]
     assert _run(capsys, *argv, "--threshold", 5)[0] == 0

@@ -68,8 +68,9 @@ def test_fingerprint_of_function_losses_sees_code_and_arguments():
     def scaled(k):
         return lambda o, t: k * f(o, t)
 
-    assert _objective(loss=scaled(1.0)).fingerprint()["loss"] != (
-        _objective(loss=scaled(2.0)).fingerprint()["loss"]
+    assert (
+        _objective(loss=scaled(1.0)).fingerprint()["loss"]
+        != (_objective(loss=scaled(2.0)).fingerprint()["loss"])
     )
 
 
@@ -137,7 +138,10 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     holder = ctx.Process(target=_hold_forever, args=(str(tmp_path / "run"), ready))
     holder.start()
     assert ready.wait(60)
-    with pytest.raises(bs.BasinscopeError, match="is being written by process"), output_lock(tmp_path / "run"):
+    with (
+        pytest.raises(bs.BasinscopeError, match="is being written by process"),
+        output_lock(tmp_path / "run"),
+    ):
         pass
     os.kill(holder.pid, signal.SIGKILL)
     holder.join(60)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import inspect
 import math
 import re
 import sys
@@ -127,15 +126,6 @@ def _size(text: str) -> int | float:
         return value
 
 
-def _accepts(func: Callable[..., Any], name: str) -> bool:
-    """Whether ``func`` takes the keyword ``name``.
-
-    The library gains keywords (``basin_volume(path=)``, ``load_checkpoint(trust_code=)``)
-    while the command line already offers them; checked so either side runs alone.
-    """
-    return name in inspect.signature(func).parameters
-
-
 def _example(text: str) -> str:
     return "example:\n  " + "\n  ".join(text.strip().splitlines())
 
@@ -199,10 +189,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     check_output_dir(args.out, "the run directory")
     base = {}
     if args.config:
-        trust = (
-            {"trust_code": args.trust_code} if _accepts(TrainConfig.from_toml, "trust_code") else {}
-        )
-        base = TrainConfig.from_toml(args.config, **trust).to_dict()
+        base = TrainConfig.from_toml(args.config, trust_code=args.trust_code).to_dict()
     fields = {
         "dataset": args.dataset,
         "data_dir": args.data_dir,
@@ -291,9 +278,7 @@ def _load(
     run_dir = path if path.is_dir() else path.parent
     has_config = run_dir.joinpath("config.json").is_file()
     if has_config and args.model is None:
-        _check_factory(run_dir, args.trust_code)
-        trust = {"trust_code": args.trust_code} if _accepts(load_checkpoint, "trust_code") else {}
-        ckpt = load_checkpoint(path, device=args.device, **trust)
+        ckpt = load_checkpoint(path, device=args.device, trust_code=args.trust_code)
         if data is None:
             cfg = ckpt.config
             if args.dataset is not None:  # another dataset: all of it, no label noise
@@ -319,29 +304,6 @@ def _load(
     load_weights(model, path, f"model {args.model!r}")
     _check_finite(path, model, {})
     return model.to(args.device).eval(), data
-
-
-def _check_factory(run_dir: Path, trust_code: bool) -> None:
-    """Refuse a run directory whose config names a model outside the built-in registry.
-
-    Building such a model imports ``package.module`` and calls ``factory``: any
-    code at all (``"model": "os:system"``). Only ``--trust-code`` allows it.
-    """
-    import json
-
-    from .models import MODELS
-
-    if trust_code:
-        return
-    try:
-        model = json.loads(run_dir.joinpath("config.json").read_text()).get("model")
-    except (OSError, ValueError, AttributeError):
-        return  # unreadable: load_checkpoint says so in its own sentence
-    if isinstance(model, str) and model not in MODELS and ":" in model:
-        raise BasinscopeError(
-            f"the run directory {str(run_dir)!r} names the model factory {model!r}; importing "
-            "it runs its code, so pass --trust-code only if you trust this run directory"
-        )
 
 
 def _check_shape(path: Path, info: dict[str, Any], data: Any) -> None:
@@ -627,9 +589,7 @@ def _cmd_volume(args: argparse.Namespace) -> None:
     if args.rule == "relative" and not args.threshold > 0:
         raise BasinscopeError(f"a relative --threshold must be positive, got {args.threshold}")
     _check_json(args)
-    resumable = _accepts(basin_volume, "path")
-    if resumable:
-        args.out = check_output_file(_volume_file(args), "the volume's partial-results file")
+    args.out = check_output_file(_volume_file(args), "the volume's partial-results file")
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=False)
     res = basin_volume(
@@ -642,7 +602,7 @@ def _cmd_volume(args: argparse.Namespace) -> None:
         r_max=args.r_max,
         tolerance=args.tolerance,
         progress=not args.quiet,
-        **({"path": args.out} if resumable else {}),
+        path=args.out,
     )
     d = res.to_dict()
     print(f"coordinates n              {res.n}")
@@ -662,8 +622,7 @@ def _cmd_volume(args: argparse.Namespace) -> None:
     )
     print(f"rays not crossed by r_max  {res.n_uncrossed}")
     print(f"loss evaluations           {res.evaluations}")
-    if resumable:
-        print(f"rays recorded in {args.out} (a rerun reuses them)")
+    print(f"rays recorded in {args.out} (a rerun reuses them)")
     _write_json(args, d, obj)
 
 
@@ -1132,9 +1091,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _volume_interrupted(args: argparse.Namespace) -> str:
-    from .volume import basin_volume
-
-    if _accepts(basin_volume, "path") and args.out is not None:
+    if args.out is not None:
         return f"the rays finished so far are saved in {args.out}; rerun the same command to resume"
     return NOTHING_SAVED
 
