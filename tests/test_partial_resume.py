@@ -16,7 +16,10 @@ import torch
 from conftest import small_mlp
 
 import basinscope as bs
-from basinscope import _partial, hessian, sharpness, volume
+from basinscope import _partial, hessian, sharpness
+from basinscope.hessian import _density, _random, _trace
+from basinscope.landscape import _volume as volume
+from basinscope.sharpness import _noise
 
 
 class Interrupted(Exception):
@@ -139,11 +142,11 @@ def test_average_case_interrupted_and_resumed_equals_uninterrupted(mlp_obj, tmp_
     want = sharpness.average_case(mlp_obj, 0.05, samples=7, chunk=2, seed=3)
     path = tmp_path / "noise.json"
     with monkeypatch.context() as m:
-        _interrupt_after(m, sharpness, "_gaussian_rows", 2)
+        _interrupt_after(m, _noise, "_gaussian_rows", 2)
         with pytest.raises(Interrupted):
             sharpness.average_case(mlp_obj, 0.05, samples=7, chunk=2, seed=3, path=path)
     with monkeypatch.context() as m:
-        calls = _count_calls(m, sharpness, "_gaussian_rows")
+        calls = _count_calls(m, _noise, "_gaussian_rows")
         got = sharpness.average_case(mlp_obj, 0.05, samples=7, chunk=2, seed=3, path=path)
     assert calls["n"] == 2  # samples 4, 5 and 6
     np.testing.assert_array_equal(got.increases, want.increases)
@@ -168,17 +171,17 @@ def test_pac_bayes_resumes_its_bisection(tmp_path, monkeypatch):
     assert want.bracketed and len(want.sigmas) == 9
     path = tmp_path / "pac.json"
     with monkeypatch.context() as m:
-        _interrupt_after(m, sharpness, "_error_increase", 4)
+        _interrupt_after(m, _noise, "_error_increase", 4)
         with pytest.raises(Interrupted):
             sharpness.pac_bayes(obj, path=path, **opts)
     with monkeypatch.context() as m:
-        calls = _count_calls(m, sharpness, "_error_increase")
+        calls = _count_calls(m, _noise, "_error_increase")
         got = sharpness.pac_bayes(obj, path=path, **opts)
     assert calls["n"] == 9 - 4
     assert got == want
     # another target replays the σ it shares with this search
     with monkeypatch.context() as m:
-        calls = _count_calls(m, sharpness, "_error_increase")
+        calls = _count_calls(m, _noise, "_error_increase")
         other = sharpness.pac_bayes(obj, path=path, **(opts | {"target": 0.2}))
     assert other == sharpness.pac_bayes(obj, **(opts | {"target": 0.2}))
     assert calls["n"] < len(other.sigmas)
@@ -190,17 +193,17 @@ def test_trace_probes_resume(mlp_obj, tmp_path, monkeypatch):
         want = hessian.trace(mlp_obj, **opts)
         path = tmp_path / f"{method}.json"
         probes = {"n": 0}
-        real = hessian._rademacher
+        real = _trace._rademacher
 
         def flaky(n, seed, stream, index, real=real, probes=probes):
-            if stream == hessian._PROBE:
+            if stream == _random._PROBE:
                 if probes["n"] >= 3:
                     raise Interrupted
                 probes["n"] += 1
             return real(n, seed, stream, index)
 
         with monkeypatch.context() as m:
-            m.setattr(hessian, "_rademacher", flaky)
+            m.setattr(_trace, "_rademacher", flaky)
             with pytest.raises(Interrupted):
                 hessian.trace(mlp_obj, path=path, **opts)
         assert len(json.loads(path.read_text())["items"]) == 3
@@ -213,11 +216,11 @@ def test_density_runs_resume(mlp_obj, tmp_path, monkeypatch):
     want = hessian.density(mlp_obj, runs=3, steps=6, points=50, seed=2)
     path = tmp_path / "slq.json"
     with monkeypatch.context() as m:
-        _interrupt_after(m, hessian, "_slq_run", 2)
+        _interrupt_after(m, _density, "_slq_run", 2)
         with pytest.raises(Interrupted):
             hessian.density(mlp_obj, runs=3, steps=6, points=50, seed=2, path=path)
     with monkeypatch.context() as m:
-        calls = _count_calls(m, hessian, "_slq_run")
+        calls = _count_calls(m, _density, "_slq_run")
         got = hessian.density(mlp_obj, runs=3, steps=6, points=50, seed=2, path=path)
     assert calls["n"] == 1
     np.testing.assert_array_equal(got.nodes, want.nodes)

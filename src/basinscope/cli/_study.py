@@ -1,0 +1,213 @@
+"""The commands of a whole study: ``run`` (train, measure, report), ``report`` and ``plot``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from .._checks import check_output_dir, check_output_file
+from ..errors import BasinscopeError
+from ._common import (
+    _COUNT,
+    _FINITE,
+    _FORMATTER,
+    _INT,
+    _POSITIVE,
+    _SEED,
+    _device_args,
+    _example,
+    _figures,
+    _integer,
+)
+
+
+# --------------------------------------------------------------------- run
+def _cmd_run(args: argparse.Namespace) -> None:
+    from ..studies import STUDIES
+    from ..study import run_study, summary_markdown
+
+    if args.study not in STUDIES:
+        raise BasinscopeError(f"unknown study {args.study!r}; choose one of {', '.join(STUDIES)}")
+    check_output_dir(args.out, "the results directory")
+    options: dict[str, Any] = {"device": args.device, "seed": args.seed}
+    if args.dataset is not None:
+        options["dataset"] = args.dataset
+    if args.epochs is not None:
+        options["epochs"] = args.epochs
+    if args.data_dir is not None:
+        options["data_dir"] = args.data_dir
+    for option, study_name in (("sizes", "dataset-size"), ("fractions", "poison")):
+        if getattr(args, option) is not None:
+            if args.study != study_name:
+                raise BasinscopeError(f"--{option} applies to --study {study_name} only")
+            options[option] = tuple(getattr(args, option))
+    if args.remedies is not None:
+        if args.study != "remedies":
+            raise BasinscopeError("--remedies applies to --study remedies only")
+        options["remedies"] = tuple(args.remedies)
+    if args.span is not None and args.span <= 0:
+        raise BasinscopeError(
+            f"--span must be positive (the grid is [-span, span]), got {args.span}"
+        )
+    study = STUDIES[args.study](**options)
+    given = {  # options left out keep the study's own defaults
+        "grid_size": args.grid_size,
+        "span": None if args.span is None else (-args.span, args.span),
+        "radius": args.radius,
+        "sigma": args.sigma,
+        "noise_samples": args.samples,
+        "volume_threshold": args.threshold,
+        "volume_directions": args.directions,
+        "volume_rule": args.rule,
+    }
+    study.measure = dataclasses.replace(
+        study.measure,
+        direction_seed=args.seed,
+        noise_seed=args.seed,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    reports = run_study(study, args.out, progress=not args.quiet)
+    root = Path(args.out) / study.name
+    summary = root / "summary.md"
+    print(summary.read_text() if summary.is_file() else summary_markdown(reports))
+    print(f"results, figures and summary in {root}/")
+
+
+# ------------------------------------------------------------------ report
+def _cmd_report(args: argparse.Namespace) -> None:
+    from ..report import correlation_report, read_summary
+
+    rows = read_summary(args.study_dir)
+    out = Path(args.study_dir) if Path(args.study_dir).is_dir() else Path(args.study_dir).parent
+    for name in ("correlation.md", "correlation.json"):
+        check_output_file(out / name, "the report file")
+    check_output_dir(out / "figures", "the report's figure directory")
+    print(
+        correlation_report(rows, out, title=f"Measures against the generalisation gap ({out.name})")
+    )
+    print(f"correlation.md, correlation.json and figures/scatter_*.png in {out}/")
+
+
+# -------------------------------------------------------------------- plot
+def _cmd_plot(args: argparse.Namespace) -> None:
+    from .. import plots
+    from ..surface import Surface
+
+    out = check_output_dir(args.out, "the figure directory")
+    surfaces = {Path(p).stem: Surface.load(p) for p in args.surfaces}
+    if len(surfaces) == 1:
+        ((name, s),) = surfaces.items()
+        figures = _figures(out / f"{name}.h5", 2 if s.is_2d else 1)
+    else:
+        figures = [check_output_file(out / "grid.png", "the figure")]
+    written = []
+    if len(surfaces) == 1:
+        if s.is_2d:
+            written.append(plots.plot_contour(s, figures[0], key=args.key))
+            written.append(plots.plot_surface_3d(s, figures[1], key=args.key))
+        else:
+            written.append(plots.plot_line(s, figures[0]))
+    else:
+        written.append(plots.plot_grid(surfaces, figures[0], key=args.key, kind=args.kind))
+    print("written: " + ", ".join(str(p) for p in written))
+
+
+# ------------------------------------------------------------------ parser
+def register_run(sub: argparse._SubParsersAction) -> None:
+    """Add ``basinscope run``: a built-in study, end to end (the first command of the help)."""
+    p = sub.add_parser(
+        "run",
+        help="train, measure and report a built-in study (default: the 4-run grid)",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope run\nbasinscope run --dataset digits --grid-size 21 --epochs 20 --out results\n"
+            "basinscope run --study dataset-size --sizes 0.05 0.1 0.3 1 --threshold 0.1\n"
+            "basinscope run --study poison --fractions 0 0.1 0.2 0.4\n"
+            "basinscope run --study remedies          # SAM, ASAM, SWA, wd, dropout, warm-up\n"
+            "basinscope run --study sam-vs-sgd        # does SAM help? (3 seeds each)\n"
+            "basinscope run --study lr-batch-grid     # which measure predicts the gap"
+        ),
+    )
+    p.add_argument(
+        "--study",
+        default="lr-batch",
+        help="lr-batch (default), lr-batch-grid, remedies, sam-vs-sgd, dataset-size, poison",
+    )
+    p.add_argument("--dataset", help="dataset name or .npz path (default: the study's)")
+    p.add_argument("--data-dir", help="where dataset files are (or are cached)")
+    p.add_argument(
+        "--grid-size",
+        type=_INT,
+        help="surface points per axis (default: the study's, 31 for lr-batch)",
+    )
+    p.add_argument("--span", type=_FINITE, help="surface grid is [-span, span]² (default 1)")
+    p.add_argument("--epochs", type=_COUNT, help="epochs per run (default: the study's)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of training, directions, noise")
+    p.add_argument("--radius", type=_POSITIVE, help="ε of the ε-sharpness (default 0.25)")
+    p.add_argument("--sigma", type=_POSITIVE, help="σ of the weight-noise sharpness (default 0.05)")
+    p.add_argument("--samples", type=_integer(2), help="weight-noise samples (default 32)")
+    p.add_argument("--threshold", type=_FINITE, help="basin loss threshold (volume; default 0.1)")
+    p.add_argument("--directions", type=_integer(2), help="rays per volume estimate (default 50)")
+    p.add_argument(
+        "--rule",
+        choices=["absolute", "relative"],
+        help="basin is L ≤ τ or L − L(θ0) ≤ τ (default: the study's)",
+    )
+    p.add_argument("--sizes", type=_POSITIVE, nargs="+", help="dataset-size: training fractions")
+    p.add_argument("--fractions", type=_FINITE, nargs="+", help="poison: mislabelled fractions")
+    p.add_argument("--remedies", nargs="+", help="remedies: which remedies to run beside the base")
+    p.add_argument("--out", default="results", help="results directory (default: results/)")
+    _device_args(p)
+    p.set_defaults(
+        func=_cmd_run,
+        interrupted="finished runs and measures are saved under {out}/{study}; "
+        "rerun the same command to resume",
+    )
+
+
+def _register_report(sub: argparse._SubParsersAction) -> None:
+    """``basinscope report``: measures against the generalisation gap."""
+    p = sub.add_parser(
+        "report",
+        help="rank correlation of every sharpness measure with the generalisation gap",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope run --study lr-batch-grid\nbasinscope report results/lr-batch-grid"
+        ),
+    )
+    p.add_argument("study_dir", help="a study directory written by `basinscope run` (summary.csv)")
+    p.set_defaults(
+        func=_cmd_report,
+        interrupted="the files already written are complete, the rest are not written; "
+        "rerun the command",
+    )
+
+
+def _register_plot(sub: argparse._SubParsersAction) -> None:
+    """``basinscope plot``: redraw surfaces."""
+    p = sub.add_parser(
+        "plot",
+        help="redraw surfaces, or several side by side on a common scale",
+        formatter_class=_FORMATTER,
+        epilog=_example(
+            "basinscope plot results/lr-batch/*/surface.h5 --out figs --kind contour\n"
+            "basinscope plot runs/a/plane.h5 --key test_loss"
+        ),
+    )
+    p.add_argument("surfaces", nargs="+", help="HDF5 surface files")
+    p.add_argument("--key", default="train_loss", help="train_loss, test_loss, train_acc, test_acc")
+    p.add_argument("--kind", choices=["contour", "surface"], default="contour")
+    p.add_argument("--out", default=".", help="directory for the PNG files")
+    p.set_defaults(
+        func=_cmd_plot,
+        interrupted="the figures already written are complete, the rest are not written; "
+        "rerun the command",
+    )
+
+
+def register_results(sub: argparse._SubParsersAction) -> None:
+    """Add ``report`` and ``plot``, which read what earlier commands wrote."""
+    _register_report(sub)
+    _register_plot(sub)

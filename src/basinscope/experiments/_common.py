@@ -1,0 +1,36 @@
+"""What the built-in studies share: their run configurations and the volume note."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..training import TrainConfig
+from ._summary import RunReport
+
+
+def _mlp_run(**fields: Any) -> TrainConfig:
+    """A run of the built-in grids: the MLP 64-128-128-10 unless ``fields`` say otherwise."""
+    return TrainConfig(**{"model": "mlp", "model_kwargs": {"widths": (128, 128)}, **fields})
+
+
+def _step_runs(
+    variants: dict[str, dict[str, Any]], *, steps: int, epochs: int | None, **common: Any
+) -> dict[str, TrainConfig]:
+    """One MLP run per variant, all with the same budget: ``steps`` (or ``epochs``)."""
+    budget = {"epochs": epochs, "steps": None} if epochs else {"epochs": 1, "steps": steps}
+    return {
+        name: TrainConfig(model="mlp", model_kwargs={"widths": (64, 64)}, **budget, **common, **v)
+        for name, v in variants.items()
+    }
+
+
+def _ok(reports: list[RunReport]) -> list[RunReport]:
+    return [r for r in reports if not r.diverged and r.values.get("log_volume") is not None]
+
+
+VOLUME_NOTE = (
+    "\nlog volume: natural log of the star-convex Monte-Carlo estimate "
+    "V_n(1)·mean(r_iⁿ) over random rays (Fan, Sandlund & Ko). In this many dimensions "
+    "the mean is dominated by the largest radius (ESS ≈ 1), so the estimate is in "
+    "effect a lower bound on the volume; compare runs, not absolute values.\n"
+)

@@ -1,0 +1,130 @@
+"""Studies: grids of training runs, each measured the same way, with a report.
+
+A study is a list of named runs (each a :class:`~basinscope.training.TrainConfig`)
+plus the measurement settings shared by all of them. :func:`run_study` trains
+every run, computes its filter-normalised 2-D surface on the training and test
+data (Li et al. 2018), its sharpness, and writes figures and a summary table:
+
+    results/<study>/
+        study.json                    the resolved study config
+        <run>/config.json, model.pt, metrics.json      (train.py)
+        <run>/surface.h5              the plane, resumable
+        <run>/sharpness.json          both sharpness measures + their settings
+        figures/*.png                 3-D surfaces, contours, grid, bar charts
+        summary.csv, summary.md       one row per run
+
+Everything is skipped when already done with the same settings, and every
+partial result is resumable, so re-running a killed study loses nothing.
+
+The built-in studies (the classic 4-run grid and the others) are in
+:data:`~basinscope.experiments.STUDIES`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._checks import check_output_dir
+from .._io import atomic_write_json
+from .._lock import output_lock
+from .._results import to_json
+from ..errors import BasinscopeError
+from ..training import DataBundle, TrainConfig, load_config_data, train
+from ._correlation import correlation_report
+from ._measures import MEASURES, MeasureConfig
+from ._summary import RunReport, write_report
+
+
+@dataclass
+class Study:
+    """A named list of runs and how to measure them."""
+
+    name: str
+    runs: dict[str, TrainConfig]
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    description: str = ""
+    measures: tuple[str, ...] = ("surface",)
+    finish: Callable[[Study, list[RunReport], Path], str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "measures": list(self.measures),
+            "runs": {k: v.to_dict() for k, v in self.runs.items()},
+            "measure": to_json(self.measure),
+        }
+
+
+def run_study(
+    study: Study, out: str | Path = "results", *, progress: bool = True
+) -> list[RunReport]:
+    """Train, measure and report every run of ``study`` under ``out/<study.name>``.
+
+    Every setting is checked before any work, and the study directory is locked for
+    the whole study: a second ``run_study`` (another process) on the same directory
+    stops with one sentence instead of interleaving its files with this one's.
+    """
+    study.measure.validate()
+    for cfg in study.runs.values():
+        cfg.validate()
+    root = check_output_dir(Path(out) / study.name, "the study directory")
+    root.mkdir(parents=True, exist_ok=True)
+    with output_lock(root, "the study directory"):
+        return _run_locked(study, root, progress)
+
+
+def _run_locked(study: Study, root: Path, progress: bool) -> list[RunReport]:
+    atomic_write_json(root / "study.json", study.to_dict())
+    reports = []
+    cache: dict[str, DataBundle] = {}
+    for name, cfg in study.runs.items():
+        key = json.dumps(
+            [
+                cfg.dataset,
+                cfg.data_dir,
+                cfg.train_size,
+                cfg.standardize,
+                cfg.data_seed,
+                cfg.label_noise,
+            ]
+        )
+        data = cache.get(key) or cache.setdefault(key, load_config_data(cfg))
+        if progress:
+            print(f"[{study.name}] {name}: training", flush=True)
+        result = train(cfg, data, out_dir=root / name, progress=progress)
+        report = RunReport(name, cfg, result.final, result.diverged, result.message)
+        report.model, report.data = result.model, data
+        # ‖θ‖₂, the baseline every sharpness measure is compared with (Jiang et al. 2019).
+        report.values["param_norm"] = float(
+            sum(p.detach().double().pow(2).sum() for p in result.model.parameters()) ** 0.5
+        )
+        if result.diverged:
+            print(f"[{study.name}] {name}: {result.message}", flush=True)
+        else:
+            for measure in study.measures:
+                if progress:
+                    print(f"[{study.name}] {name}: {measure}", flush=True)
+                MEASURES[measure](report, study.measure, root / name, progress)
+        reports.append(report)
+    extra = study.finish(study, reports, root) if study.finish else ""
+    extra += _correlations(reports, root)
+    write_report(reports, root, extra)
+    return reports
+
+
+def _correlations(reports: list[RunReport], root: Path) -> str:
+    """The measures' rank correlation with the gap, for studies with ≥ 3 finished runs."""
+    if sum(not r.diverged for r in reports) < 3:
+        return ""
+    try:
+        text = correlation_report(
+            [r.row() for r in reports], root, title="Which measure tracks the generalisation gap"
+        )
+    except BasinscopeError:  # no measure columns (e.g. a volume-only study without gaps)
+        return ""
+    return "\n" + text

@@ -1,0 +1,75 @@
+"""Curvature of the loss: Hessian eigenvalues, trace and spectral density.
+
+All measures are of the Hessian ``H = ∇²L(θ)`` of the Objective's exact mean
+loss ``L(θ) = (1/N) Σ_i ℓ(f(x_i; θ), y_i)`` over its whole evaluation set, in
+its :class:`~basinscope.ParamSpace` (all parameters, or one block: a module, a
+list of modules, a pattern), reached only through Hessian-vector products:
+
+* :class:`HessianOperator` (``_operator``) — ``v ↦ Hv`` (Pearlmutter 1994),
+  reverse-over-reverse (double backward) on the gradient graph of each data
+  chunk, built once and kept (within ``cache_bytes``) so a product costs one
+  backward pass of the backward graph. Several vectors at once:
+  :meth:`HessianOperator.matmat`. :func:`hvp` is the one Hessian-vector product.
+* :func:`eigenvalues`, :func:`extremes` (``_lanczos``) — top-k and bottom-k
+  eigenpairs by thick-restart Lanczos (Wu & Simon 2000) with full
+  reorthogonalisation; both ends of the spectrum from one Krylov space.
+* :func:`trace` (``_trace``) — Hutchinson (1989) or Hutch++ (Meyer, Musco, Musco
+  & Woodruff 2021), with the standard error and a stopping rule.
+* :func:`density` (``_density``) — the eigenvalue density by stochastic Lanczos
+  quadrature (Lin, Saad & Yang 2016; Ghorbani, Krishnan & Xiao 2019).
+* :func:`summary` (``_summary``) — λ_max, λ_min, top-k, trace ± SE, and
+  per-layer λ_max and trace, as one printable dataclass.
+
+The estimators take any :class:`SymmetricOperator` (``n``, ``dtype``,
+``device``, ``matvec``, ``matmat``): a HessianOperator, or a dense symmetric
+matrix in a test. Every random vector (Lanczos start, probe, sketch column,
+SLQ start) is drawn from ``(seed, index)`` alone (``_random``), in a stream of
+its own per purpose, so work can be split or resumed and give the same numbers.
+
+Transitional re-exports (``_PROBE``, ``_SLQ``, ``_rademacher``, ``_slq_run``): imported
+from here today by tests; they live in ``_random`` and ``_density``.
+"""
+
+from ._density import Density as Density
+from ._density import _slq_run as _slq_run  # transitional
+from ._density import density as density
+from ._density import plot_density as plot_density
+from ._lanczos import Eigenpairs as Eigenpairs
+from ._lanczos import eigenvalues as eigenvalues
+from ._lanczos import extremes as extremes
+from ._lanczos import top_directions as top_directions
+from ._operator import Curvature as Curvature
+from ._operator import HessianOperator as HessianOperator
+from ._operator import SymmetricOperator as SymmetricOperator
+from ._operator import hvp as hvp
+from ._operator import operator as operator
+from ._operator import restrict as restrict
+from ._random import _PROBE as _PROBE  # transitional
+from ._random import _SLQ as _SLQ  # transitional
+from ._random import _rademacher as _rademacher  # transitional
+from ._summary import HessianSummary as HessianSummary
+from ._summary import LayerCurvature as LayerCurvature
+from ._summary import summary as summary
+from ._trace import TraceEstimate as TraceEstimate
+from ._trace import trace as trace
+
+__all__ = [
+    "Curvature",
+    "Density",
+    "Eigenpairs",
+    "HessianOperator",
+    "HessianSummary",
+    "LayerCurvature",
+    "SymmetricOperator",
+    "TraceEstimate",
+    "density",
+    "eigenvalues",
+    "extremes",
+    "hvp",
+    "operator",
+    "plot_density",
+    "restrict",
+    "summary",
+    "top_directions",
+    "trace",
+]

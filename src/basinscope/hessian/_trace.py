@@ -1,0 +1,233 @@
+"""``tr H`` by Hutchinson or Hutch++, with its standard error and a stopping rule.
+
+:func:`trace` — Hutchinson (1989), ``tr H = E[zᵀHz]`` over Rademacher ``z``,
+or Hutch++ (Meyer, Musco, Musco & Woodruff 2021): the trace of ``H`` on a
+sketched dominant subspace exactly plus Hutchinson on the rest. Both report
+the standard error and stop when it is ≤ ``rtol·|tr H|``.
+
+The estimators read only a :class:`~basinscope.hessian.SymmetricOperator`
+(``n``, ``dtype``, ``device``, ``matmat``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._checks import check_int
+from .._partial import PartialResults, open_partial
+from ..errors import BasinscopeError
+from ._operator import Curvature, SymmetricOperator, _key, operator
+from ._random import _PROBE, _SKETCH, _rademacher
+
+
+@dataclass(frozen=True)
+class TraceEstimate:
+    """``tr H`` estimated from random probes.
+
+    Attributes:
+        value: the estimate, ``exact + mean(samples)``.
+        stderr: its standard error, ``std(samples)/√S`` (ddof = 1).
+        method: ``"hutchinson"``, ``"hutch++"`` or ``"deflated"`` (Hutchinson
+            on the complement of a Lanczos basis).
+        exact: the trace on the deflated subspace (0 for Hutchinson).
+        rank: dimension of that subspace.
+        samples: ``[S]`` the probe values ``zᵀ(PHP)z``.
+        n_products: Hessian-vector products used.
+        rtol, atol: the stopping rule, ``stderr ≤ max(rtol·|value|, atol)``.
+        converged: whether the rule was met within the product budget.
+        seed: the probes' seed.
+    """
+
+    value: float
+    stderr: float
+    method: str
+    exact: float
+    rank: int
+    samples: np.ndarray
+    n_products: int
+    rtol: float
+    atol: float
+    converged: bool
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["samples"] = [float(s) for s in self.samples]
+        d["n_probes"] = len(self.samples)
+        return d
+
+
+def _check_positive(name: str, value: float, zero: bool = False) -> float:
+    ok = (
+        isinstance(value, int | float)
+        and math.isfinite(value)
+        and (value >= 0 if zero else value > 0)
+    )
+    if not ok:
+        raise BasinscopeError(
+            f"{name} must be a {'non-negative' if zero else 'positive'} number, got {value}"
+        )
+    return float(value)
+
+
+def _hutchinson(
+    op: SymmetricOperator,
+    Q: Tensor | None,
+    exact: float,
+    *,
+    method: str,
+    rtol: float,
+    atol: float,
+    min_probes: int,
+    max_probes: int,
+    seed: int,
+    spent: int,
+    done: PartialResults | None = None,
+) -> TraceEstimate:
+    """``exact`` + Hutchinson on ``PHP`` (``P = I − QᵀQ``, ``Q`` orthonormal rows).
+
+    Probe ``i`` is the Rademacher ``z(seed, i)``, projected by ``P``; probes are
+    added until ``SE ≤ max(rtol·|value|, atol)`` (checked after every probe, so
+    the result does not depend on how many products a call makes). Probe values
+    already in ``done`` are reused (and counted in ``n_products``, the products
+    the estimate is made of); new ones are stored there.
+    """
+    used = 0
+    reused = 0
+    done = done if done is not None else PartialResults(None, {}, "trace probes", {})
+    rank = 0 if Q is None else len(Q)
+    samples: list[float] = []
+    converged = rank == op.n
+    block = 8 if getattr(op, "batched", False) else 1
+    while not converged and len(samples) < max_probes:
+        first = len(samples)
+        count = min(block, max_probes - first)
+        idx = range(first, first + count)
+        if done.missing(idx):
+            Z = torch.stack([_rademacher(op.n, seed, _PROBE, i) for i in idx])
+            Z = Z.to(op.device, op.dtype)
+            if rank:
+                Z = Z - (Z @ Q.T) @ Q
+            values = (Z * op.matmat(Z)).sum(dim=1).double().cpu().tolist()
+            used += len(Z)
+            done.update(dict(zip(idx, values, strict=True)))
+        else:
+            values = [float(done.get(i)) for i in idx]
+            reused += count
+        for value in values:
+            samples.append(value)
+            s = len(samples)
+            if s >= min_probes:
+                arr = np.asarray(samples)
+                se = arr.std(ddof=1) / math.sqrt(s)
+                if se <= max(rtol * abs(exact + arr.mean()), atol):
+                    converged = True
+                    break
+    arr = np.asarray(samples, dtype=np.float64)
+    s = len(arr)
+    return TraceEstimate(
+        value=exact + (float(arr.mean()) if s else 0.0),
+        stderr=float(arr.std(ddof=1) / math.sqrt(s))
+        if s > 1
+        else (0.0 if rank == op.n else math.inf),
+        method=method,
+        exact=exact,
+        rank=rank,
+        samples=arr,
+        n_products=spent + used + reused,
+        rtol=rtol,
+        atol=atol,
+        converged=converged,
+        seed=seed,
+    )
+
+
+def _sketch(op: SymmetricOperator, sketch: int, seed: int) -> tuple[Tensor, float]:
+    """Hutch++'s ``Q = orth(HS)`` (``[sketch, n]``, orthonormal rows) and ``tr(QᵀHQ)``:
+    ``2·sketch`` products, sketch column ``i`` from ``(seed, i)`` in a stream of its own."""
+    S = torch.stack([_rademacher(op.n, seed, _SKETCH, i) for i in range(sketch)])
+    Y = op.matmat(S.to(op.device, op.dtype))
+    Q = torch.linalg.qr(Y.T.double()).Q.T.to(op.dtype)  # [sketch, n], orthonormal rows
+    return Q, float((Q * op.matmat(Q)).sum(dtype=torch.float64))
+
+
+def trace(
+    obj: Curvature | SymmetricOperator,
+    *,
+    method: str = "hutchinson",
+    rtol: float = 1e-2,
+    atol: float = 0.0,
+    min_probes: int = 10,
+    max_products: int = 1000,
+    sketch: int = 16,
+    seed: int = 0,
+    path: str | Path | None = None,
+) -> TraceEstimate:
+    """``tr H`` by Hutchinson or Hutch++, with its standard error and a stopping rule.
+
+    * ``"hutchinson"`` (Hutchinson 1989; Avron & Toledo 2011):
+      ``tr H ≈ (1/S) Σ_i z_iᵀ H z_i``, Rademacher ``z_i``; the variance of one
+      sample is ``2(‖H‖_F² − Σ_i H_ii²)``.
+    * ``"hutch++"`` (Meyer, Musco, Musco & Woodruff 2021): ``Q = orth(HS)``
+      for a Rademacher ``n×sketch`` sketch ``S``; ``tr H = tr(QᵀHQ) + tr(PHP)``,
+      ``P = I − QQᵀ``, the first exact, the second by Hutchinson on ``Pz``.
+      Costs ``2·sketch`` products up front and removes the variance of the
+      few dominant eigenvalues of a trained network (Papyan 2019).
+
+    Which is cheaper depends on the spectrum. Hutch++ wins when a few
+    eigenvalues carry most of ``tr H`` (small or heavily overfit models); when
+    the bulk carries it, Hutchinson's relative variance is already small (on
+    the benchmark MLP, n = 235k: 11 products to 1% for Hutchinson, 42 for
+    Hutch++), hence the default. :func:`summary` gets both: it deflates by
+    its Lanczos basis, whose products it already has.
+
+    Probes are added one at a time until ``stderr ≤ max(rtol·|value|, atol)``
+    (after at least ``min_probes``) or ``max_products`` is spent
+    (``converged=False``). Probe ``i`` is drawn from ``(seed, i)``, sketch
+    column ``i`` from ``(seed, i)`` in a stream of its own.
+
+    With ``path`` (a JSON file of partial results, :mod:`basinscope._partial`)
+    each probe's value ``zᵀ(PHP)z`` is stored as it finishes and a rerun reuses
+    them, giving the same estimate bit for bit; Hutch++'s sketch (``2·sketch``
+    products) is recomputed, since storing it would take ``sketch·n`` numbers.
+    Keyed by the Objective's fingerprint, θ, ``method``, ``sketch``, ``seed``
+    and the operator's ``batched`` (not the stopping rule: a rerun with a
+    tighter ``rtol`` continues from the stored probes).
+    """
+    rtol, atol = _check_positive("rtol", rtol), _check_positive("atol", atol, zero=True)
+    if method not in ("hutchinson", "hutch++"):
+        raise BasinscopeError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
+    min_probes = check_int("min_probes", min_probes, minimum=2)
+    sketch = check_int("sketch", sketch, minimum=1)
+    max_products = check_int("max_products", max_products, minimum=1)
+    seed = check_int("seed", seed, minimum=0)
+    sketch = min(sketch, obj.n) if method == "hutch++" else 0
+    if 2 * sketch + min_probes > max_products:
+        raise BasinscopeError(
+            f"max_products={max_products} is too small for {2 * sketch} sketch products "
+            f"and {min_probes} probes"
+        )
+    op = operator(obj)
+    key = _key(op, method=method, sketch=sketch, seed=seed) if path is not None else {}
+    with open_partial(path, key, what="Hessian trace probes") as done:
+        Q, exact = _sketch(op, sketch, seed) if sketch else (None, 0.0)
+        return _hutchinson(
+            op,
+            Q,
+            exact,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            min_probes=min_probes,
+            max_probes=max_products - 2 * sketch,
+            seed=seed,
+            spent=2 * sketch,
+            done=done,
+        )

@@ -1,0 +1,45 @@
+"""The evaluation core: a model's loss as a function of a flat parameter vector.
+
+``ParamSpace`` says which parameters are the coordinates; ``Objective`` holds the
+private model copy and the data and evaluates ``L(θ)`` exactly; ``Batches`` is
+what every engine reads (model, space, loss, data chunks, float64 reduction);
+engines (``PlainEngine``, ``FirstLayerEngine``, ``ChainEngine``,
+``BatchNormEngine``) evaluate lines, planes and rays; ``make_plan`` and
+``Objective.plan`` say which engine runs and why faster ones were refused.
+"""
+
+from ._batchnorm import BatchNormEngine as BatchNormEngine
+from ._batchnorm import batchnorm_layers as batchnorm_layers
+from ._chain import ChainEngine as ChainEngine
+from ._engine import Batches as Batches
+from ._engine import Engine as Engine
+from ._engine import PlainEngine as PlainEngine
+from ._engine import combine as combine
+from ._engine import evaluate_points as evaluate_points
+from ._first_layer import FirstLayerEngine as FirstLayerEngine
+from ._objective import LossFn as LossFn
+from ._objective import Objective as Objective
+from ._plan import Plan as Plan
+from ._plan import make_plan as make_plan
+from ._space import Include as Include
+from ._space import ParamSpace as ParamSpace
+from ._space import match as match
+
+__all__ = [
+    "BatchNormEngine",
+    "Batches",
+    "ChainEngine",
+    "Engine",
+    "FirstLayerEngine",
+    "Include",
+    "LossFn",
+    "Objective",
+    "ParamSpace",
+    "PlainEngine",
+    "Plan",
+    "batchnorm_layers",
+    "combine",
+    "evaluate_points",
+    "make_plan",
+    "match",
+]

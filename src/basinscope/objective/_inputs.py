@@ -1,0 +1,286 @@
+"""Reading the evaluation data: ``(X, y)``, a ``Dataset`` or a ``DataLoader`` as two
+tensors of the Objective's own (checked before any work: pairs, shapes, random
+transforms, samplers that draw other examples each pass, NaN/inf values)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .._checks import check_int
+from ..errors import BasinscopeError
+
+
+def prepare(
+    data: Any, subset: int | None, seed: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The evaluation tensors ``(x, y)`` of ``data``: read, checked, subset, cast and moved.
+
+    A fixed random subset of ``subset`` examples is drawn with ``seed`` (kept in
+    the data's order); floating-point tensors take ``dtype``; the result never
+    shares memory with the caller's tensors; NaN/inf values are refused.
+    """
+    x, y, fresh = _as_tensors(data)
+    source = (x, y)
+    if len(x) != len(y):
+        raise BasinscopeError(f"inputs and targets differ in length ({len(x)} vs {len(y)})")
+    if len(x) == 0:
+        raise BasinscopeError("the evaluation data is empty")
+    if subset is not None:
+        subset = check_int("subset", subset, minimum=1)
+        if not 1 <= subset <= len(x):
+            raise BasinscopeError(f"subset must be in [1, {len(x)}], got {subset}")
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(x), generator=g)[:subset].sort().values
+        x, y = x[idx], y[idx]
+    if x.is_floating_point():
+        x = x.to(dtype)
+    if y.is_floating_point():
+        y = y.to(dtype)
+    x, y = x.to(device), y.to(device)
+    if not fresh:  # never alias the caller's memory (a later in-place change)
+        x, y = (
+            t.clone() if _shares_memory(t, s) else t for t, s in zip((x, y), source, strict=True)
+        )
+    _first_non_finite("inputs", x)
+    _first_non_finite("targets", y)
+    return x, y
+
+
+# ---------------------------------------------------------------- reading data
+# How many items of a Dataset are read twice to catch random transforms.
+_REREAD = 8
+
+
+def _as_tensors(data: Any) -> tuple[Tensor, Tensor, bool]:
+    """Materialise ``(X, y)``, a ``Dataset`` or a ``DataLoader`` as two tensors.
+
+    Returns ``(x, y, fresh)``: ``fresh`` is False when ``x``/``y`` may share memory
+    with the caller's arrays (the ``(X, y)`` form), so the Objective copies them.
+    A DataLoader is read in its dataset's order with every example (see
+    :func:`_sequential_loader`); a Dataset's first items are read twice to
+    refuse random transforms.
+    """
+    if isinstance(data, tuple | list):
+        if len(data) != 2:
+            raise BasinscopeError(
+                f"data given as a {type(data).__name__} must be a pair (X, y), got "
+                f"{len(data)} items"
+            )
+        return _tensor("the inputs X", data[0]), _tensor("the targets y", data[1]), False
+    if isinstance(data, torch.utils.data.DataLoader):
+        return (*_from_loader(data), True)
+    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        return (*_from_dataset(data), True)
+    raise BasinscopeError(
+        f"data of type {type(data).__name__} is not supported; pass (X, y) tensors, "
+        "a torch Dataset or a DataLoader"
+    )
+
+
+def _tensor(what: str, value: Any) -> Tensor:
+    try:
+        t = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise BasinscopeError(
+            f"{what} of type {type(value).__name__} cannot be read as a tensor ({err}); "
+            "give a tensor or a numeric array"
+        ) from err
+    if t.ndim == 0:
+        raise BasinscopeError(f"{what} must have a leading example dimension, got a scalar")
+    return t
+
+
+def _pair(item: Any, where: str) -> tuple[Any, Any]:
+    """The ``(x, y)`` of one dataset item or loader batch (a sequence's first two entries)."""
+    if isinstance(item, Mapping):
+        keys = ", ".join(repr(k) for k in list(item)[:4])
+        raise BasinscopeError(
+            f"{where} is a dict (keys {keys}); basinscope needs (x, y) pairs: make the "
+            "dataset return (input, target)"
+        )
+    if not isinstance(item, tuple | list) or len(item) < 2:
+        kind = (
+            f"a {len(item)}-item {type(item).__name__}"
+            if isinstance(item, tuple | list)
+            else (f"a {type(item).__name__}")
+        )
+        raise BasinscopeError(
+            f"{where} is {kind}; basinscope needs (x, y) pairs: make the dataset return "
+            "(input, target)"
+        )
+    return item[0], item[1]
+
+
+def _stack(what: str, parts: list[Any], cat: bool) -> Tensor:
+    try:
+        tensors = [torch.as_tensor(p) for p in parts]
+        return torch.cat(tensors) if cat else torch.stack(tensors)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise BasinscopeError(
+            f"the {what} cannot be joined into one tensor ({err}); every example needs the "
+            "same shape"
+        ) from err
+
+
+def _from_dataset(ds: Any) -> tuple[Tensor, Tensor]:
+    n = len(ds)
+    if n == 0:
+        raise BasinscopeError("the dataset is empty")
+    raw = [ds[i] for i in range(n)]
+    items = [_pair(it, f"dataset item {i}") for i, it in enumerate(raw)]
+    _check_rereads(ds, raw)
+    x = _stack("dataset's inputs", [it[0] for it in items], cat=False)
+    ys = [it[1] for it in items]
+    if torch.is_tensor(ys[0]):
+        return x, _stack("dataset's targets", ys, cat=False)
+    return x, _tensor("the dataset's targets", ys)
+
+
+def _check_rereads(ds: Any, first: list[Any] | None = None) -> None:
+    """Refuse a dataset whose first items change between two reads (random transforms).
+
+    Reads items ``0 … min(8, len) − 1`` (again, when ``first`` holds a first read):
+    negligible next to reading the whole dataset, and a random augmentation
+    changes almost every item.
+    """
+    for i in range(min(_REREAD, len(ds))):
+        a = first[i] if first is not None else ds[i]
+        if not _same_value(a, ds[i]):
+            raise BasinscopeError(
+                f"dataset item {i} differs between two reads (random transforms or "
+                "augmentation?); basinscope needs the same data every time: pass a "
+                "deterministic evaluation dataset"
+            )
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal values, NaN equal to NaN (items of a dataset, outputs of a model)."""
+    if torch.is_tensor(a) or isinstance(a, np.ndarray):
+        try:
+            ta, tb = torch.as_tensor(a), torch.as_tensor(b)
+        except (TypeError, ValueError, RuntimeError):
+            return False
+        if ta.shape != tb.shape or ta.dtype != tb.dtype:
+            return False
+        if ta.is_floating_point() or ta.is_complex():
+            return bool(((ta == tb) | (ta.isnan() & tb.isnan())).all())
+        return torch.equal(ta, tb)
+    if isinstance(a, Mapping):
+        return (
+            isinstance(b, Mapping)
+            and list(a) == list(b)
+            and all(_same_value(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, tuple | list):
+        return (
+            isinstance(b, tuple | list)
+            and len(a) == len(b)
+            and all(_same_value(p, q) for p, q in zip(a, b, strict=True))
+        )
+    try:
+        return bool(a == b) or (a != a and b != b)  # NaN scalars
+    except Exception:
+        return False
+
+
+def _from_loader(loader: torch.utils.data.DataLoader) -> tuple[Tensor, Tensor]:
+    ds = loader.dataset
+    if loader.batch_sampler is None:  # batch_size=None: the loader yields single items
+        if not isinstance(ds, torch.utils.data.IterableDataset):
+            return _from_dataset(ds)
+        items = [_pair(it, f"item {i} of the DataLoader") for i, it in enumerate(loader)]
+        if not items:
+            raise BasinscopeError("the DataLoader yielded no items")
+        xs, ys = [it[0] for it in items], [it[1] for it in items]
+        return _stack("DataLoader's inputs", xs, cat=False), _stack(
+            "DataLoader's targets", ys, cat=False
+        )
+    if not isinstance(ds, torch.utils.data.IterableDataset):
+        _check_rereads(ds)
+    xs, ys = [], []
+    for b, batch in enumerate(_sequential_loader(loader)):
+        x, y = _pair(batch, f"batch {b} of the DataLoader")
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise BasinscopeError("the DataLoader yielded no batches")
+    return _stack("DataLoader's inputs", xs, cat=True), _stack("DataLoader's targets", ys, cat=True)
+
+
+def _sequential_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+    """A DataLoader over the same examples in the dataset's order, dropping none.
+
+    A shuffling loader gives another order (and with ``batch_size`` chunks,
+    another rounding) on every pass and ``drop_last=True`` leaves examples out;
+    an evaluation reads every example of ``loader.dataset`` in order instead,
+    with the same ``collate_fn`` and batch size. A sampler that picks a fixed
+    part of the dataset (``SubsetRandomSampler``, a custom one that yields the
+    same indices every pass) keeps its part, in ascending order for the former;
+    one that draws different examples each pass is refused.
+    """
+    ds = loader.dataset
+    data = torch.utils.data
+    indices: list[int] | None = None
+    if not isinstance(ds, data.IterableDataset):
+        custom = loader.batch_sampler is not None and type(loader.batch_sampler) is not (
+            data.BatchSampler
+        )
+        sampler = loader.batch_sampler if custom else loader.sampler
+        if isinstance(sampler, data.SubsetRandomSampler):
+            indices = sorted(int(i) for i in sampler.indices)
+        elif not isinstance(sampler, data.SequentialSampler | data.RandomSampler):
+            first, second = (list(_flat(sampler)) for _ in range(2))
+            if first != second:
+                raise BasinscopeError(
+                    f"the DataLoader's {type(sampler).__name__} draws different examples on "
+                    "each pass; basinscope evaluates a fixed set: pass a DataLoader without "
+                    "a sampler (or the dataset itself)"
+                )
+            indices = first
+    batch_size = loader.batch_size or 64
+    workers = loader.num_workers
+    return data.DataLoader(
+        ds if indices is None else data.Subset(ds, indices),
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        collate_fn=loader.collate_fn,
+        num_workers=workers,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context if workers else None,
+        timeout=loader.timeout,
+    )
+
+
+def _flat(sampler: Any) -> Iterator[int]:
+    for i in sampler:
+        if isinstance(i, int | np.integer):
+            yield int(i)
+        else:  # a batch sampler yields lists of indices
+            yield from (int(j) for j in i)
+
+
+def _first_non_finite(what: str, t: Tensor) -> None:
+    """Refuse NaN/inf in ``t``, naming the first example that holds one."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return
+    bad = ~torch.isfinite(t)
+    if not bool(bad.any()):
+        return
+    row = int(bad.reshape(len(t), -1).any(1).nonzero()[0, 0])
+    kind = "NaN" if bool(t[row].isnan().any()) else "inf"
+    raise BasinscopeError(
+        f"the {what} hold {kind} (example {row} of {len(t)}, in {str(t.dtype)[6:]}); "
+        "basinscope evaluates finite data: remove or repair those examples"
+    )
+
+
+def _shares_memory(t: Tensor, source: Tensor) -> bool:
+    return t.device == source.device and (
+        t.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
+    )

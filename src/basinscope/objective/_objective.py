@@ -1,0 +1,429 @@
+"""The Objective: a model's loss as a function of a flat parameter vector.
+
+Everything that measures geometry in basinscope takes an :class:`Objective`.
+It holds a private copy of the user's model (in eval mode, on the chosen device
+and dtype), the evaluation data as tensors, and a :class:`ParamSpace` that says
+which parameters are the landscape's coordinates. It evaluates
+
+    L(θ) = (1/N) Σ_i ℓ(f(x_i; θ), y_i),      acc(θ) = (1/N) Σ_i [argmax f(x_i; θ) = y_i]
+
+exactly (a dataset mean, not a mean of batch means) for many points θ at once,
+through ``torch.func.functional_call`` with parameter dicts built from flat
+vectors. The user's model is never written to: evaluations run on the copy, so
+the model is untouched even when an evaluation raises or is interrupted.
+
+Points on lines, planes and rays, ``θ = θ0 + Σ_j c_j d_j``, are evaluated by the
+engine :attr:`Objective.plan` chooses: the first-layer shortcut
+(``_first_layer.py``), the batched chain executor (``_chain.py``) or the plain
+per-point reference (``_engine.py``). Every engine reads only the Objective's
+:class:`Batches`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._checks import check_int
+from ..errors import BasinscopeError
+from ._engine import Batches, PlainEngine, evaluate_points
+from ._inputs import _same_value, prepare
+from ._plan import Plan, make_plan
+from ._probes import (
+    _check_finite_model,
+    _describe_callable,
+    check_loss,
+    check_output,
+    check_targets,
+    forward_failure,
+)
+from ._space import ParamSpace, match
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class Objective:
+    """A model's mean loss and accuracy over a dataset, as a function of θ ∈ ParamSpace.
+
+    Args:
+        model: any ``nn.Module``; a private deep copy is made, the original is
+            never modified.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` that averages over the
+            batch (every torch loss with ``reduction="mean"``).
+        data: ``(X, y)`` tensors or arrays, a ``Dataset`` (of ``(x, y)`` items) or a
+            ``DataLoader``. The Objective holds its own copy: changing the
+            user's tensors afterwards changes nothing here, and nothing is ever
+            written into them. A DataLoader is read in its dataset's order with
+            every example (its shuffling and ``drop_last`` are not used, so the
+            same numbers come out every time); a dataset whose items change
+            between reads (random augmentation) is refused.
+        space: the coordinates (default: all trainable parameters, or all
+            matrices/filters when ``skip_bias_norm``).
+        device, dtype: where and in what precision to evaluate (default: the
+            model's device and dtype). ``dtype=torch.float64`` gives references.
+        batch_size: examples per forward pass (bounds memory; results do not
+            depend on it beyond floating-point summation order).
+        subset: evaluate on a fixed random subset of this many examples, drawn
+            with ``seed``.
+        check_determinism: evaluate twice and refuse a model whose evaluation
+            is random (dropout hard-wired on, noise layers).
+
+    Checked before any work, each refused with one sentence: NaN/inf in the
+    model's weights or buffers (a diverged run), in the inputs or float
+    targets; a model that fails on the data (wrong number of features, integer
+    inputs to a layer that is not an Embedding) or returns no tensor; labels
+    outside ``[0, C)`` for a cross-entropy/NLL loss with ``C`` outputs, targets
+    ``[N, 1]`` for it; targets whose shape an elementwise loss would broadcast;
+    a loss that fails on the outputs, returns no scalar, or sums over the batch
+    (probed on three examples: a batch mean lies within the examples' losses,
+    a sum equals their total, which lies outside them).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        *,
+        space: ParamSpace | None = None,
+        skip_bias_norm: bool = False,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        batch_size: int = 4096,
+        subset: int | None = None,
+        seed: int = 0,
+        check_determinism: bool = True,
+    ):
+        if not isinstance(model, nn.Module):
+            raise BasinscopeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise BasinscopeError(
+                f"loss_fn must be a callable loss(outputs, targets), got {type(loss_fn).__name__}"
+            )
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        if subset is not None:
+            subset = check_int("subset", subset, minimum=1)
+        seed = check_int("seed", seed)
+        reduction = getattr(loss_fn, "reduction", "mean")
+        if reduction != "mean":
+            raise BasinscopeError(
+                f"loss_fn has reduction={reduction!r}; basinscope needs a batch-mean loss "
+                "(reduction='mean') to form exact dataset means"
+            )
+        first = next(iter(model.parameters()), None)
+        self.device = torch.device(device) if device is not None else _model_device(model)
+        self.dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
+        self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        _check_finite_model(self.model)
+        self.loss_fn = loss_fn
+        self.space = space or ParamSpace(model, skip_bias_norm=skip_bias_norm)
+        self.theta0 = self.space.flatten(self.model).clone()
+        self.batch_size = batch_size
+        self.seed = seed
+        self.x, self.y = self._prepare(data, subset, seed)
+        self._batches = self._make_batches()
+        self._plan: tuple[Batches, Plan] | None = None  # see plan
+        self._probe(determinism=check_determinism)
+
+    # ------------------------------------------------------------------ data
+    def _prepare(self, data: Any, subset: int | None, seed: int) -> tuple[Tensor, Tensor]:
+        return prepare(data, subset, seed, self.dtype, self.device)
+
+    def _make_batches(self) -> Batches:
+        return Batches(
+            self.model,
+            self.space,
+            self.loss_fn,
+            self.theta0,
+            self.x,
+            self.y,
+            batch_size=self.batch_size,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    @property
+    def batches(self) -> Batches:
+        """What the engines read: the private model, space, loss, data chunks, reduction."""
+        b = self._batches
+        # A Batches is built for this Objective's space, θ0 and data; an Objective
+        # whose attributes were replaced (code that copies one and sets space, θ0 or
+        # data, as hessian.restrict did before Objective.restrict) gets a new one.
+        same = b.space is self.space and b.theta0 is self.theta0
+        if not (same and b.x is self.x and b.y is self.y):
+            b = self._batches = self._make_batches()
+        return b
+
+    @property
+    def plan(self) -> Plan:
+        """Which engine :meth:`evaluate_affine` uses, and why faster ones were refused.
+
+        Made on first use (the model is probed once, each candidate engine verified
+        against the plain one) and kept for this Objective's data.
+        """
+        batches = self.batches
+        if self._plan is None or self._plan[0] is not batches:
+            self._plan = (batches, make_plan(batches))
+        return self._plan[1]
+
+    def with_data(self, data: Any, *, subset: int | None = None) -> Objective:
+        """The same model, loss and space on other data (e.g. the test set).
+
+        The data is checked as :class:`Objective` checks its own (finite values,
+        labels, shapes, one probe forward).
+        """
+        other = self._on(*self._prepare(data, subset, self.seed))
+        other._probe(determinism=False)
+        return other
+
+    def _on(self, x: Tensor, y: Tensor) -> Objective:
+        """This Objective on tensors already prepared (internal: no checks, no copy)."""
+        return self._derive(x=x, y=y)
+
+    def restrict(self, include: str | Sequence[str]) -> Objective:
+        """The Objective on a block of its coordinates: parameter or module names or globs.
+
+        The other parameters stay at ``θ0``; the Hessian of the result is the
+        diagonal block ``H_BB`` of this one's. Cheap: model and data are shared
+        (no copies), only the ParamSpace, ``θ0`` and the plan are new.
+        """
+        patterns = [include] if isinstance(include, str) else list(include)
+        space = self.space
+        if not patterns:
+            raise BasinscopeError("include names no parameters; give a module or parameter name")
+        for p in patterns:
+            if not isinstance(p, str) or not any(match(n, p) for n in space.names):
+                names = ", ".join(_blocks(space.names)[:8])
+                raise BasinscopeError(
+                    f"no parameter of the Objective matches {p!r}; modules are {names}"
+                )
+        sub_space = space.select([n for n in space.names if any(match(n, p) for p in patterns)])
+        pieces = space.unflatten(self.theta0)
+        theta0 = torch.cat([pieces[n].reshape(-1) for n in sub_space.names]).clone()
+        return self._derive(space=sub_space, theta0=theta0)
+
+    def _derive(
+        self,
+        *,
+        space: ParamSpace | None = None,
+        theta0: Tensor | None = None,
+        x: Tensor | None = None,
+        y: Tensor | None = None,
+    ) -> Objective:
+        """A new Objective sharing this one's private model, with another space or data
+        (already checked); its Batches and plan are its own."""
+        other = copy.copy(self)
+        other.space = self.space if space is None else space
+        other.theta0 = self.theta0 if theta0 is None else theta0
+        other.x = self.x if x is None else x
+        other.y = self.y if y is None else y
+        other._batches = other._make_batches()
+        other._plan = None
+        return other
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.x)
+
+    @property
+    def n(self) -> int:
+        """Number of coordinates."""
+        return self.space.n
+
+    # Transitional: the private names hessian.py, surface.py and their tests call
+    # until they read obj.batches (the lead rewires them, then these go).
+    def _chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.batches.chunks()
+
+    def _forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return self.batches.forward(params, x)
+
+    def _stats(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.batches.stats(out, y)
+
+    # ------------------------------------------------------------ evaluation
+    def _points(self, points: Tensor) -> Tensor:
+        points = torch.as_tensor(points)
+        if points.ndim == 1:
+            points = points[None]
+        if points.ndim != 2 or points.shape[1] != self.n:
+            raise BasinscopeError(
+                f"points must have shape (K, {self.n}), got {tuple(points.shape)}"
+            )
+        return points.to(device=self.device, dtype=self.dtype)
+
+    @torch.no_grad()
+    def evaluate(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact dataset-mean loss and accuracy at each point.
+
+        Args:
+            points: ``[K, n]`` (or ``[n]``) flat parameter vectors.
+
+        Returns:
+            ``(loss[K], accuracy[K])`` in float64; accuracy is NaN when the
+            outputs are not class scores.
+        """
+        return evaluate_points(self.batches, self._points(points))
+
+    @torch.no_grad()
+    def evaluate_affine(
+        self,
+        coefficients: Tensor,
+        directions: Tensor,
+        origin: Tensor | None = None,
+        *,
+        shortcut: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Loss and accuracy at ``origin + Σ_j c[k, j] · directions[j]`` for each row ``k``.
+
+        Args:
+            coefficients: ``[K, m]``.
+            directions: ``[m, n]``.
+            origin: ``[n]``, default ``θ0``.
+            shortcut: use the engine of :attr:`plan` (the first-layer shortcut or
+                the batched chain, where they apply); False: the plain engine.
+
+        Returns:
+            ``(loss[K], accuracy[K])`` in float64, as :meth:`evaluate`.
+        """
+        coefficients = torch.as_tensor(coefficients)
+        if coefficients.ndim == 1:
+            coefficients = coefficients[:, None]
+        directions = self._points(directions)
+        if coefficients.shape[1] != len(directions):
+            raise BasinscopeError(
+                f"{coefficients.shape[1]} coefficients per point but {len(directions)} directions"
+            )
+        origin = self.theta0 if origin is None else self._points(origin)[0]
+        coefficients = coefficients.to(device=self.device, dtype=self.dtype)
+        engine = self.plan.engine if shortcut and len(directions) else PlainEngine()
+        return engine.evaluate(self.batches, coefficients, directions, origin)
+
+    def loss(self, theta: Tensor | None = None) -> float:
+        """``L(θ)`` as a Python float (default θ = θ0)."""
+        return float(self.evaluate(self.theta0 if theta is None else theta)[0][0])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What determines this Objective's numbers, as a key for resumable files.
+
+        ``{weights, space, data, loss, dtype, device, batch_size, torch_version,
+        threads}``: hashes of the private model's whole state (θ0, fixed
+        parameters and buffers), of the coordinate names and of the evaluation
+        tensors (after the subset), a description of the loss (its class or
+        code and settings), and the arithmetic's environment. See
+        :func:`basinscope._keys.check_key` for how two keys are compared.
+        """
+        from .._keys import environment, tensor_digest, value_digest
+
+        state = self.model.state_dict()
+        return {
+            "weights": value_digest([[k, tensor_digest(v)] for k, v in state.items()]),
+            "space": value_digest(list(self.space.names)),
+            "data": tensor_digest(self.x, self.y),
+            "loss": value_digest(_describe_callable(self.loss_fn)),
+            "batch_size": self.batch_size,
+            **environment(self.device, self.dtype),
+        }
+
+    # -------------------------------------------------------------- autograd
+    def grad(self, theta: Tensor | None = None) -> Tensor:
+        """``∇L(θ)``, ``[n]``, exact over the whole evaluation set."""
+        theta = (self.theta0 if theta is None else self._points(theta)[0]).detach()
+        total = torch.zeros_like(theta)
+        b = self.batches
+        for x, y in b.chunks():
+            if b.share(y) is None:
+                continue
+            t = theta.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(b.chunk_loss(b.space.unflatten(t), x, y), t)
+            total += g
+        return total
+
+    def hvp(self, v: Tensor, theta: Tensor | None = None) -> Tensor:
+        """Hessian-vector product ``∇²L(θ) v`` for ``v`` of shape ``[n]`` or ``[k, n]``.
+
+        Reverse-over-reverse (double backward), summed exactly over data chunks.
+        """
+        theta = (self.theta0 if theta is None else self._points(theta)[0]).detach()
+        vs = self._points(v)
+        total = torch.zeros_like(vs)
+        b = self.batches
+        for x, y in b.chunks():
+            if b.share(y) is None:
+                continue
+            t = theta.clone().requires_grad_(True)
+            loss = b.chunk_loss(b.space.unflatten(t), x, y)
+            (g,) = torch.autograd.grad(loss, t, create_graph=True)
+            for k in range(len(vs)):
+                (hv,) = torch.autograd.grad(g @ vs[k], t, retain_graph=k < len(vs) - 1)
+                total[k] += hv
+        return total[0] if torch.as_tensor(v).ndim == 1 else total
+
+    # ---------------------------------------------------------------- probes
+    def _probe(self, determinism: bool) -> None:
+        """One forward on the first examples, before any work: does the model take the
+        data and return a tensor, do the targets fit the outputs and the loss, is the
+        loss a batch mean; with ``determinism``, a second forward must agree exactly
+        (a model whose evaluation is random is refused)."""
+        x = self.x[: min(self.batch_size, 256)]
+        y = self.y[: len(x)]
+        params = self.space.unflatten(self.theta0)
+        with torch.no_grad():
+            try:
+                out = self._forward(params, x)
+            except Exception as err:
+                raise BasinscopeError(forward_failure(self.model, x, err)) from err
+            check_output(out)
+            check_targets(self.loss_fn, self.y, out)
+            check_loss(self.loss_fn, out, y)
+            if determinism:
+                _refuse_if_random(out, self._forward(params, x))
+
+    def check_determinism(self, theta: Tensor | None = None, *, advice: str | None = None) -> None:
+        """Refuse a model whose evaluation is random (dropout or noise active in eval mode).
+
+        Two forwards at ``θ`` (default ``θ0``) on the first ``min(batch_size, 256)``
+        examples must agree exactly (NaN equal to NaN). ``advice`` replaces the end
+        of the refusal's sentence (what to do about it).
+        """
+        theta = self.theta0 if theta is None else self._points(theta)[0]
+        x = self.x[: min(self.batch_size, 256)]
+        params = self.space.unflatten(theta)
+        with torch.no_grad():
+            _refuse_if_random(self._forward(params, x), self._forward(params, x), advice)
+
+
+def _refuse_if_random(out: Tensor, again: Tensor, advice: str | None = None) -> None:
+    """The one determinism check: two evaluations of the same weights must agree."""
+    if not _same_value(out, again):
+        diff = (out - again).abs().max().item() if out.shape == again.shape else math.nan
+        advice = advice or "disable dropout/noise in eval mode or pass check_determinism=False"
+        raise BasinscopeError(
+            f"the model's evaluation is not deterministic (two evaluations of the "
+            f"same weights differ by up to {diff:.3g}); {advice}"
+        )
+
+
+def _blocks(names: Sequence[str]) -> list[str]:
+    """Module paths of parameter names in order (``fc1.weight`` -> ``fc1``)."""
+    out: list[str] = []
+    for n in names:
+        block = n.rsplit(".", 1)[0] if "." in n else n
+        if block not in out:
+            out.append(block)
+    return out
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

@@ -1,0 +1,284 @@
+"""Which engine evaluates an Objective's lines, planes and rays: :func:`make_plan`.
+
+The model is probed once (a forward with hooks): is its first parametrised layer
+one the first-layer shortcut applies to, and is the rest of it a chain the
+batched chain executor runs? Each candidate engine is then checked against the
+plain engine by one verifier (:func:`_verify`) before it is chosen. The result,
+``obj.plan``, names the engine that runs and, for each faster one refused, why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ._chain import ChainEngine, _Chain, _chain_step, _Step
+from ._engine import Batches, Engine, PlainEngine
+from ._first_layer import _LINEAR_LAYERS, FirstLayerEngine, _FirstLayer
+from ._probes import _error_line
+
+# The engines a plan considers, fastest first.
+_CANDIDATES = ("chain", "first_layer")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The engine an Objective evaluates ``θ0 + Σ_j c_j d_j`` with, and why faster ones
+    were refused.
+
+    Attributes:
+        engine: the :class:`~basinscope.objective.Engine` that runs.
+        refused: for each faster engine not used, the reason (``"tied weights"``,
+            ``"residual or custom forward ..."``, ``"loss is not a plain
+            cross-entropy"``, ...), fastest first.
+    """
+
+    engine: Engine
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The engine's name: ``"chain"``, ``"first_layer"`` or ``"plain"``."""
+        return self.engine.name
+
+    def __str__(self) -> str:
+        why = "".join(f"; not {k}: {v}" for k, v in self.refused.items())
+        return f"engine {self.name}{why}"
+
+
+def make_plan(batches: Batches) -> Plan:
+    """Probe the model once, verify each candidate engine, choose the fastest that holds."""
+    first = _find_first_layer(batches)
+    if isinstance(first, str):
+        return Plan(
+            PlainEngine(), {"chain": "needs the first-layer shortcut", "first_layer": first}
+        )
+    shortcut = FirstLayerEngine(first)
+    wrong = _verify(shortcut, batches)
+    if wrong is not None:
+        return Plan(
+            PlainEngine(), {"chain": "needs the first-layer shortcut", "first_layer": wrong}
+        )
+    chain = _find_chain(batches, first)
+    if isinstance(chain, str):
+        return Plan(shortcut, {"chain": chain})
+    wrong = _targets_fit(batches, chain.classes)
+    batched = ChainEngine(first, chain)
+    if wrong is None:
+        wrong = _verify(batched, batches, classes=chain.classes)
+    if wrong is not None:
+        return Plan(shortcut, {"chain": wrong})
+    return Plan(batched)
+
+
+def _verify(engine: Engine, batches: Batches, classes: int | None = None) -> str | None:
+    """``engine`` against the plain engine on 64 examples and three points near θ0; None
+    when they agree (to 1e-4 in low precision and float32, 1e-9 in float64), else why not.
+
+    With ``classes`` the targets are ``0, 1, 2, ...`` (every class occurs), else the
+    examples' own.
+    """
+    g = torch.Generator().manual_seed(12345)
+    theta0 = batches.theta0
+    d = torch.randn(2, batches.space.n, generator=g).to(batches.device, batches.dtype)
+    d *= theta0.norm() / (d.norm(dim=1, keepdim=True) * 10 + 1e-12)
+    coef = torch.tensor([[0.3, -0.7], [-0.5, 0.0], [0.0, 0.0]], dtype=batches.dtype)
+    coef = coef.to(batches.device)
+    x = batches.x[:64]
+    y = batches.y[:64] if classes is None else torch.arange(len(x), device=x.device) % classes
+    try:
+        sub = batches.on(x, y)
+        fast = engine.evaluate(sub, coef, d, theta0)[0]
+        plain = PlainEngine().evaluate(sub, coef, d, theta0)[0]
+    except Exception as err:
+        return f"fails on the verification points ({_error_line(err)})"
+    low = batches.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    tol = 1e-4 if low else 1e-9
+    if not bool(torch.allclose(fast, plain, rtol=tol, atol=tol)):
+        return "does not agree with the plain engine on the verification points"
+    return None
+
+
+def _find_first_layer(batches: Batches) -> _FirstLayer | str:
+    """The first parametrised layer if the shortcut applies to it, else why not.
+
+    It applies when: no tensor is tied; the layer is the first module with
+    parameters that runs; it is a Linear/Conv/Embedding with only weight (and
+    bias); it runs once per forward; and its input does not depend on any
+    parameter. The plan then checks it numerically against the plain engine.
+    """
+    model = batches.model
+    # Tied parameters (one tensor under several names) are one coordinate of the
+    # space but act in several places: a precomputed part of the network would
+    # freeze the copies it holds. No fast path for them.
+    named_all = list(model.named_parameters(remove_duplicate=False))
+    if len(named_all) != len(list(model.named_parameters())):
+        return "tied weights"
+    calls: list[tuple[str, nn.Module, bool]] = []
+    handles = []
+    for path, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+
+            def hook(mod: nn.Module, args: tuple, path: str = path) -> None:
+                dependent = any(torch.is_tensor(a) and a.requires_grad for a in args)
+                calls.append((path, mod, dependent))
+
+            handles.append(module.register_forward_pre_hook(hook))
+    try:
+        params = {k: v.clone().requires_grad_(True) for k, v in model.named_parameters()}
+        with torch.enable_grad():
+            functional_call(model, params, (batches.x[:2],), strict=False)
+    except Exception as err:
+        return f"the probe forward fails ({_error_line(err)})"
+    finally:
+        for h in handles:
+            h.remove()
+    if not calls:
+        return "no parametrised layer runs"
+    path, module, dependent = calls[0]
+    own = dict(module.named_parameters(recurse=False))
+    if dependent:
+        return "a parameter acts before the first layer"
+    if type(module) not in _LINEAR_LAYERS:
+        return f"first layer is not Linear/Conv/Embedding ({type(module).__name__})"
+    if sum(1 for c in calls if c[0] == path) != 1:
+        return "the first layer runs more than once"
+    if not set(own) <= {"weight", "bias"} or getattr(module, "max_norm", None) is not None:
+        return "the first layer has more than a weight and a bias (or an Embedding max_norm)"
+    prefix = f"{path}." if path else ""
+    return _FirstLayer(
+        path=path,
+        weight=prefix + "weight",
+        bias=prefix + "bias" if own.get("bias") is not None else None,
+    )
+
+
+def _find_chain(batches: Batches, first: _FirstLayer) -> _Chain | str:
+    """The modules after the first layer, if they form a chain the batched engine runs.
+
+    Found by running the model once with a hook on every leaf module: each
+    module after the first layer must take exactly the previous module's
+    output (the same tensor object) and nothing else, run once, be one of
+    the supported types, and the model must return the last module's
+    output. Every parametrised module must be in the chain. Hooks of the
+    user's own make the model a custom one: no chain. The plan then checks
+    the chain numerically against the plain engine.
+    """
+    if not _plain_cross_entropy(batches.loss_fn):
+        return "loss is not a plain cross-entropy"
+    if batches.dtype not in (torch.float32, torch.float64):
+        return f"dtype {str(batches.dtype)[6:]} is not float32 or float64"
+    model = batches.model
+    hooks = torch.nn.modules.module
+    if any(
+        getattr(hooks, name, None)
+        for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
+    ) or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
+        return "the model has forward hooks"
+    recorded = _record_leaf_calls(model, batches.x[:2])
+    if isinstance(recorded, str):
+        return recorded
+    calls, result, version_in, version_out = recorded
+    paths = [c[0] for c in calls]
+    if paths.count(first.path) != 1 or len(set(paths)) != len(paths):
+        return "a module runs more than once"
+    start = paths.index(first.path)
+    prev, prev_path = calls[start][4], first.path
+    if not torch.is_tensor(prev):
+        return "the first layer returns no tensor"
+    width = prev[0].numel()
+    steps: list[_Step] = []
+    for path, module, args, kwargs, out in calls[start + 1 :]:
+        if kwargs or len(args) != 1 or args[0] is not prev or not torch.is_tensor(out):
+            return "residual or custom forward (a module's input is not the previous output)"
+        if version_in.get(path) != version_out.get(prev_path):
+            return "a tensor is changed in place between modules"
+        prev_path = path
+        step = _chain_step(path, module, args[0])
+        if step is None:
+            return f"module {path!r} ({type(module).__name__}) is not one the chain runs"
+        steps.append(step)
+        prev = out
+        width = max(width, out[0].numel())
+    linear = [i for i, st in enumerate(steps) if st.kind == "linear"]
+    if result is not prev or result._version != version_out.get(prev_path):
+        return "the model's output is not the last module's (changed after it)"
+    if (
+        prev.ndim != 2
+        or prev.shape[1] < 2
+        or not linear
+        or any(st.kind == "flatten" for st in steps[linear[-1] :])
+    ):
+        return "the chain does not end in a Linear giving class scores"
+    in_chain = {first.path} | {st.path for st in steps}
+    for path, module in model.named_modules():
+        if any(True for _ in module.parameters(recurse=False)) and path not in in_chain:
+            return f"parametrised module {path!r} is outside the chain"
+    return _Chain(steps=tuple(steps), classes=int(prev.shape[1]), width=int(width))
+
+
+def _record_leaf_calls(
+    model: nn.Module, x: Tensor
+) -> tuple[list[tuple[str, nn.Module, tuple, dict, Any]], Any, dict, dict] | str:
+    """Every leaf module's call in one forward on ``x``: ``(path, module, args, kwargs,
+    out)``, the model's result, and the tensors' versions on entry and exit."""
+    calls: list[tuple[str, nn.Module, tuple, dict, Any]] = []
+    # Tensor versions on entry to and exit from each module: an in-place change
+    # between two modules (or after the last) keeps the same tensor object, so
+    # only its version shows it.
+    version_in: dict[str, int] = {}
+    version_out: dict[str, int] = {}
+    handles = []
+    for path, module in model.named_modules():
+        if next(module.children(), None) is None:
+
+            def pre(mod: nn.Module, args: tuple, path=path) -> None:
+                if args and torch.is_tensor(args[0]):
+                    version_in[path] = args[0]._version
+
+            def hook(mod: nn.Module, args: tuple, kwargs: dict, out: Any, path=path) -> None:
+                calls.append((path, mod, args, kwargs, out))
+                if torch.is_tensor(out):
+                    version_out[path] = out._version
+
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            result = model(x)
+    except Exception as err:
+        return f"the probe forward fails ({_error_line(err)})"
+    finally:
+        for h in handles:
+            h.remove()
+    return calls, result, version_in, version_out
+
+
+def _targets_fit(batches: Batches, classes: int) -> str | None:
+    """None when every target is a class index in ``[0, classes)`` the batched loss
+    computes itself (no ignored targets), else why not."""
+    y = batches.y
+    ok = y.ndim == 1 and y.dtype == torch.long and len(y) > 0
+    if ok:
+        ignore = getattr(batches.loss_fn, "ignore_index", -100)
+        ok = bool((y >= 0).all() and (y < classes).all() and (y != ignore).all())
+    return None if ok else f"targets are not all class indices in [0, {classes}) (ignored ones?)"
+
+
+def _plain_cross_entropy(loss_fn: Any) -> bool:
+    """``loss_fn`` is the mean cross-entropy with nothing added (no weights, no smoothing)."""
+    if loss_fn is F.cross_entropy:
+        return True
+    return (
+        type(loss_fn) is nn.CrossEntropyLoss
+        and loss_fn.weight is None
+        and loss_fn.label_smoothing == 0.0
+        and loss_fn.reduction == "mean"
+        and not (loss_fn._forward_hooks or loss_fn._forward_pre_hooks)
+    )

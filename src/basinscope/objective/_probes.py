@@ -1,0 +1,287 @@
+"""The checks an Objective runs once, before any work: finite weights, a model that
+takes the data and returns one tensor, targets that fit the outputs and the loss,
+a loss that is a batch mean; and the descriptions of a loss they (and the resume
+keys) use."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import BasinscopeError
+
+
+def _check_finite_model(model: nn.Module) -> None:
+    """Refuse a model whose parameters or buffers hold NaN or inf (a diverged run)."""
+    named = [("parameter", n, t) for n, t in model.named_parameters()]
+    named += [("buffer", n, t) for n, t in model.named_buffers()]
+    for kind, name, t in named:
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            value = "NaN" if bool(t.isnan().any()) else "inf"
+            raise BasinscopeError(
+                f"the model's {kind} {name!r} holds {value} (a diverged run?); basinscope "
+                "measures a model with finite weights"
+            )
+
+
+def check_output(out: Any) -> None:
+    """Refuse a model whose forward returns no single tensor (a dict, a tuple, ...)."""
+    if isinstance(out, Mapping | tuple | list) or not torch.is_tensor(out):
+        kind = (
+            f"a dict (keys {', '.join(repr(k) for k in list(out)[:4])})"
+            if isinstance(out, Mapping)
+            else f"a {type(out).__name__}"
+        )
+        raise BasinscopeError(
+            f"the model returns {kind}; basinscope needs a model whose forward returns "
+            "one tensor of outputs (selecting an output is not supported yet): wrap it "
+            "to return that tensor"
+        )
+
+
+def forward_failure(model: nn.Module, x: Tensor, err: Exception) -> str:
+    """The sentence for a model whose forward raises on the data ``x``."""
+    first = next(
+        (
+            (path, m)
+            for path, m in model.named_modules()
+            if any(True for _ in m.parameters(recurse=False))
+        ),
+        None,
+    )
+    dtype = str(x.dtype)[6:]
+    if not (x.is_floating_point() or x.is_complex()) and first is not None:
+        path, module = first
+        if not isinstance(module, nn.Embedding | nn.EmbeddingBag):
+            return (
+                f"the inputs are integers ({dtype}) but the model's first layer "
+                f"{path or 'the model'!r} is a {type(module).__name__}, not an Embedding; "
+                "convert them to floating point (X.float())"
+            )
+    return (
+        f"the model cannot evaluate the data: on inputs of shape {list(x.shape)} "
+        f"(examples of shape {list(x.shape[1:])}, {dtype}) its forward raises "
+        f"{_error_line(err)}; give inputs of the shape and dtype the model takes"
+    )
+
+
+def check_targets(loss_fn: Any, y: Tensor, out: Tensor) -> None:
+    """Targets that fit the outputs ``out`` (of the probe's examples) and the loss."""
+    loss_name = _loss_name(loss_fn)
+    integer = not (y.is_floating_point() or y.is_complex())
+    classes = int(out.shape[1]) if out.ndim >= 2 else 0
+    known = _class_loss(loss_fn)
+    if known is not None and integer and classes:
+        if y.ndim == 2 and y.shape[1] == 1 and out.ndim == 2:
+            raise BasinscopeError(
+                f"the targets have shape {list(y.shape)} but {loss_name} takes class "
+                "indices of shape [N]: pass y.squeeze(1)"
+            )
+        bad = _bad_labels(y, classes, known)
+        if bad is not None:
+            i, label = bad
+            raise BasinscopeError(
+                f"the targets hold label {label} (example {i}) but the model has {classes} "
+                f"outputs; {loss_name} needs class indices in [0, {classes - 1}]"
+            )
+    elif integer and out.ndim == 2 and classes > 1 and y.ndim == 1:
+        # Another loss of class indices: a label it cannot take would fail on some
+        # later chunk, mid-work; try the first such label now.
+        bad = _bad_labels(y, classes, -100)
+        if bad is not None:
+            i, label = bad
+            try:
+                loss_fn(out[:1], y[i : i + 1])
+            except Exception as err:
+                raise BasinscopeError(
+                    f"the targets hold label {label} (example {i}) but the model has "
+                    f"{classes} outputs, and loss_fn fails on it ({_error_line(err)}); give "
+                    f"labels in [0, {classes - 1}]"
+                ) from err
+    elif _elementwise_loss(loss_fn) and out.ndim >= 1 and out.shape[1:] != y.shape[1:]:
+        raise BasinscopeError(
+            f"the model's outputs have shape {_per_example(out)} but the targets "
+            f"{_per_example(y)}; {loss_name} would broadcast one against the other: "
+            "give targets of the outputs' shape"
+        )
+
+
+def check_loss(loss_fn: Any, out: Tensor, y: Tensor) -> None:
+    """The loss takes the probe's outputs and targets, returns a scalar and is a mean.
+
+    A batch mean of ``k`` examples (class weights, label smoothing, a mean over
+    elements: any convex combination) lies within ``[min_i ℓ_i, max_i ℓ_i]`` of
+    the examples' own losses; a sum equals ``Σ_i ℓ_i``, outside that range once
+    two examples have a loss. Only that clear case is refused.
+    """
+    try:
+        value = loss_fn(out, y)
+    except Exception as err:
+        raise BasinscopeError(_loss_failure(out, y, err)) from err
+    if not torch.is_tensor(value) or value.numel() != 1:
+        got = f"shape {list(value.shape)}" if torch.is_tensor(value) else type(value).__name__
+        raise BasinscopeError(f"loss_fn must return a scalar tensor (the batch mean), got {got}")
+    k = min(3, len(y))
+    if out.ndim == 0 or len(out) != len(y) or k < 2:
+        return
+    try:
+        whole = float(loss_fn(out[:k], y[:k]))
+        each = [float(loss_fn(out[i : i + 1], y[i : i + 1])) for i in range(k)]
+    except Exception:
+        return  # a loss that needs more examples at once: nothing to tell
+    if not all(math.isfinite(v) for v in [whole, *each]):
+        return  # ignored examples (0/0) or overflow: no verdict
+    total, lo, hi = sum(each), min(each), max(each)
+    tol = 1e-4 * (abs(total) + abs(lo) + abs(hi))
+    if abs(whole - total) <= tol and not lo - tol <= whole <= hi + tol:
+        raise BasinscopeError(
+            f"loss_fn sums over the batch (on {k} examples it gives {whole:.6g}, the sum "
+            f"of their losses, not a mean within [{lo:.6g}, {hi:.6g}]), so its value "
+            "would depend on batch_size; basinscope needs a batch-mean loss "
+            "(reduction='mean')"
+        )
+
+
+def _describe_callable(fn: Any, depth: int = 0) -> Any:
+    """A JSON-able description of a loss: its class and settings, or its code and closure.
+
+    Two losses with the same description compute the same function (a module's
+    hyper-parameters and tensors, a function's byte code, constants and closed-over
+    values, a ``functools.partial``'s arguments are all included).
+    """
+    from .._keys import tensor_digest
+
+    if depth > 4:
+        return repr(type(fn))
+    if torch.is_tensor(fn):
+        return tensor_digest(fn)
+    if isinstance(fn, int | float | str | bool | type(None)):
+        return fn
+    if isinstance(fn, tuple | list):
+        return [_describe_callable(v, depth + 1) for v in fn]
+    if isinstance(fn, dict):
+        return {str(k): _describe_callable(v, depth + 1) for k, v in sorted(fn.items(), key=str)}
+    if isinstance(fn, functools.partial):
+        return {
+            "partial": _describe_callable(fn.func, depth + 1),
+            "args": _describe_callable(list(fn.args), depth + 1),
+            "kwargs": _describe_callable(dict(fn.keywords), depth + 1),
+        }
+    kind = type(fn)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(fn, nn.Module):
+        settings = {
+            k: _describe_callable(v, depth + 1)
+            for k, v in vars(fn).items()
+            if not k.startswith("_") and k != "training"
+        }
+        tensors = [[k, tensor_digest(v)] for k, v in fn.state_dict().items()]
+        return {"module": name, "settings": settings, "tensors": tensors}
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
+        return {
+            "function": f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}",
+            "code": code.co_code.hex(),
+            "consts": repr(code.co_consts),
+            "closure": _describe_callable(cells, depth + 1),
+            "defaults": _describe_callable(
+                list(getattr(fn, "__defaults__", None) or ()), depth + 1
+            ),
+        }
+    return {"object": name, "repr": repr(fn)[:200]}
+
+
+def _per_example(t: Tensor) -> str:
+    """``[N, 3, 4]`` for a tensor of ``N`` examples of shape ``[3, 4]``."""
+    return "[" + ", ".join(["N", *(str(d) for d in t.shape[1:])]) + "]"
+
+
+def _error_line(err: BaseException) -> str:
+    """``Type: first line of the message`` of an exception from user code."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def _loss_name(loss_fn: Any) -> str:
+    fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+    if isinstance(fn, nn.Module):
+        return type(fn).__name__
+    return fn.__name__ if any(fn is f for f in _TORCH_LOSSES) else "loss_fn"
+
+
+def _class_loss(loss_fn: Any) -> int | None:
+    """For torch's cross-entropy or NLL loss (class-index targets): its ``ignore_index``
+    (-100 by default); None for any other loss."""
+    spec = _class_weights(loss_fn)
+    return None if spec is None else spec[1]
+
+
+def _class_weights(loss_fn: Any) -> tuple[Tensor | None, int] | None:
+    """``(weight, ignore_index)`` of torch's cross-entropy or NLL loss, else None."""
+    if isinstance(loss_fn, nn.CrossEntropyLoss | nn.NLLLoss):
+        return loss_fn.weight, int(loss_fn.ignore_index)
+    keywords: dict[str, Any] = {}
+    if isinstance(loss_fn, functools.partial):
+        keywords, loss_fn = dict(loss_fn.keywords), loss_fn.func
+    if loss_fn is F.cross_entropy or loss_fn is F.nll_loss:
+        return keywords.get("weight"), int(keywords.get("ignore_index", -100))
+    return None
+
+
+def _elementwise_loss(loss_fn: Any) -> bool:
+    """torch's elementwise losses, which broadcast outputs against targets of another shape."""
+    fn = loss_fn.func if isinstance(loss_fn, functools.partial) else loss_fn
+    return isinstance(fn, _ELEMENTWISE_MODULES) or any(fn is f for f in _ELEMENTWISE_FUNCTIONS)
+
+
+def _bad_labels(y: Tensor, classes: int, ignore: int | None) -> tuple[int, int] | None:
+    """``(example, label)`` of the first label outside ``[0, classes)`` (not ``ignore``)."""
+    bad = (y < 0) | (y >= classes)
+    if ignore is not None:
+        bad &= y != ignore
+    if not bool(bad.any()):
+        return None
+    rows = bad.reshape(len(y), -1)
+    i = int(rows.any(1).nonzero()[0, 0])
+    label = int(y.reshape(len(y), -1)[i][rows[i]][0])
+    return i, label
+
+
+def _loss_failure(out: Tensor, y: Tensor, err: Exception) -> str:
+    """The sentence for a loss that raises on the probe's outputs and targets."""
+    hint = "give targets the loss takes"
+    integer = not (y.is_floating_point() or y.is_complex())
+    if integer and y.ndim == 2 and y.shape[1] == 1 and out.ndim == 2 and out.shape[1] > 1:
+        hint = "class indices have shape [N]: pass y.squeeze(1)"
+    elif not integer and y.ndim == 1 and out.ndim == 2 and bool((y == y.round()).all()):
+        hint = "the targets look like class indices stored as floats: pass y.long()"
+    return (
+        f"loss_fn fails on the model's outputs of shape {list(out.shape)} and targets of "
+        f"shape {list(y.shape)} ({str(y.dtype)[6:]}): {_error_line(err)}; {hint}"
+    )
+
+
+_ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+)
+_ELEMENTWISE_FUNCTIONS = (
+    F.mse_loss,
+    F.l1_loss,
+    F.smooth_l1_loss,
+    F.huber_loss,
+    F.binary_cross_entropy,
+    F.binary_cross_entropy_with_logits,
+)
+_TORCH_LOSSES = (F.cross_entropy, F.nll_loss, *_ELEMENTWISE_FUNCTIONS)

@@ -1,0 +1,50 @@
+"""plots: figures of loss surfaces and sharpness rankings, written as PNG files.
+
+Every function draws on its own :class:`matplotlib.figure.Figure` with an Agg
+canvas and never touches ``matplotlib.pyplot``: importing or calling this
+module does not change the user's backend, create pyplot figures, or leak
+memory through pyplot's figure manager. Files are written atomically (temp
+file + rename) so a reader never sees a half-written PNG.
+
+The pictures follow Li et al. 2018, "Visualizing the Loss Landscape of Neural
+Nets": 1-D slices with accuracy on a twin axis, 2-D contour maps and 3-D
+surfaces of ``L(θ0 + α d1 + β d2)``. Arrays are indexed ``[i, j]`` at
+``(x[i], y[j])``. Points not yet computed (or diverged) are ``NaN`` and are
+masked, so a partially computed grid can be drawn while it is still running;
+such a figure says so in its title ("partial: k of n points") and a contour map
+then marks no minimum (the lowest computed point is not the surface's minimum).
+Losses that span more than two decades are drawn on a log scale by default.
+
+This wing reads landscape results (:class:`~basinscope.landscape.Surface`) and
+plain numbers only: ``_style`` (the look and the pyplot-free plumbing),
+``_surfaces`` (lines, contours, 3-D surfaces), ``_grids`` (runs side by side) and
+``_charts`` (bars, heat maps, lines of numbers, scatter plots).
+"""
+
+from ._charts import plot_bars as plot_bars
+from ._charts import plot_matrix as plot_matrix
+from ._charts import plot_scatter as plot_scatter
+from ._charts import plot_xy as plot_xy
+from ._grids import plot_grid as plot_grid
+from ._style import CMAP as CMAP
+from ._style import DPI as DPI
+from ._style import choose_log_scale as choose_log_scale
+from ._style import common_limits as common_limits
+from ._surfaces import plot_contour as plot_contour
+from ._surfaces import plot_line as plot_line
+from ._surfaces import plot_surface_3d as plot_surface_3d
+
+__all__ = [
+    "CMAP",
+    "DPI",
+    "choose_log_scale",
+    "common_limits",
+    "plot_bars",
+    "plot_contour",
+    "plot_grid",
+    "plot_line",
+    "plot_matrix",
+    "plot_scatter",
+    "plot_surface_3d",
+    "plot_xy",
+]

@@ -1,0 +1,162 @@
+"""Several runs side by side on one colour scale: :func:`plot_grid`.
+
+The same colour means the same loss in every panel (one norm over all of them,
+:func:`_grid_norm`), so the runs of a study compare at a glance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.ticker import MaxNLocator
+
+from ..errors import BasinscopeError
+from ..landscape import Surface
+from ._style import (
+    CMAP,
+    _figure,
+    _label,
+    _levels,
+    _masked,
+    _positive_limits,
+    _resolve_log,
+    _save,
+    _widen,
+    common_limits,
+)
+from ._surfaces import _title
+
+
+def _grid_norm(arrays: Sequence[np.ndarray], log: bool) -> Normalize:
+    """One colour norm for all panels: the global finite (positive, on log) range.
+
+    ``LogNorm`` on a log scale, ``Normalize`` otherwise, so the same colour
+    means the same loss in every panel.
+    """
+    lo, hi = _positive_limits(arrays) if log else common_limits(arrays)
+    lo, hi = _widen(lo, hi, log)
+    return LogNorm(lo, hi) if log else Normalize(lo, hi)
+
+
+def plot_grid(
+    surfaces: Mapping[str, Surface],
+    path: str | Path,
+    key: str = "train_loss",
+    kind: str = "contour",
+    log: bool | None = None,
+    ncols: int | None = None,
+    suptitle: str | None = None,
+    levels: int = 30,
+) -> Path:
+    """Draw several runs side by side on one common colour scale.
+
+    2-D surfaces become contour maps (``kind="contour"``) or 3-D surfaces
+    (``kind="surface"``) sharing one norm (:func:`_grid_norm`: global vmin /
+    vmax over every panel, ``LogNorm`` on a log scale) and one colour bar, so
+    panels compare directly. 1-D surfaces become line plots on a shared
+    y-axis. ``log=None`` lets :func:`choose_log_scale` decide on all values.
+    Panels are titled with the mapping's keys.
+
+    Returns:
+        The path written.
+    """
+    if not surfaces:
+        raise BasinscopeError("plot_grid got no surfaces; pass a mapping of run name to Surface")
+    if kind not in ("contour", "surface"):
+        raise BasinscopeError(f"unknown plot kind {kind!r}; use 'contour' or 'surface'")
+    dims = {s.is_2d for s in surfaces.values()}
+    if len(dims) > 1:
+        raise BasinscopeError("plot_grid got a mix of 1-D lines and 2-D planes; plot them apart")
+    names = list(surfaces)
+    arrays = [np.asarray(surfaces[n].metric(key), dtype=np.float64) for n in names]
+    log = _resolve_log(np.concatenate([a.ravel() for a in arrays]), log)
+    norm = _grid_norm(arrays, log)
+    n = len(names)
+    ncols = min(n, 3) if ncols is None else int(ncols)
+    if ncols < 1:
+        raise BasinscopeError(f"ncols={ncols} must be at least 1")
+    nrows = math.ceil(n / ncols)
+    is_2d = dims == {True}
+    three_d = is_2d and kind == "surface"
+    size = (4.2 * ncols + (1.2 if is_2d else 0.0), 3.8 * nrows)
+    fig = _figure(size, layout=None if three_d else "constrained")
+
+    panels = (fig, surfaces, arrays, norm, log, key, nrows, ncols)
+    if not is_2d:
+        _line_panels(*panels)
+    elif three_d:
+        _surface_panels(*panels)
+    else:
+        _contour_panels(*panels, levels)
+    fig.suptitle(suptitle if suptitle is not None else _label(key))
+    return _save(fig, path)
+
+
+def _line_panels(fig, surfaces, arrays, norm, log, key, nrows, ncols) -> None:
+    """:func:`plot_grid` of 1-D lines: one line plot per run on a shared y-axis."""
+    names, n = list(surfaces), len(surfaces)
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    for ax, name, a in zip(axes[:n], names, arrays, strict=True):
+        ax.plot(np.asarray(surfaces[name].xcoordinates), a, color="C0", lw=1.8)
+        ax.axvline(0.0, color="0.6", lw=0.8, ls=":")
+        ax.set_title(_title(name, name, surfaces[name]))
+        ax.set_xlabel("α")
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+    if log:
+        axes[0].set_yscale("log")
+    pad = 0.05 * (norm.vmax - norm.vmin) if not log else 0.0
+    axes[0].set_ylim(
+        (norm.vmin / 1.2, norm.vmax * 1.2) if log else (norm.vmin - pad, norm.vmax + pad)
+    )
+    for ax in axes[::ncols]:
+        ax.set_ylabel(_label(key))
+    for ax in axes[n:]:
+        ax.remove()
+
+
+def _surface_panels(fig, surfaces, arrays, norm, log, key, nrows, ncols) -> None:
+    """:func:`plot_grid` of 3-D surfaces sharing one z range and one colour bar."""
+    names = list(surfaces)
+    znorm = Normalize(np.log10(norm.vmin), np.log10(norm.vmax)) if log else norm
+    for idx, (name, a) in enumerate(zip(names, arrays, strict=True)):
+        ax = fig.add_subplot(nrows, ncols, idx + 1, projection="3d")
+        s = surfaces[name]
+        X, Y = np.meshgrid(s.xcoordinates, s.ycoordinates, indexing="ij")
+        z = np.where(np.isfinite(a), a, np.nan)
+        z = np.log10(np.where(z > 0, z, np.nan)) if log else z
+        ax.plot_surface(
+            X, Y, z, cmap=CMAP, norm=znorm, linewidth=0, rcount=min(len(s.xcoordinates), 200),
+            ccount=min(len(s.ycoordinates), 200),
+        )  # fmt: skip
+        ax.set_zlim(znorm.vmin, znorm.vmax)
+        ax.set_title(_title(name, name, surfaces[name]))
+        ax.set_xlabel("α")
+        ax.set_ylabel("β")
+    fig.subplots_adjust(left=0.02, right=0.86, wspace=0.05)
+    cax = fig.add_axes((0.9, 0.15, 0.02, 0.7))
+    fig.colorbar(ScalarMappable(znorm, CMAP), cax=cax, label=_label(key, log))
+
+
+def _contour_panels(fig, surfaces, arrays, norm, log, key, nrows, ncols, levels) -> None:
+    """:func:`plot_grid` of contour maps on one set of levels and one colour bar."""
+    names, n = list(surfaces), len(surfaces)
+    lv = _levels(norm.vmin, norm.vmax, levels, log)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, name, a in zip(axes[:n], names, arrays, strict=True):
+        s = surfaces[name]
+        X, Y = np.meshgrid(s.xcoordinates, s.ycoordinates, indexing="ij")
+        zm = _masked(a, log)
+        ax.contourf(X, Y, zm, levels=lv, norm=norm, cmap=CMAP)
+        ax.contour(X, Y, zm, levels=lv, colors="black", linewidths=0.3, alpha=0.5)
+        ax.plot([0.0], [0.0], marker="o", ms=5, mfc="white", mec="black", ls="")
+        ax.set_title(_title(name, name, surfaces[name]))
+        ax.set_xlabel("α")
+        ax.set_ylabel("β")
+    for ax in axes[n:]:
+        ax.remove()
+    fig.colorbar(ScalarMappable(norm, CMAP), ax=list(axes[:n]), label=_label(key), format="%.3g")

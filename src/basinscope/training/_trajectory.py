@@ -1,0 +1,114 @@
+"""The weight trajectory: :class:`Trajectory` and the snapshots a run keeps along training.
+
+Snapshots are the flat trainable-parameter vectors after epoch 0
+(initialisation), every ``snapshot_every``-th epoch and the last one, for
+PCA-of-trajectory directions (Li et al. 2018). The run directory
+(:mod:`basinscope.training._rundir`) writes them to ``trajectory.pt``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Snapshots of the trainable weights along training (for PCA directions, Li et al. 2018).
+
+    Row ``i`` of ``params`` is the flat vector of all trainable parameters after
+    ``epochs[i]`` epochs (0 = initialisation), concatenated in
+    ``model.named_parameters()`` order (the layout of the default
+    :class:`basinscope.ParamSpace`), as float32 on the CPU. With SWA the rows
+    are the optimizer's iterates, not the average.
+
+    Attributes:
+        epochs: ``(k,)`` epoch of each snapshot, increasing.
+        params: ``[k, n]`` float32 CPU tensor.
+        names: the ``len(shapes)`` parameter names, in the order concatenated.
+        shapes: their shapes.
+    """
+
+    epochs: tuple[int, ...]
+    params: torch.Tensor
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    def unflatten(self, i: int) -> dict[str, torch.Tensor]:
+        """Snapshot ``i`` as a name -> tensor dict (views into :attr:`params`)."""
+        out, offset = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            k = math.prod(shape)
+            out[name] = self.params[i, offset : offset + k].view(shape)
+            offset += k
+        return out
+
+
+def _snapshot_due(epoch: int, every: int, n_epochs: int) -> bool:
+    """Whether a snapshot is kept after ``epoch`` (0 = initialisation)."""
+    return epoch == 0 or epoch % every == 0 or epoch == n_epochs
+
+
+def _flat(params: list[torch.Tensor]) -> torch.Tensor:
+    """The flat float32 CPU vector of ``params`` (a copy)."""
+    return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in params])
+
+
+def _as_trajectory(saved: Mapping[str, Any]) -> Trajectory:
+    return Trajectory(
+        epochs=tuple(int(e) for e in saved["epochs"]),
+        params=saved["params"],
+        names=tuple(saved["names"]),
+        shapes=tuple(tuple(int(d) for d in s) for s in saved["shapes"]),
+    )
+
+
+class _Sink(Protocol):
+    def save_trajectory(self, content: dict[str, Any]) -> None: ...
+
+
+class Snapshots:
+    """The trajectory being recorded; with a run directory (``sink``), each new snapshot is saved."""
+
+    def __init__(self, model: nn.Module, sink: _Sink | None = None) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        self.names = [n for n, _ in named]
+        self.shapes = [list(p.shape) for p in self.params]
+        self.sink = sink
+        self.epochs: list[int] = []
+        self.rows: list[torch.Tensor] = []
+
+    def resume(self, saved: Mapping[str, Any] | None, epoch: int, expected: list[int]) -> bool:
+        """Reload the snapshots up to ``epoch`` from a saved trajectory; False if it lacks them."""
+        if saved is None:
+            return False
+        keep = [i for i, e in enumerate(saved["epochs"]) if e <= epoch]
+        if [saved["epochs"][i] for i in keep] != expected:
+            return False
+        self.epochs = list(expected)
+        self.rows = [saved["params"][i].clone() for i in keep]
+        return True
+
+    def take(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+        self.rows.append(_flat(self.params))
+        if self.sink is not None:
+            self.sink.save_trajectory(self.content())
+
+    def content(self) -> dict[str, Any]:
+        """What ``trajectory.pt`` holds besides the run identity."""
+        return {
+            "epochs": list(self.epochs),
+            "params": torch.stack(self.rows),
+            "names": list(self.names),
+            "shapes": self.shapes,
+        }
+
+    def trajectory(self) -> Trajectory:
+        return _as_trajectory(self.content())
