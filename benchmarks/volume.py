@@ -26,10 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from basinscope.data import load_dataset
+from basinscope.landscape import basin_volume, ray_directions, volume_from_radii
 from basinscope.objective import Objective
-from basinscope.train import TrainConfig, train
-from basinscope.volume import basin_volume, ray_directions, volume_from_radii
+from basinscope.training import TrainConfig, load_dataset, train
 
 GRID = np.linspace(0.0, 1.0, 100) ** 2
 

@@ -18,7 +18,16 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "basinscope"
 GROUND = {"errors", "_version", "_rng", "_io", "_checks", "_results", "_keys", "_lock", "_partial"}
-WINGS = ("objective", "landscape", "hessian", "sharpness", "training", "experiments", "plots", "cli")
+WINGS = (
+    "objective",
+    "landscape",
+    "hessian",
+    "sharpness",
+    "training",
+    "experiments",
+    "plots",
+    "cli",
+)
 # What each part may import besides itself and the ground files.
 ALLOWED: dict[str, set[str]] = {
     "ground": set(),

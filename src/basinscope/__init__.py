@@ -1,23 +1,38 @@
 """basinscope: measure and draw the geometry of neural-network loss landscapes.
 
-import basinscope as bs
-obj = bs.Objective(model, loss_fn, (X, y))
-d = bs.random_directions(obj, 2, norm="filter", seed=0)
-surf = bs.plane(obj, d[0], d[1], span=(-1, 1), steps=31)
+    import basinscope as bs
+    obj = bs.Objective(model, loss_fn, (X, y))
+    d = bs.random_directions(obj, 2, norm="filter", seed=0)
+    surf = bs.plane(obj, d[0], d[1], span=(-1, 1), steps=31)
+
+The core (``objective``) and the measuring wings (``landscape``, ``hessian``,
+``sharpness``) load with the package; ``training``, ``experiments`` and ``plots``
+load on first use (``bs.training.train(...)``), so ``import basinscope`` stays light.
+See ARCHITECTURE.md for the layout.
 """
 
 from __future__ import annotations
 
-from . import directions, hessian, optim, report, sharpness, volume
-from .directions import normalize, pca_directions, random_directions
-from .errors import BasinscopeError
-from .objective import Objective, ParamSpace
-from .optim import SAM
-from .reparam import rescale
-from .surface import Surface, interpolate, line, plane, three_model_plane, trajectory_plane
-from .volume import basin_volume
+import importlib
+from typing import Any
 
-__version__ = "0.1.0"
+from . import hessian, landscape, objective, sharpness
+from ._version import __version__
+from .errors import BasinscopeError
+from .landscape import (
+    Surface,
+    basin_volume,
+    interpolate,
+    line,
+    plane,
+    random_directions,
+    three_model_plane,
+    trajectory_plane,
+)
+from .objective import Objective, ParamSpace
+
+_LAZY_MODULES = ("training", "experiments", "plots")
+_LAZY_NAMES = {"SAM": "training", "rescale": "experiments"}
 
 __all__ = [
     "SAM",
@@ -25,20 +40,37 @@ __all__ = [
     "Objective",
     "ParamSpace",
     "Surface",
+    "__version__",
     "basin_volume",
-    "directions",
+    "experiments",
     "hessian",
     "interpolate",
+    "landscape",
     "line",
-    "normalize",
-    "optim",
-    "pca_directions",
+    "objective",
     "plane",
+    "plots",
     "random_directions",
-    "report",
     "rescale",
     "sharpness",
     "three_model_plane",
+    "training",
     "trajectory_plane",
-    "volume",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load ``training``, ``experiments`` and ``plots`` (and SAM, rescale) on first use."""
+    if name in _LAZY_MODULES:
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    if name in _LAZY_NAMES:
+        value = getattr(__getattr__(_LAZY_NAMES[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'basinscope' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -141,7 +141,7 @@ def test_batchnorm_model_with_sam_and_per_point_statistics(capsys, tmp_path):
         "--widths", "16", "--batch-norm", "--sam-rho", "0.05", "--out", run, "--quiet",
     )  # fmt: skip
     assert code == 0, err
-    from basinscope.train import load_checkpoint
+    from basinscope.training import load_checkpoint
 
     model = load_checkpoint(run).model
     kinds = [type(m).__name__ for m in model.net]

@@ -55,9 +55,9 @@ def no_work(monkeypatch):
 
     for command_module in (_measure, _sharpness, _paths):  # every command that loads one
         monkeypatch.setattr(command_module, "_load", forbidden)
-    monkeypatch.setattr("basinscope.train.train", forbidden)
-    monkeypatch.setattr("basinscope.study.run_study", forbidden)
-    monkeypatch.setattr("basinscope.report.correlation_report", forbidden)
+    monkeypatch.setattr("basinscope.training.train", forbidden)
+    monkeypatch.setattr("basinscope.experiments.run_study", forbidden)
+    monkeypatch.setattr("basinscope.experiments.correlation_report", forbidden)
 
 
 # ------------------------------------------------------------ numbers (class 4)
@@ -143,7 +143,7 @@ def test_disk_full_while_writing_is_one_sentence(capsys, run, tmp_path, monkeypa
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".s.h5.k2x9.tmp"))
 
-    monkeypatch.setattr("basinscope.surface.plane", full)
+    monkeypatch.setattr("basinscope.landscape.plane", full)
     code, out, err = _run(capsys, "surface", run, "--steps", 3, "--out", tmp_path / "s.h5")
     assert code == 2
     _one_sentence(err)
@@ -192,7 +192,7 @@ def factory_run(tmp_path_factory):
     mark = root / "factory-ran"
     (root / "marknets.py").write_text(
         "import pathlib\n"
-        "from basinscope.models import build_model\n"
+        "from basinscope.training import build_model\n"
         "def make(input_shape, n_classes, **kw):\n"
         f"    pathlib.Path({str(mark)!r}).touch()\n"
         "    return build_model('mlp', input_shape, n_classes, **kw)\n"
@@ -347,18 +347,18 @@ def _interrupt(*args, **kwargs):
 @pytest.mark.parametrize(
     "argv, target, said",
     [
-        (["surface", "R", "--steps", "3", "--out", "s.h5"], "basinscope.surface.plane",
+        (["surface", "R", "--steps", "3", "--out", "s.h5"], "basinscope.landscape.plane",
          "the points computed so far are saved in s.h5; rerun the same command to resume"),
-        (["path", "R", "R", "--out", "p.h5"], "basinscope.surface.interpolate",
+        (["path", "R", "R", "--out", "p.h5"], "basinscope.landscape.interpolate",
          "saved in p.h5"),
         (["sharpness", "R", "--samples", "2"], "basinscope.sharpness.epsilon",
          "nothing was saved"),
         (["hessian", "R", "--k", "1"], "basinscope.hessian.summary", "nothing was saved"),
-        (["train", "--dataset", "digits", "--out", "t"], "basinscope.train.train",
+        (["train", "--dataset", "digits", "--out", "t"], "basinscope.training.train",
          "finished epochs are saved in t; rerun the same command to resume from the last one"),
-        (["run", "--out", "res"], "basinscope.study.run_study",
+        (["run", "--out", "res"], "basinscope.experiments.run_study",
          "finished runs and measures are saved under res/lr-batch"),
-        (["report", "study"], "basinscope.report.correlation_report", "rerun the command"),
+        (["report", "study"], "basinscope.experiments.correlation_report", "rerun the command"),
     ],
 )  # fmt: skip
 def test_ctrl_c_says_what_is_saved(capsys, run, tmp_path, monkeypatch, argv, target, said):
@@ -395,7 +395,7 @@ def test_volume_killed_between_ray_batches_resumes_to_the_same_result(
     capsys, run, tmp_path, monkeypatch
 ):
     """``basin_volume(path=)`` stores each batch of rays as it finishes."""
-    from basinscope import volume
+    from basinscope.landscape import _volume as volume
 
     monkeypatch.setitem(volume.basin_volume.__kwdefaults__, "batch", 2)
     argv = ["volume", run, "--threshold", 5, "--directions", 5, "--quiet"]

@@ -10,7 +10,7 @@ from torch import nn
 import basinscope as bs
 from basinscope import sharpness
 from basinscope.experiments import _reparam as reparam
-from basinscope.models import MLP, SmallCNN
+from basinscope.training import MLP, SmallCNN
 
 f64 = torch.float64
 

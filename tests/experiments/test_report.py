@@ -163,7 +163,7 @@ def test_a_missing_value_is_not_an_exclusion():
 
 def test_a_study_row_flags_a_coarse_grid_sharpness():
     from basinscope.experiments import RunReport
-    from basinscope.train import TrainConfig
+    from basinscope.training import TrainConfig
 
     rep = RunReport("a", TrainConfig(), {}, False, "")
     rep.sharpness = {"surface": {"value": 1e-8, "coarse": True}, "direct": {"value": 0.2}}

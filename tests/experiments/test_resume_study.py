@@ -15,10 +15,9 @@ from torch import nn
 import basinscope as bs
 from basinscope import experiments
 from basinscope._keys import environment
-from basinscope.data import DataBundle
 from basinscope.experiments import MeasureConfig, Study, run_study
 from basinscope.experiments._caches import _cached_json
-from basinscope.train import TrainConfig
+from basinscope.training import DataBundle, TrainConfig
 
 
 def _one_run() -> Study:

@@ -13,7 +13,7 @@ import basinscope as bs
 from basinscope import experiments, sharpness
 from basinscope.experiments import MeasureConfig, Study, run_study
 from basinscope.experiments._remedies import _REMEDY_MEASURES
-from basinscope.train import TrainConfig
+from basinscope.training import TrainConfig
 
 
 def _tiny(**over):
@@ -61,7 +61,7 @@ def test_rerun_skips_finished_work(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed")
 
-    monkeypatch.setattr("basinscope.train._train", boom)
+    monkeypatch.setattr("basinscope.training._loop._train", boom)
     monkeypatch.setattr("basinscope.objective.Objective.evaluate_affine", boom)
     monkeypatch.setattr("basinscope.sharpness.average_case", boom)
     reports = run_study(_tiny(), tmp_path, progress=False)
@@ -155,7 +155,7 @@ def test_hessian_measure_in_a_study(tmp_path):
     # λ_max is the top eigenvalue: no Rayleigh quotient of H may exceed it
     from torch import nn
 
-    from basinscope.data import load_dataset
+    from basinscope.training import load_dataset
 
     data = load_dataset("digits", train_size=200)
     obj = bs.Objective(report.model, nn.CrossEntropyLoss(), (data.x_train, data.y_train))

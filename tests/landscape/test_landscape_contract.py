@@ -37,16 +37,6 @@ def test_the_contract_re_exports_each_name_from_its_implementation_file():
     assert landscape.METRICS == ("train_loss", "train_acc", "test_loss", "test_acc")
 
 
-def test_old_module_paths_still_give_the_same_objects():
-    """Transitional: ``basinscope.directions/surface/volume`` until the imports are rewired."""
-    from basinscope import directions, surface, volume
-
-    assert directions is landscape._directions and volume is landscape._volume
-    for name in ("Surface", "METRICS", "line", "plane", "interpolate", "three_model_plane"):
-        assert getattr(surface, name) is getattr(landscape, name)
-    assert surface.trajectory_plane is landscape.trajectory_plane
-
-
 class _Trajectory:
     """What ``trajectory_plane`` reads of a training trajectory: ``epochs`` and
     ``unflatten(i)`` (a state dict per snapshot); nothing of ``basinscope.training``."""

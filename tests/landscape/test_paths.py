@@ -256,12 +256,12 @@ def test_update_bn_statistics_are_the_dataset_mean_and_a_single_last_example_is_
     net = _BNNet().double().eval()
     X, y = torch.randn(65, 4, dtype=torch.float64), torch.randint(0, 3, (65,))
     obj = bs.Objective(net, nn.CrossEntropyLoss(), (X, y), batch_size=16)  # 16,16,16,17
-    from basinscope.landscape._batchnorm_update import _BatchNormUpdate
+    from basinscope.objective import BatchNormEngine
 
-    bn = _BatchNormUpdate(obj, (X, y))
+    bn = BatchNormEngine(obj.batches)
     assert [len(b) for b in bn._batches()] == [16, 16, 16, 17]
     params = obj.space.unflatten(obj.theta0)
-    buffers = bn._buffers(obj, params)
+    buffers = bn._buffers(params)
     h = net.fc1(X)  # the BatchNorm layer's input
     torch.testing.assert_close(buffers["bn.running_mean"], h.mean(0), rtol=1e-12, atol=1e-14)
     s = interpolate(obj, obj.theta0, span=(0.0, 1.0), steps=2, update_bn=(X, y))

@@ -244,30 +244,6 @@ def test_check_determinism_is_one_public_probe():
 
 
 # ---------------------------------------------------------------- BatchNorm
-def test_batchnorm_engine_equals_the_surface_class_bit_for_bit():
-    from basinscope.surface import _BatchNormUpdate
-
-    case = next(c for c in ZOO if c.batchnorm)
-    x, y = case.data()
-    obj = Objective(case.model(), nn.CrossEntropyLoss(), (x[:33], y[:33]), batch_size=16)
-    test = obj.with_data((x[33:], y[33:]))
-    old = _BatchNormUpdate(obj, (x, y))
-    new = BatchNormEngine(obj.with_data((x, y)).batches)
-    assert [len(b) for b in new._batches()] == [len(b) for b in old._batches()] == [16, 16, 8]
-    coef, d = _points(obj)
-    want = old.evaluate([obj, test], coef, d, obj.theta0)
-    got = new.evaluate_each([obj.batches, test.batches], coef, d, obj.theta0)
-    for (wl, wa), (gl, ga) in zip(want, got, strict=True):
-        assert torch.equal(gl, wl) and torch.equal(ga, wa)
-    assert torch.equal(new.evaluate(test.batches, coef, d, obj.theta0)[0], want[1][0])
-    params = obj.space.unflatten(obj.theta0)
-    assert all(
-        torch.equal(v, old._buffers(obj, params)[k]) for k, v in new._buffers(params).items()
-    )
-    # the private model is left as it was: eval mode, θ0's statistics
-    assert not obj.model[1].training and obj.model[1].momentum == 0.1
-
-
 def test_batchnorm_engine_joins_a_last_single_example_and_needs_two():
     case = next(c for c in ZOO if c.batchnorm)
     x, y = case.data()

@@ -22,8 +22,8 @@ from matplotlib.contour import ContourSet
 
 from basinscope import plots
 from basinscope.errors import BasinscopeError
+from basinscope.landscape import Surface
 from basinscope.plots import _charts, _grids, _style, _surfaces
-from basinscope.surface import Surface
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -331,7 +331,7 @@ def test_import_and_plotting_leave_pyplot_alone(tmp_path):
         before = dict.__getitem__(matplotlib.rcParams, "backend")
         import numpy as np
         from basinscope import plots
-        from basinscope.surface import Surface
+        from basinscope.landscape import Surface
         x = np.linspace(-1, 1, 5)
         s = Surface(x, x, train_loss=np.add.outer(x**2, x**2) + 1e-3)
         plots.plot_contour(s, {str(tmp_path / "p.png")!r})

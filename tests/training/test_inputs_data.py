@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import basinscope as bs
-from basinscope.data import load_dataset, poison_labels
+from basinscope.training import load_dataset, poison_labels
 
 
 def _npz(tmp_path: Path, name: str = "d.npz", **override: np.ndarray) -> Path:

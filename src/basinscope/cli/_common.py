@@ -156,9 +156,13 @@ def _load(
     ``--trust-code``, data of another shape than the run was trained on, and a
     model whose weights or final loss are not finite (a diverged run).
     """
-    from ..data import load_dataset
-    from ..models import build_model
-    from ..train import load_checkpoint, load_config_data, load_weights
+    from ..training import (
+        build_model,
+        load_checkpoint,
+        load_config_data,
+        load_dataset,
+        load_weights,
+    )
 
     path = Path(args.checkpoint if checkpoint is None else checkpoint)
     if not path.exists():

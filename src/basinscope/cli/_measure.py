@@ -33,8 +33,7 @@ from ._common import (
 # ----------------------------------------------------------------- surface
 def _cmd_surface(args: argparse.Namespace) -> None:
     from .. import plots
-    from ..directions import random_directions
-    from ..surface import line, plane
+    from ..landscape import line, plane, random_directions
 
     if args.span <= 0:
         raise BasinscopeError(
@@ -110,7 +109,7 @@ def _cmd_hessian(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ volume
 def _cmd_volume(args: argparse.Namespace) -> None:
-    from ..volume import basin_volume
+    from ..landscape import basin_volume
 
     if args.rule == "relative" and not args.threshold > 0:
         raise BasinscopeError(f"a relative --threshold must be positive, got {args.threshold}")

@@ -26,7 +26,7 @@ from ._common import (
 # -------------------------------------------------------------------- path
 def _cmd_path(args: argparse.Namespace) -> None:
     from .. import plots
-    from ..surface import interpolate, three_model_plane, trajectory_plane
+    from ..landscape import interpolate, three_model_plane, trajectory_plane
 
     if args.trajectory and len(args.checkpoints) != 1:
         raise BasinscopeError(
@@ -61,7 +61,7 @@ def _cmd_path(args: argparse.Namespace) -> None:
         "update_bn": (data.x_train, data.y_train) if args.update_bn else None,
     }
     if args.trajectory:
-        from ..train import load_trajectory
+        from ..training import load_trajectory
 
         surf = trajectory_plane(
             obj, load_trajectory(args.checkpoints[0]), margin=args.margin, **common

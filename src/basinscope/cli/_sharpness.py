@@ -29,7 +29,7 @@ from ._common import (
 # --------------------------------------------------------------- sharpness
 def _cmd_sharpness(args: argparse.Namespace) -> None:
     from .. import sharpness
-    from ..directions import random_directions
+    from ..landscape import random_directions
 
     _check_sharpness_options(args)
     _check_json(args)
@@ -143,7 +143,7 @@ def _rescale_alpha(text: str) -> float:
 
 def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any) -> None:
     """Dinh et al. (2017): the same function, rescaled weights; which measures move."""
-    from ..reparam import compare_measures, rescale
+    from ..experiments import compare_measures, rescale
 
     layer, alpha_text = args.rescale
     alpha = _rescale_alpha(alpha_text)

@@ -25,8 +25,7 @@ from ._common import (
 
 # --------------------------------------------------------------------- run
 def _cmd_run(args: argparse.Namespace) -> None:
-    from ..studies import STUDIES
-    from ..study import run_study, summary_markdown
+    from ..experiments import STUDIES, run_study, summary_markdown
 
     if args.study not in STUDIES:
         raise BasinscopeError(f"unknown study {args.study!r}; choose one of {', '.join(STUDIES)}")
@@ -77,7 +76,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ report
 def _cmd_report(args: argparse.Namespace) -> None:
-    from ..report import correlation_report, read_summary
+    from ..experiments import correlation_report, read_summary
 
     rows = read_summary(args.study_dir)
     out = Path(args.study_dir) if Path(args.study_dir).is_dir() else Path(args.study_dir).parent
@@ -93,7 +92,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------- plot
 def _cmd_plot(args: argparse.Namespace) -> None:
     from .. import plots
-    from ..surface import Surface
+    from ..landscape import Surface
 
     out = check_output_dir(args.out, "the figure directory")
     surfaces = {Path(p).stem: Surface.load(p) for p in args.surfaces}

@@ -10,7 +10,7 @@ from ._common import _COUNT, _FINITE, _FORMATTER, _INT, _example, _size
 
 # ------------------------------------------------------------------- train
 def _cmd_train(args: argparse.Namespace) -> None:
-    from ..train import TrainConfig, train
+    from ..training import TrainConfig, train
 
     check_output_dir(args.out, "the run directory")
     base = {}

@@ -17,7 +17,6 @@ A *study* is a named grid of training runs measured the same way
 It may import every other wing; nothing below it imports it.
 """
 
-from ._caches import data_fingerprint as data_fingerprint
 from ._caches import model_fingerprint as model_fingerprint
 from ._caches import objective_key as objective_key
 from ._caches import own_file as own_file
@@ -79,7 +78,6 @@ __all__ = [
     "compare_measures",
     "correlation_markdown",
     "correlation_report",
-    "data_fingerprint",
     "dataset_size_study",
     "excluded_measures",
     "lr_batch_grid",

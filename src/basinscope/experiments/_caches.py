@@ -26,8 +26,6 @@ from .._keys import environment as _environment
 from ..errors import BasinscopeError
 from ..landscape import Surface
 from ..objective import Objective
-from ..training import DataBundle
-from ..training import _fingerprint as _data_fingerprint
 
 
 def objective_key(obj: Objective) -> dict[str, Any]:
@@ -51,12 +49,6 @@ def model_fingerprint(*models: nn.Module) -> str:
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
-
-
-def data_fingerprint(data: DataBundle) -> str:
-    """The hash of ``data``'s four tensors that a training run keeps (the same key),
-    so a cached measurement is reused only on the data it was measured on."""
-    return _data_fingerprint(data)
 
 
 def study_key(*parts: Any) -> str:

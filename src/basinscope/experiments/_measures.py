@@ -31,11 +31,10 @@ from .._results import to_json
 from ..errors import BasinscopeError
 from ..landscape import Surface, plane, random_directions
 from ..objective import Objective
-from ..training import DataBundle
+from ..training import DataBundle, data_fingerprint
 from ._caches import (
     _cached_json,
     _env,
-    data_fingerprint,
     model_fingerprint,
     objective_key,
     own_file,
@@ -90,13 +89,13 @@ class MeasureConfig:
         integer counts, finite spans, radii and widths (an infinite span would replace a
         finished surface with a NaN one), and a grid that fits in memory."""
         from .._checks import check_int, check_number, check_span
-        from ..landscape import _check_memory
+        from ..landscape import check_grid_memory
 
         grid = check_int("the grid size", self.grid_size)
         if grid < 2:
             raise BasinscopeError(f"the grid size must be at least 2, got {grid}")
         check_span("the span", self.span)
-        _check_memory((grid, grid), 2, "the study's surface")
+        check_grid_memory((grid, grid), 2, "the study's surface")
         for name in ("direction_seed", "noise_seed"):
             check_int(name.replace("_", " "), getattr(self, name))
         for name, minimum in (("noise_samples", 2), ("volume_directions", 2), ("pac_samples", 1)):

@@ -25,13 +25,9 @@ The estimators take any :class:`SymmetricOperator` (``n``, ``dtype``,
 matrix in a test. Every random vector (Lanczos start, probe, sketch column,
 SLQ start) is drawn from ``(seed, index)`` alone (``_random``), in a stream of
 its own per purpose, so work can be split or resumed and give the same numbers.
-
-Transitional re-exports (``_PROBE``, ``_SLQ``, ``_rademacher``, ``_slq_run``): imported
-from here today by tests; they live in ``_random`` and ``_density``.
 """
 
 from ._density import Density as Density
-from ._density import _slq_run as _slq_run  # transitional
 from ._density import density as density
 from ._density import plot_density as plot_density
 from ._lanczos import Eigenpairs as Eigenpairs
@@ -44,9 +40,6 @@ from ._operator import SymmetricOperator as SymmetricOperator
 from ._operator import hvp as hvp
 from ._operator import operator as operator
 from ._operator import restrict as restrict
-from ._random import _PROBE as _PROBE  # transitional
-from ._random import _SLQ as _SLQ  # transitional
-from ._random import _rademacher as _rademacher  # transitional
 from ._summary import HessianSummary as HessianSummary
 from ._summary import LayerCurvature as LayerCurvature
 from ._summary import summary as summary

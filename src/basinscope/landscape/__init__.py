@@ -2,12 +2,8 @@
 saved as HDF5 with Li et al.'s dataset names), paths between minima, and the
 star-convex basin volume. It reads the evaluation core (:mod:`basinscope.objective`)
 and the ground files only.
-
-``_BatchNormUpdate`` and ``_check_memory`` are transitional re-exports (the BatchNorm
-engine moves to the core; the study runner checks a grid's memory up front).
 """
 
-from ._batchnorm_update import _BatchNormUpdate as _BatchNormUpdate  # transitional
 from ._directions import NORMALIZERS as NORMALIZERS
 from ._directions import PCADirections as PCADirections
 from ._directions import check_directions as check_directions
@@ -16,7 +12,7 @@ from ._directions import interpolation_direction as interpolation_direction
 from ._directions import normalize as normalize
 from ._directions import pca_directions as pca_directions
 from ._directions import random_directions as random_directions
-from ._grid import _check_memory as _check_memory  # transitional
+from ._grid import check_grid_memory as check_grid_memory
 from ._grid import line as line
 from ._grid import plane as plane
 from ._paths import interpolate as interpolate

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._batchnorm_update import _BatchNormUpdate
+from ..objective import BatchNormEngine, batchnorm_layers
 from ._surface import Surface, _write_attrs, _write_chunk
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def _grids(axes: list[tuple[Any, Any]], what: str, n_coef: int | None = None) ->
     """``linspace(*span, steps)`` for each ``(span, steps)`` axis, after the checks.
 
     Each span must be finite with max > min and each ``steps`` an integer ≥ 2;
-    the whole grid must fit in memory (:func:`_check_memory`) before any array
+    the whole grid must fit in memory (:func:`check_grid_memory`) before any array
     of it is allocated.
     """
     from .._checks import check_int, check_span
@@ -42,7 +42,7 @@ def _grids(axes: list[tuple[Any, Any]], what: str, n_coef: int | None = None) ->
             raise BasinscopeError(f"{what} needs at least 2 steps, got {steps}")
         checked.append((check_span(f"the span of {what}", span), steps))
     shape = tuple(steps for _, steps in checked)
-    _check_memory(shape, len(shape) if n_coef is None else n_coef, what)
+    check_grid_memory(shape, len(shape) if n_coef is None else n_coef, what)
     return [np.linspace(lo, hi, steps) for (lo, hi), steps in checked]
 
 
@@ -71,7 +71,7 @@ def _bytes(n: int) -> str:
     return f"{n} bytes"  # pragma: no cover
 
 
-def _check_memory(shape: tuple[int, ...], n_coef: int, what: str) -> None:
+def check_grid_memory(shape: tuple[int, ...], n_coef: int, what: str) -> None:
     """Refuse a grid whose arrays would not fit in the available memory.
 
     A grid of ``P = Π shape`` points holds the four float64 metric arrays, the
@@ -119,7 +119,7 @@ def line(
         progress: show a progress bar.
         attrs: extra metadata stored with the surface.
         update_bn: data whose batches recompute BatchNorm running statistics at
-            every point (see :class:`_BatchNormUpdate` for the cost); ``None``
+            every point (see :class:`~basinscope.objective.BatchNormEngine` for the cost); ``None``
             keeps θ0's statistics.
     """
     d = torch.as_tensor(direction).reshape(1, -1)
@@ -211,7 +211,7 @@ def _compute(
     if test is not None:
         test_obj = test if isinstance(test, Objective) else obj.with_data(test)
     theta = obj.theta0 if origin is None else origin.to(device=obj.device, dtype=obj.dtype)
-    bn = None if update_bn is None else _BatchNormUpdate(obj, update_bn)
+    bn = None if update_bn is None else _batchnorm_engine(obj, update_bn)
     meta = {"dim": len(coords), "n_params": obj.n, **(attrs or {})}
     if coef_map is not None:
         meta["coefficient_map"] = {"offset": offset.tolist(), "matrix": matrix.tolist()}
@@ -242,7 +242,7 @@ def _surface_key(
     coords: list[np.ndarray],
     origin: Tensor | None,
     coef_map: tuple[np.ndarray, np.ndarray] | None,
-    bn: _BatchNormUpdate | None,
+    bn: BatchNormEngine | None,
     shortcut: bool,
 ) -> dict[str, Any]:
     """Everything a surface's numbers depend on, as a flat key (see :mod:`basinscope._keys`).
@@ -287,7 +287,7 @@ def _evaluate_grid(
     theta: Tensor,
     origin: Tensor | None,
     coef_map: tuple[np.ndarray, np.ndarray] | None,
-    bn: _BatchNormUpdate | None,
+    bn: BatchNormEngine | None,
     shortcut: bool,
     path: Path | None,
     chunk: int,
@@ -351,7 +351,7 @@ def _evaluate_grid(
 def _evaluate_chunk(
     obj: Objective,
     test_obj: Objective | None,
-    bn: _BatchNormUpdate | None,
+    bn: BatchNormEngine | None,
     coef: Tensor,
     directions: Tensor,
     theta: Tensor,
@@ -362,9 +362,8 @@ def _evaluate_chunk(
     updates = {}
     if bn is not None:
         objs = {"train": obj} | ({"test": test_obj} if test_obj is not None else {})
-        for key, result in zip(
-            objs, bn.evaluate(list(objs.values()), coef, directions, theta), strict=True
-        ):
+        each = [o.batches for o in objs.values()]
+        for key, result in zip(objs, bn.evaluate_each(each, coef, directions, theta), strict=True):
             updates[f"{key}_loss"], updates[f"{key}_acc"] = result
     else:
         updates["train_loss"], updates["train_acc"] = obj.evaluate_affine(
@@ -408,3 +407,10 @@ def _resume(
         old.attrs.setdefault("resumed_under", []).append(meta["environment"])
         _write_attrs(path, old)
     return old
+
+
+def _batchnorm_engine(obj: Objective, data: Any) -> BatchNormEngine:
+    """The engine that re-estimates BatchNorm statistics on ``data`` at every point;
+    a model without BatchNorm is refused before the data is read."""
+    batchnorm_layers(obj.model)
+    return BatchNormEngine(obj.with_data(data).batches)

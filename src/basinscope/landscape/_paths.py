@@ -105,7 +105,7 @@ def interpolate(
             basins and the barrier between them.
         test, path, chunk, progress: as in :func:`line`.
         update_bn: data whose batches recompute BatchNorm running statistics at
-            every point (see :class:`_BatchNormUpdate`); ``None`` keeps ``θ_a``'s.
+            every point (see :class:`~basinscope.objective.BatchNormEngine`); ``None`` keeps ``θ_a``'s.
         labels: names of the two models, stored for the plots.
     """
     coords = _grids([(span, steps)], "an interpolation", 2)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -237,17 +237,6 @@ class Objective:
         """Number of coordinates."""
         return self.space.n
 
-    # Transitional: the private names hessian.py, surface.py and their tests call
-    # until they read obj.batches (the lead rewires them, then these go).
-    def _chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.batches.chunks()
-
-    def _forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return self.batches.forward(params, x)
-
-    def _stats(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self.batches.stats(out, y)
-
     # ------------------------------------------------------------ evaluation
     def _points(self, points: Tensor) -> Tensor:
         points = torch.as_tensor(points)
@@ -377,14 +366,14 @@ class Objective:
         params = self.space.unflatten(self.theta0)
         with torch.no_grad():
             try:
-                out = self._forward(params, x)
+                out = self.batches.forward(params, x)
             except Exception as err:
                 raise BasinscopeError(forward_failure(self.model, x, err)) from err
             check_output(out)
             check_targets(self.loss_fn, self.y, out)
             check_loss(self.loss_fn, out, y)
             if determinism:
-                _refuse_if_random(out, self._forward(params, x))
+                _refuse_if_random(out, self.batches.forward(params, x))
 
     def check_determinism(self, theta: Tensor | None = None, *, advice: str | None = None) -> None:
         """Refuse a model whose evaluation is random (dropout or noise active in eval mode).
@@ -397,7 +386,9 @@ class Objective:
         x = self.x[: min(self.batch_size, 256)]
         params = self.space.unflatten(theta)
         with torch.no_grad():
-            _refuse_if_random(self._forward(params, x), self._forward(params, x), advice)
+            _refuse_if_random(
+                self.batches.forward(params, x), self.batches.forward(params, x), advice
+            )
 
 
 def _refuse_if_random(out: Tensor, again: Tensor, advice: str | None = None) -> None:

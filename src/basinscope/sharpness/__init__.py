@@ -20,18 +20,12 @@ frozen result (``to_dict()`` gives its JSON-ready scalars):
 * **The suite** (``_suite``: :func:`suite`, :class:`SuiteConfig`,
   :func:`suite_values`) — all of them (and λ_max, ``tr H``, a filter-normalised
   line) under one key vocabulary, :data:`SUITE_MEASURES`.
-
-Transitional re-exports: ``_positive`` (``experiments``' reparameterisation check),
-``_gaussian_rows``, ``_error_increase`` (tests of partial results).
 """
 
-from ._common import _positive as _positive  # transitional
 from ._keskar import KeskarSharpness as KeskarSharpness
 from ._keskar import keskar as keskar
 from ._noise import NoiseSharpness as NoiseSharpness
 from ._noise import PacBayes as PacBayes
-from ._noise import _error_increase as _error_increase  # transitional
-from ._noise import _gaussian_rows as _gaussian_rows  # transitional
 from ._noise import average_case as average_case
 from ._noise import noise_error_increase as noise_error_increase
 from ._noise import pac_bayes as pac_bayes

@@ -36,7 +36,7 @@ from ._factories import make_sam as make_sam
 from ._factories import make_scheduler as make_scheduler
 from ._factories import make_swa_scheduler as make_swa_scheduler
 from ._formats import read_idx as read_idx
-from ._guards import _fingerprint as _fingerprint
+from ._guards import data_fingerprint as data_fingerprint
 from ._loop import train as train
 from ._models import ACTIVATIONS as ACTIVATIONS
 from ._models import MLP as MLP

@@ -1,7 +1,7 @@
 """Refusals before any training work: the device, the data and the model's output on it.
 
 Each check raises one :class:`BasinscopeError` sentence naming the value and what
-is accepted. :func:`_fingerprint` hashes the data, the half of a run's identity
+is accepted. :func:`data_fingerprint` hashes the data, the half of a run's identity
 that the config does not hold.
 """
 
@@ -104,7 +104,7 @@ def _check_model(model: nn.Module, config: TrainConfig, data: DataBundle, device
         )
 
 
-def _fingerprint(data: DataBundle) -> str:
+def data_fingerprint(data: DataBundle) -> str:
     """A hash of the tensors, so a finished run is reused only for the same data."""
     h = hashlib.blake2b(digest_size=16)
     for t in (data.x_train, data.y_train, data.x_test, data.y_test):

@@ -64,7 +64,7 @@ from ._factories import (
     make_scheduler,
     make_swa_scheduler,
 )
-from ._guards import _check_data, _check_model, _device, _fingerprint
+from ._guards import _check_data, _check_model, _device, data_fingerprint
 from ._run import Run
 from ._rundir import RunDir, TrainResult, _identity
 from ._sam import frozen_running_stats
@@ -125,7 +125,7 @@ def train(
     config.validate()
     device = _device(config.device)
     data = _checked_data(config, data, device)
-    fingerprint = _fingerprint(data)
+    fingerprint = data_fingerprint(data)
     if out_dir is None:
         with _fork_rng(device):
             return _train(config, data, device, fingerprint, None, progress, on_epoch_end)
