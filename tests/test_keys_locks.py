@@ -15,10 +15,12 @@ from torch import nn
 
 import basinscope as bs
 from basinscope._checks import (
+    check_device,
     check_int,
     check_number,
     check_output_dir,
     check_output_file,
+    check_seed,
     check_span,
 )
 from basinscope._keys import check_key, differences, tensor_digest, warn_soft
@@ -205,3 +207,19 @@ def test_output_location_checks(tmp_path):
     with pytest.raises(bs.BasinscopeError, match="is a directory; give a file name"):
         check_output_file(tmp_path)
     assert not (tmp_path / "new").exists()  # checks create nothing
+
+
+def test_seed_and_device_checks():
+    assert check_seed("seed", 2**63 - 1) == 2**63 - 1
+    for bad in (-1, 2**63, 10**20):
+        with pytest.raises(bs.BasinscopeError, match="seed must be an integer"):
+            check_seed("seed", bad)
+    assert check_device("cpu") == torch.device("cpu")
+    for bad, why in (("bogus", "not a device torch knows"), ("meta", "holds no data")):
+        with pytest.raises(bs.BasinscopeError, match=why):
+            check_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(bs.BasinscopeError, match="CUDA is not available"):
+            check_device("cuda:0")
+    with pytest.raises(bs.BasinscopeError, match="not available in this torch build"):
+        check_device("mps" if not torch.backends.mps.is_available() else "xla")

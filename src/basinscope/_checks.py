@@ -17,7 +17,9 @@ from typing import Any
 from .errors import BasinscopeError
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+def check_int(
+    name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None
+) -> int:
     """``value`` as an int: a Python/NumPy integer (or an integral float such as 3.0)."""
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok and isinstance(value, numbers.Real) and not isinstance(value, bool):
@@ -27,7 +29,48 @@ def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
     value = int(value)
     if minimum is not None and value < minimum:
         raise BasinscopeError(f"{name} must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise BasinscopeError(f"{name} must be an integer <= {maximum}, got {value}")
     return value
+
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+
+
+def check_seed(name: str, value: Any) -> int:
+    """A seed: an integer in ``[0, 2**63 - 1]`` (what a torch generator accepts)."""
+    return check_int(name, value, minimum=0, maximum=SEED_MAX)
+
+
+def check_device(value: Any, name: str = "device") -> Any:
+    """``value`` as a ``torch.device`` that exists here: ``cpu``, or ``cuda[:N]`` when
+    CUDA is available (a device torch does not know, ``meta`` or one this build lacks
+    is refused in one sentence)."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise BasinscopeError(
+            f"{name} {value!r} is not a device torch knows; use 'cpu' or 'cuda[:N]'"
+        ) from None
+    if device.type == "meta":
+        raise BasinscopeError(f"{name} 'meta' holds no data; use 'cpu' or 'cuda[:N]'")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BasinscopeError(f"{name} {value!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BasinscopeError(
+                f"{name} {value!r}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+    elif device.type != "cpu":
+        try:
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError):
+            raise BasinscopeError(
+                f"{name} {value!r} is not available in this torch build; use 'cpu' or 'cuda[:N]'"
+            ) from None
+    return device
 
 
 def check_number(
