@@ -9,7 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SubsetRandomSampler,
+    TensorDataset,
+)
 
 import basinscope as bs
 from basinscope.objective import Objective
@@ -280,6 +287,96 @@ def test_ignored_targets_leave_loss_and_accuracy_for_every_batch_size():
         Objective(model, nn.CrossEntropyLoss(), (X, y))
 
 
+_NOT_A_MEAN = "not a mean over examples.*depend on batch_size.*nn.CrossEntropyLoss"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w: lambda o, t: F.cross_entropy(o, t, weight=w),  # weights it cannot count
+        lambda w: lambda o, t: F.nll_loss(F.log_softmax(o, 1), t, weight=w),
+        lambda w: lambda o, t: F.cross_entropy(o[t > 0], t[t > 0]),  # a mask
+    ],
+)
+def test_a_loss_normalised_by_its_own_count_is_refused(make):
+    # Each gave a dataset value that depended on batch_size (1.1492 vs 1.1516).
+    model, (X, y) = _mlp(), _data(n=40)
+    with pytest.raises(bs.BasinscopeError, match=_NOT_A_MEAN):
+        Objective(model, make(torch.tensor([1.0, 2.0, 3.0], dtype=f64)), (X, y), batch_size=8)
+
+
+def test_ignored_targets_in_a_plain_function_are_refused_wherever_they_are():
+    model, (X, y) = _mlp(), _data(n=40)
+    y = y.clone()
+    y[30] = -100  # beyond the probe's first 8 examples
+    with pytest.raises(bs.BasinscopeError, match=r"on example \d alone nan.*ignored targets"):
+        Objective(model, lambda o, t: F.cross_entropy(o, t), (X, y), batch_size=8)
+    # the losses whose count basinscope knows stay accepted, and exact
+    want = _full_ce(model, X, y)
+    for fn in (F.cross_entropy, nn.CrossEntropyLoss(), functools.partial(F.cross_entropy)):
+        assert Objective(model, fn, (X, y), batch_size=7).loss() == pytest.approx(want, rel=1e-13)
+
+
+def test_known_weighted_smoothed_and_elementwise_means_stay_accepted():
+    model, (X, y) = _mlp(), _data(n=40)
+    y = y.clone()
+    y[::9] = 2
+    y[5] = -100
+    w = torch.tensor([1.0, 5.0, 0.2], dtype=f64)
+    for kw in ({"weight": w, "label_smoothing": 0.2}, {"weight": w, "ignore_index": 2}):
+        if "ignore_index" in kw:
+            y[5] = 0
+        want = _full_ce(model, X, y, **kw)
+        for fn in (functools.partial(F.cross_entropy, **kw), nn.CrossEntropyLoss(**kw)):
+            got = Objective(model, fn, (X, y), batch_size=7).loss()
+            assert got == pytest.approx(want, rel=1e-12), kw
+    yf = torch.rand(40, 3, dtype=f64)
+    for fn in (nn.MSELoss(), nn.BCEWithLogitsLoss(), nn.SmoothL1Loss()):
+        with torch.no_grad():
+            want = float(fn(model(X), yf))
+        assert Objective(model, fn, (X, yf), batch_size=7).loss() == pytest.approx(want, rel=1e-12)
+
+
+def test_equal_outputs_do_not_hide_a_weighting():
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([0.5, -1.0, 2.0]))  # every example: the same outputs
+    X, y = _data()
+    w = torch.tensor([1.0, 2.0, 3.0], dtype=f64)
+    with pytest.raises(bs.BasinscopeError, match=_NOT_A_MEAN):
+        Objective(model, lambda o, t: F.cross_entropy(o, t, weight=w), (X, y))
+
+
+@pytest.mark.parametrize(
+    "device, match",
+    [
+        ("meta", "device 'meta' holds no data"),
+        ("bogus", "device 'bogus' is not a device torch knows"),
+        (3, "device 3"),
+        ("xla", "device 'xla'"),
+    ],
+)
+def test_unknown_or_unusable_devices_are_one_sentence(device, match):
+    model, (X, y) = _mlp(), _data()
+    with pytest.raises(bs.BasinscopeError, match=match):
+        Objective(model, nn.CrossEntropyLoss(), (X, y), device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is there")
+def test_cuda_without_cuda_is_one_sentence():
+    model, (X, y) = _mlp(), _data()
+    with pytest.raises(bs.BasinscopeError, match="CUDA is not available"):
+        Objective(model, nn.CrossEntropyLoss(), (X, y), device="cuda:0")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32", np.float32])
+def test_a_dtype_that_is_no_floating_torch_dtype_is_one_sentence(dtype):
+    model, (X, y) = _mlp(), _data()
+    with pytest.raises(bs.BasinscopeError, match="dtype must be a floating-point torch dtype"):
+        Objective(model, nn.CrossEntropyLoss(), (X, y), dtype=dtype)
+
+
 # ------------------------------------------------------------------ loaders and datasets
 def test_shuffling_dropping_loader_reads_every_example_in_order():
     model, (X, y) = _mlp(), _data(n=23)
@@ -376,3 +473,78 @@ def test_iterable_dataset_loader_keeps_its_last_partial_batch():
     ):
         obj = Objective(model, nn.CrossEntropyLoss(), loader)
         assert obj.n_examples == 23 and obj.loss() == ref
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (
+            lambda ds: DataLoader(ds, sampler=RandomSampler(ds, replacement=True, num_samples=100)),
+            "RandomSampler draws 100 of the 20 examples with replacement",
+        ),
+        (
+            lambda ds: DataLoader(ds, batch_size=3, sampler=RandomSampler(ds, num_samples=10)),
+            "RandomSampler draws 10 of the 20 examples without replacement",
+        ),
+        (  # batch_size=None: the sampler was ignored too
+            lambda ds: DataLoader(
+                ds, batch_size=None, sampler=RandomSampler(ds, replacement=True, num_samples=20)
+            ),
+            "RandomSampler draws 20 of the 20 examples with replacement",
+        ),
+        (  # a BatchSampler's own sampler
+            lambda ds: DataLoader(
+                ds,
+                batch_sampler=BatchSampler(
+                    RandomSampler(ds, replacement=True, num_samples=20), 4, False
+                ),
+            ),
+            "RandomSampler draws 20 of the 20 examples with replacement",
+        ),
+        (
+            lambda ds: DataLoader(ds, batch_size=4, sampler=SubsetRandomSampler([1, 5, 1])),
+            "SubsetRandomSampler gives example 1 more than once",
+        ),
+        (
+            lambda ds: DataLoader(ds, batch_size=4, sampler=[0, 2, 2, 3]),
+            "list gives example 2 more than once",
+        ),
+    ],
+)
+def test_samplers_that_draw_by_chance_or_twice_are_refused(make, match):
+    model, (X, y) = _mlp(), _data()
+    with pytest.raises(bs.BasinscopeError, match=match + ".*each example once"):
+        Objective(model, nn.CrossEntropyLoss(), make(TensorDataset(X, y)))
+
+
+def test_fixed_samplers_keep_their_examples_and_shuffling_reads_all():
+    model, (X, y) = _mlp(), _data()
+    ds = TensorDataset(X, y)
+    for loader, rows in (
+        (DataLoader(ds, batch_size=3, sampler=[4, 0, 7]), [4, 0, 7]),
+        (DataLoader(ds, batch_size=None, sampler=SubsetRandomSampler([9, 2])), [2, 9]),
+        (DataLoader(ds, batch_size=3, sampler=RandomSampler(ds)), list(range(20))),
+        (DataLoader(ds, batch_size=None, shuffle=True), list(range(20))),
+    ):
+        obj = Objective(model, nn.CrossEntropyLoss(), loader)
+        assert torch.equal(obj.x, X[rows]) and torch.equal(obj.y, y[rows])
+
+
+class _RandomStream(torch.utils.data.IterableDataset):
+    def __init__(self, X, y):
+        self.X, self.y = X, y
+
+    def __iter__(self):
+        for i in torch.randperm(len(self.X))[:15]:
+            yield self.X[i], self.y[i]
+
+
+def test_iterable_dataset_with_another_subset_each_pass_is_refused():
+    model, (X, y) = _mlp(), _data()
+    torch.manual_seed(0)
+    for loader in (
+        DataLoader(_RandomStream(X, y), batch_size=4),
+        DataLoader(_RandomStream(X, y), batch_size=None),
+    ):
+        with pytest.raises(bs.BasinscopeError, match="yields other examples on a second pass"):
+            Objective(model, nn.CrossEntropyLoss(), loader)

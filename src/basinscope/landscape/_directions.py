@@ -66,6 +66,34 @@ def check_directions(
     return t
 
 
+def check_independent(what: str, directions: Tensor) -> None:
+    """Refuse a zero direction among ``directions[k, n]``, or two parallel ones.
+
+    A zero direction gives a flat "landscape" (every point is the origin); two
+    parallel directions span a line, not a plane. Non-finite directions pass (the
+    caller's finite check names them).
+    """
+    d = directions.detach().to("cpu", torch.float64).reshape(len(directions), -1)
+    if not bool(torch.isfinite(d).all()):
+        return  # the finite check names those
+    norms = d.norm(dim=1)
+    for j, norm in enumerate(norms.tolist()):
+        if not norm > 0:
+            which = f"direction {j + 1} of {what}" if len(d) > 1 else f"the direction of {what}"
+            raise BasinscopeError(
+                f"{which} is zero, so every point would be the origin; give a nonzero direction"
+            )
+    for i in range(len(d)):
+        for j in range(i + 1, len(d)):
+            cos = float(d[i] @ d[j]) / float(norms[i] * norms[j])
+            if 1 - abs(cos) <= 1e-12:
+                raise BasinscopeError(
+                    f"directions {i + 1} and {j + 1} of {what} are parallel (cosine {cos:.12g}), "
+                    "so they span a line, not a plane; give two independent directions "
+                    "(e.g. random_directions(obj, 2))"
+                )
+
+
 def _ratio(target: Tensor, current: Tensor) -> Tensor:
     """``target / current``, and 0 where ``current`` is 0 (an all-zero filter stays zero).
 

@@ -10,6 +10,7 @@ depend on) matches.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..objective import BatchNormEngine, batchnorm_layers
+from ._directions import check_independent
 from ._surface import Surface, _write_attrs, _write_chunk
 
 if TYPE_CHECKING:
@@ -123,6 +125,7 @@ def line(
             keeps θ0's statistics.
     """
     d = torch.as_tensor(direction).reshape(1, -1)
+    check_independent("a line", d)
     coords = _grids([(span, steps)], "a line")
     return _compute(obj, d, coords, test, path, chunk, progress, attrs, update_bn=update_bn)
 
@@ -150,6 +153,7 @@ def plane(
     in :func:`line`.
     """
     d = torch.stack([torch.as_tensor(d1).reshape(-1), torch.as_tensor(d2).reshape(-1)])
+    check_independent("a plane", d)
     coords = _grids(
         [(span, steps), (span if yspan is None else yspan, steps if ysteps is None else ysteps)],
         "a plane",
@@ -205,6 +209,7 @@ def _compute(
         offset, matrix = (np.asarray(a, dtype=np.float64) for a in coef_map)
         if not (np.isfinite(offset).all() and np.isfinite(matrix).all()):
             raise BasinscopeError("the coefficient map contains NaN or infinite values")
+    _check_reach(obj, dirs, coords, None if coef_map is None else (offset, matrix), origin)
     if path is not None:
         path = check_output_file(path, "the surface file")
     test_obj = None
@@ -226,6 +231,38 @@ def _compute(
         return _evaluate_grid(*args, None, chunk, progress, meta)
     with output_lock(_lock_target(path), "the surface file"):
         return _evaluate_grid(*args, path, chunk, progress, meta)
+
+
+def _check_reach(
+    obj: Objective,
+    dirs: Tensor,
+    coords: list[np.ndarray],
+    coef_map: tuple[np.ndarray, np.ndarray] | None,
+    origin: Tensor | None,
+) -> None:
+    """Refuse a grid whose points ``origin + Σ_j c_j d_j`` would not be finite in the
+    Objective's dtype: a coefficient, or the bound ``max|θ| + Σ_j max|c_j| · max|d_j|``
+    at the grid's extreme coefficients (the corners of the box of spans, through the
+    coefficient map if any), beyond the dtype's largest number."""
+    from ..errors import BasinscopeError
+
+    spans = " × ".join(f"[{c[0]:g}, {c[-1]:g}]" for c in coords)
+    corners = np.array(list(itertools.product(*[(c[0], c[-1]) for c in coords])))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if coef_map is not None:
+            corners = coef_map[0] + corners @ coef_map[1]
+        cmax = np.abs(corners).max(axis=0)
+        dmax = dirs.detach().abs().amax(dim=1).to("cpu", torch.float64).numpy()
+        theta = obj.theta0 if origin is None else origin
+        reach = float(theta.detach().abs().max()) + float((cmax * dmax).sum())
+    big = float(torch.finfo(obj.dtype).max)
+    finite = all(bool(np.isfinite(c).all()) for c in coords)
+    if not (finite and float(cmax.max()) <= big and reach <= big):
+        raise BasinscopeError(
+            f"the span {spans} takes the grid's points θ0 + c·d to {reach:.3g} in size, "
+            f"beyond {str(obj.dtype)[6:]}'s range ({big:.3g}), where the losses would not "
+            "be finite; use a smaller span"
+        )
 
 
 def _lock_target(path: Path) -> Path:
@@ -358,7 +395,9 @@ def _evaluate_chunk(
     shortcut: bool,
 ) -> dict[str, Tensor]:
     """``{"train_loss": [K], "train_acc": [K], ...}`` at ``theta + coef @ directions``
-    (the test metrics too when there is a test Objective)."""
+    (the test metrics too when there is a test Objective); where a loss is NaN or
+    infinite (outputs that overflowed at finite weights) the loss is stored as it is
+    and the accuracy as NaN."""
     updates = {}
     if bn is not None:
         objs = {"train": obj} | ({"test": test_obj} if test_obj is not None else {})
@@ -373,6 +412,11 @@ def _evaluate_chunk(
             updates["test_loss"], updates["test_acc"] = test_obj.evaluate_affine(
                 coef, directions, origin=theta, shortcut=shortcut
             )
+    for key in [k for k in updates if k.endswith("_loss")]:  # overflowed outputs: their
+        acc = key[: -len("loss")] + "acc"  # argmax is no accuracy, stored as NaN
+        updates[acc] = torch.where(
+            torch.isfinite(updates[key]), updates[acc], torch.full_like(updates[acc], math.nan)
+        )
     return updates
 
 

@@ -93,7 +93,14 @@ class Surface:
 
     @classmethod
     def load(cls, path: str | Path) -> Surface:
-        """Read a surface written by :meth:`save` (or by Li et al.'s tool)."""
+        """Read a surface written by :meth:`save` (or by Li et al.'s tool).
+
+        The file is checked as it is read, each problem refused in one sentence
+        naming the file: a missing or non-numeric dataset, coordinates that are not
+        one finite 1-D array each, a metric or ``computed`` mask whose shape is not
+        the grid's, ``directions`` that are not a ``[k, n]`` array of numbers, an
+        attribute ``basinscope`` that is not a JSON object.
+        """
         import h5py
 
         from ..errors import BasinscopeError
@@ -112,23 +119,123 @@ class Surface:
                 raise BasinscopeError(
                     f"{str(path)!r} has no 'xcoordinates' dataset; it is not a surface file"
                 )
-            get = lambda k: np.asarray(f[k][()]) if k in f else None  # noqa: E731
-            x = get("xcoordinates")
-            y = get("ycoordinates")
-            data = {k: (None if get(k) is None else get(k).astype(np.float64)) for k in METRICS}
-            computed = get("computed")
-            if computed is None:  # a file from Li et al.'s tool: trust what is finite
-                ref = next((v for v in data.values() if v is not None), None)
-                computed = None if ref is None else ~np.isnan(ref)
-            attrs = json.loads(f.attrs["basinscope"]) if "basinscope" in f.attrs else {}
-            return cls(
-                xcoordinates=x,
-                ycoordinates=y,
-                computed=None if computed is None else computed.astype(bool),
-                directions=get("directions"),
-                attrs=attrs,
-                **data,
-            )
+            return _read_surface(cls, f, path)
+
+
+def _read_surface(cls: type[Surface], f: Any, path: Path) -> Surface:
+    """The body of :meth:`Surface.load`: every dataset and the attributes, checked."""
+    from ..errors import BasinscopeError
+
+    where = f"surface file {str(path)!r}"
+    x = _coordinates(f, "xcoordinates", where)
+    y = _coordinates(f, "ycoordinates", where) if "ycoordinates" in f else None
+    shape = (len(x),) if y is None else (len(x), len(y))
+    data = {k: _grid_array(f, k, shape, where) for k in METRICS}
+    if all(v is None for v in data.values()):
+        raise BasinscopeError(
+            f"{where} holds none of the datasets {', '.join(METRICS)}; it is not a surface file"
+        )
+    computed = _grid_array(f, "computed", shape, where, mask=True)
+    if computed is None:  # a file from Li et al.'s tool: trust what is finite
+        ref = next(v for v in data.values() if v is not None)
+        computed = ~np.isnan(ref)
+    directions = _numbers(f, "directions", where) if "directions" in f else None
+    if directions is not None and directions.ndim != 2:
+        raise BasinscopeError(
+            f"{where} has 'directions' of shape {list(directions.shape)}; a surface's "
+            "directions are a [k, n] array"
+        )
+    return cls(
+        xcoordinates=x,
+        ycoordinates=y,
+        computed=computed.astype(bool),
+        directions=directions,
+        attrs=_attributes(f, where),
+        **data,
+    )
+
+
+def _numbers(f: Any, key: str, where: str) -> np.ndarray:
+    """Dataset ``key`` of ``f`` as an array of real numbers (booleans count), else a refusal."""
+    import h5py
+
+    from ..errors import BasinscopeError
+
+    item = f[key]
+    if not isinstance(item, h5py.Dataset):
+        raise BasinscopeError(f"{where} has {key!r} as a {type(item).__name__}, not a dataset")
+    kind = item.dtype.kind
+    if kind not in "biuf":
+        what = {"S": "strings", "U": "strings", "O": "objects", "c": "complex numbers"}
+        raise BasinscopeError(
+            f"{where} has a dataset {key!r} of {what.get(kind, str(item.dtype))}; "
+            "a surface's datasets hold real numbers"
+        )
+    return np.asarray(item[()])
+
+
+def _coordinates(f: Any, key: str, where: str) -> np.ndarray:
+    """``xcoordinates``/``ycoordinates``: one 1-D array of finite numbers, float64."""
+    from ..errors import BasinscopeError
+
+    c = _numbers(f, key, where)
+    if c.ndim != 1 or len(c) == 0:
+        raise BasinscopeError(
+            f"{where} has {key!r} of shape {list(c.shape)}; coordinates are one non-empty 1-D array"
+        )
+    c = c.astype(np.float64)
+    if not np.isfinite(c).all():
+        raise BasinscopeError(f"{where} has {key!r} holding NaN or inf; coordinates are finite")
+    return c
+
+
+def _grid_array(
+    f: Any, key: str, shape: tuple[int, ...], where: str, mask: bool = False
+) -> np.ndarray | None:
+    """A metric (float64) or the ``computed`` mask of the grid's ``shape``; None if absent."""
+    from ..errors import BasinscopeError
+
+    if key not in f:
+        return None
+    a = _numbers(f, key, where)
+    if a.shape != shape:
+        grid = " × ".join(str(n) for n in shape)
+        raise BasinscopeError(
+            f"{where} has {key!r} of shape {list(a.shape)} but its coordinates make a grid "
+            f"of {grid}; the file is altered or not a surface file"
+        )
+    if mask and not np.isin(a, (0, 1)).all():
+        raise BasinscopeError(f"{where} has a 'computed' mask holding values other than 0 and 1")
+    return a if mask else a.astype(np.float64)
+
+
+def _attributes(f: Any, where: str) -> dict[str, Any]:
+    """The JSON object in the attribute ``basinscope`` ({} when there is none)."""
+    from ..errors import BasinscopeError
+
+    if "basinscope" not in f.attrs:
+        return {}
+    raw = f.attrs["basinscope"]
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str):
+        raise BasinscopeError(
+            f"{where} has an attribute 'basinscope' of type {type(raw).__name__}; "
+            "it must be a JSON object as text"
+        )
+    try:
+        attrs = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise BasinscopeError(
+            f"{where} has an attribute 'basinscope' that is not valid JSON ({err.msg} at "
+            f"character {err.pos})"
+        ) from None
+    if not isinstance(attrs, dict):
+        raise BasinscopeError(
+            f"{where} has an attribute 'basinscope' holding a JSON {type(attrs).__name__}, "
+            "not an object"
+        )
+    return attrs
 
 
 def _write_into(f: Any, s: Surface) -> None:

@@ -1,6 +1,8 @@
 """Reading the evaluation data: ``(X, y)``, a ``Dataset`` or a ``DataLoader`` as two
 tensors of the Objective's own (checked before any work: pairs, shapes, random
-transforms, samplers that draw other examples each pass, NaN/inf values)."""
+transforms, samplers that draw other examples each pass or draw with replacement,
+iterable datasets that yield other examples each pass (up to 64 MiB of tensors:
+a larger one is read once and not checked), NaN/inf values)."""
 
 from __future__ import annotations
 
@@ -190,9 +192,38 @@ def _same_value(a: Any, b: Any) -> bool:
 
 def _from_loader(loader: torch.utils.data.DataLoader) -> tuple[Tensor, Tensor]:
     ds = loader.dataset
+    if isinstance(ds, torch.utils.data.IterableDataset):
+        x, y = _read_loader(loader)
+        if _nbytes(x, y) <= _REREAD_ITERABLE_BYTES:
+            again = _read_loader(loader)
+            if not (_same_value(x, again[0]) and _same_value(y, again[1])):
+                raise BasinscopeError(
+                    f"the DataLoader's {type(ds).__name__} yields other examples on a second "
+                    "pass (a random stream or augmentation?); basinscope needs the same data "
+                    "every time: pass a deterministic dataset"
+                )
+        return x, y
+    indices = _sampler_indices(loader)
     if loader.batch_sampler is None:  # batch_size=None: the loader yields single items
-        if not isinstance(ds, torch.utils.data.IterableDataset):
-            return _from_dataset(ds)
+        return _from_dataset(ds if indices is None else torch.utils.data.Subset(ds, indices))
+    _check_rereads(ds)
+    return _read_loader(loader, indices)
+
+
+# An IterableDataset up to this size (its tensors) is read twice to refuse one that
+# yields other examples on each pass; a larger one is read once (not checked).
+_REREAD_ITERABLE_BYTES = 64 * 2**20
+
+
+def _nbytes(*tensors: Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _read_loader(
+    loader: torch.utils.data.DataLoader, indices: list[int] | None = None
+) -> tuple[Tensor, Tensor]:
+    """Every example of ``loader`` (``indices`` of its dataset), in order, as two tensors."""
+    if loader.batch_sampler is None:  # an IterableDataset yielding single items
         items = [_pair(it, f"item {i} of the DataLoader") for i, it in enumerate(loader)]
         if not items:
             raise BasinscopeError("the DataLoader yielded no items")
@@ -200,10 +231,8 @@ def _from_loader(loader: torch.utils.data.DataLoader) -> tuple[Tensor, Tensor]:
         return _stack("DataLoader's inputs", xs, cat=False), _stack(
             "DataLoader's targets", ys, cat=False
         )
-    if not isinstance(ds, torch.utils.data.IterableDataset):
-        _check_rereads(ds)
     xs, ys = [], []
-    for b, batch in enumerate(_sequential_loader(loader)):
+    for b, batch in enumerate(_sequential_loader(loader, indices)):
         x, y = _pair(batch, f"batch {b} of the DataLoader")
         xs.append(x)
         ys.append(y)
@@ -212,36 +241,70 @@ def _from_loader(loader: torch.utils.data.DataLoader) -> tuple[Tensor, Tensor]:
     return _stack("DataLoader's inputs", xs, cat=True), _stack("DataLoader's targets", ys, cat=True)
 
 
-def _sequential_loader(loader: torch.utils.data.DataLoader) -> torch.utils.data.DataLoader:
+def _sampler_indices(loader: torch.utils.data.DataLoader) -> list[int] | None:
+    """The dataset indices a map-style loader evaluates: None for every example in order.
+
+    A shuffling sampler (``RandomSampler`` without replacement over every example)
+    reads every example, in the dataset's order. A sampler that picks a fixed part
+    of the dataset (``SubsetRandomSampler``: ascending; a custom one that yields the
+    same indices every pass: in its order) keeps its part. One that draws with
+    replacement, draws another number of examples than the dataset holds, draws
+    other examples on each pass or gives an example twice is refused: the
+    evaluation would weigh examples by chance.
+    """
+    data = torch.utils.data
+    batcher = loader.batch_sampler
+    if batcher is None or type(batcher) is data.BatchSampler:
+        sampler = loader.sampler if batcher is None else batcher.sampler
+    else:
+        sampler = batcher  # a custom batch sampler
+    name = type(sampler).__name__
+    refuse = (
+        "basinscope evaluates a fixed set, each example once: pass a DataLoader without "
+        "a sampler (or the dataset itself)"
+    )
+    if type(sampler) is data.SequentialSampler:
+        return None
+    if type(sampler) is data.RandomSampler:
+        n, drawn = len(sampler.data_source), sampler.num_samples
+        if sampler.replacement or drawn != n:
+            how = "with replacement" if sampler.replacement else "without replacement"
+            raise BasinscopeError(
+                f"the DataLoader's RandomSampler draws {drawn} of the {n} examples {how} "
+                f"on each pass; {refuse}"
+            )
+        return None
+    if type(sampler) is data.SubsetRandomSampler:
+        indices = sorted(int(i) for i in sampler.indices)
+    else:
+        indices, second = (list(_flat(sampler)) for _ in range(2))
+        if indices != second:
+            raise BasinscopeError(
+                f"the DataLoader's {name} draws different examples on each pass; {refuse}"
+            )
+    seen: set[int] = set()
+    for i in indices:
+        if i in seen:
+            raise BasinscopeError(
+                f"the DataLoader's {name} gives example {i} more than once; {refuse}"
+            )
+        seen.add(i)
+    return indices
+
+
+def _sequential_loader(
+    loader: torch.utils.data.DataLoader, indices: list[int] | None = None
+) -> torch.utils.data.DataLoader:
     """A DataLoader over the same examples in the dataset's order, dropping none.
 
     A shuffling loader gives another order (and with ``batch_size`` chunks,
     another rounding) on every pass and ``drop_last=True`` leaves examples out;
-    an evaluation reads every example of ``loader.dataset`` in order instead,
-    with the same ``collate_fn`` and batch size. A sampler that picks a fixed
-    part of the dataset (``SubsetRandomSampler``, a custom one that yields the
-    same indices every pass) keeps its part, in ascending order for the former;
-    one that draws different examples each pass is refused.
+    an evaluation reads every example of ``loader.dataset`` in order instead
+    (``indices`` of it when given, see :func:`_sampler_indices`), with the same
+    ``collate_fn`` and batch size.
     """
-    ds = loader.dataset
     data = torch.utils.data
-    indices: list[int] | None = None
-    if not isinstance(ds, data.IterableDataset):
-        custom = loader.batch_sampler is not None and type(loader.batch_sampler) is not (
-            data.BatchSampler
-        )
-        sampler = loader.batch_sampler if custom else loader.sampler
-        if isinstance(sampler, data.SubsetRandomSampler):
-            indices = sorted(int(i) for i in sampler.indices)
-        elif not isinstance(sampler, data.SequentialSampler | data.RandomSampler):
-            first, second = (list(_flat(sampler)) for _ in range(2))
-            if first != second:
-                raise BasinscopeError(
-                    f"the DataLoader's {type(sampler).__name__} draws different examples on "
-                    "each pass; basinscope evaluates a fixed set: pass a DataLoader without "
-                    "a sampler (or the dataset itself)"
-                )
-            indices = first
+    ds = loader.dataset
     batch_size = loader.batch_size or 64
     workers = loader.num_workers
     return data.DataLoader(

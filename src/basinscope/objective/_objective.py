@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_int
+from .._checks import check_device, check_int
 from ..errors import BasinscopeError
 from ._engine import Batches, PlainEngine, evaluate_points
 from ._inputs import _same_value, prepare
@@ -38,9 +38,11 @@ from ._probes import (
     _check_finite_model,
     _describe_callable,
     check_loss,
+    check_mean,
     check_output,
     check_targets,
     forward_failure,
+    probe_rows,
 )
 from ._space import ParamSpace, match
 
@@ -116,8 +118,12 @@ class Objective:
                 "(reduction='mean') to form exact dataset means"
             )
         first = next(iter(model.parameters()), None)
-        self.device = torch.device(device) if device is not None else _model_device(model)
-        self.dtype = dtype or (first.dtype if first is not None else torch.get_default_dtype())
+        self.device = check_device(device) if device is not None else _model_device(model)
+        self.dtype = (
+            _check_dtype(dtype)
+            if dtype is not None
+            else (first.dtype if first is not None else torch.get_default_dtype())
+        )
         self.model = copy.deepcopy(model).to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -372,8 +378,24 @@ class Objective:
             check_output(out)
             check_targets(self.loss_fn, self.y, out)
             check_loss(self.loss_fn, out, y)
+            self._probe_mean(params, out)
             if determinism:
                 _refuse_if_random(out, self.batches.forward(params, x))
+
+    def _probe_mean(self, params: dict[str, Tensor], out: Tensor) -> None:
+        """Is the loss a mean over examples: tried on the first examples, the first one
+        with an ignored target and the first ones of other labels (a few forwards)."""
+        classes = int(out.shape[1]) if out.ndim >= 2 else 0
+        rows = probe_rows(self.y, classes)
+        if max(rows) < len(out):
+            sample = out[rows]
+        else:
+            try:
+                sample = self.batches.forward(params, self.x[rows])
+            except Exception:  # a model that takes only some batch shapes: the first rows
+                rows = rows[:3]
+                sample = out[rows]
+        check_mean(self.loss_fn, sample, self.y[rows])
 
     def check_determinism(self, theta: Tensor | None = None, *, advice: str | None = None) -> None:
         """Refuse a model whose evaluation is random (dropout or noise active in eval mode).
@@ -410,6 +432,16 @@ def _blocks(names: Sequence[str]) -> list[str]:
         if block not in out:
             out.append(block)
     return out
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` as a floating-point ``torch.dtype`` (what a model's weights can take)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise BasinscopeError(
+            f"dtype must be a floating-point torch dtype (torch.float32, torch.float64, "
+            f"torch.bfloat16, torch.float16), got {dtype!r}"
+        )
+    return dtype
 
 
 def _model_device(model: nn.Module) -> torch.device:

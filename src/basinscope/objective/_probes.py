@@ -1,6 +1,6 @@
 """The checks an Objective runs once, before any work: finite weights, a model that
 takes the data and returns one tensor, targets that fit the outputs and the loss,
-a loss that is a batch mean; and the descriptions of a loss they (and the resume
+a loss that is a mean over examples; and the descriptions of a loss they (and the resume
 keys) use."""
 
 from __future__ import annotations
@@ -113,13 +113,7 @@ def check_targets(loss_fn: Any, y: Tensor, out: Tensor) -> None:
 
 
 def check_loss(loss_fn: Any, out: Tensor, y: Tensor) -> None:
-    """The loss takes the probe's outputs and targets, returns a scalar and is a mean.
-
-    A batch mean of ``k`` examples (class weights, label smoothing, a mean over
-    elements: any convex combination) lies within ``[min_i ℓ_i, max_i ℓ_i]`` of
-    the examples' own losses; a sum equals ``Σ_i ℓ_i``, outside that range once
-    two examples have a loss. Only that clear case is refused.
-    """
+    """The loss takes the probe's outputs and targets and returns a scalar."""
     try:
         value = loss_fn(out, y)
     except Exception as err:
@@ -127,25 +121,124 @@ def check_loss(loss_fn: Any, out: Tensor, y: Tensor) -> None:
     if not torch.is_tensor(value) or value.numel() != 1:
         got = f"shape {list(value.shape)}" if torch.is_tensor(value) else type(value).__name__
         raise BasinscopeError(f"loss_fn must return a scalar tensor (the batch mean), got {got}")
-    k = min(3, len(y))
-    if out.ndim == 0 or len(out) != len(y) or k < 2:
+
+
+def probe_rows(y: Tensor, classes: int, first: int = 3, others: int = 3) -> list[int]:
+    """The examples :func:`check_mean` tries: the ``first`` ones, the first example
+    holding a label outside ``[0, classes)`` (an ignored target) and the first
+    examples of up to ``others`` further labels (so that class weights show)."""
+    rows = list(range(min(first, len(y))))
+    if y.is_floating_point() or y.is_complex() or len(y) <= len(rows):
+        return rows
+    flat = y.reshape(len(y), -1)
+    if classes:
+        odd = ((flat < 0) | (flat >= classes)).any(1).nonzero()
+        if len(odd) and int(odd[0, 0]) not in rows:
+            rows.append(int(odd[0, 0]))
+    if y.ndim == 1:
+        values, inverse = torch.unique(y, return_inverse=True)
+        where = torch.arange(len(y), device=y.device)
+        start = torch.full((len(values),), len(y), dtype=where.dtype, device=y.device)
+        seen = set(int(v) for v in y[rows])
+        for i in start.scatter_reduce(0, inverse, where, "amin").sort().values.tolist():
+            if len(rows) >= first + others + 1:
+                break
+            if int(y[i]) not in seen:
+                rows.append(i)
+                seen.add(int(y[i]))
+    return rows
+
+
+def check_mean(loss_fn: Any, out: Tensor, y: Tensor) -> None:
+    """Refuse a loss whose value on a batch is not the mean of its values on the examples.
+
+    ``out``, ``y``: a few examples (:func:`probe_rows`). On a mean loss, the batch
+    value is ``Σ_i c_i ℓ_i / Σ_i c_i`` of the examples' own values ``ℓ_i`` with
+    ``c_i = 1`` (every torch loss with ``reduction='mean'``, label smoothing, a mean
+    over elements), or ``c_i = Σ w_{y_i}`` over the targets not ignored for torch's
+    cross-entropy and NLL losses with class weights or ``ignore_index`` (what
+    :class:`~basinscope.objective.Batches` counts). A loss normalised by anything
+    else (a sum, class weights or an ignored target in a plain function, a mask)
+    gives another value, and its dataset value would depend on the chunking. Tried
+    on the outputs as they are and paired with the next example's targets (so that
+    equal outputs do not hide a weighting); a loss that fails on one example gives
+    no verdict.
+    """
+    k = len(y)
+    if out.ndim == 0 or len(out) != k or k < 2:
         return
-    try:
-        whole = float(loss_fn(out[:k], y[:k]))
-        each = [float(loss_fn(out[i : i + 1], y[i : i + 1])) for i in range(k)]
-    except Exception:
-        return  # a loss that needs more examples at once: nothing to tell
-    if not all(math.isfinite(v) for v in [whole, *each]):
-        return  # ignored examples (0/0) or overflow: no verdict
-    total, lo, hi = sum(each), min(each), max(each)
-    tol = 1e-4 * (abs(total) + abs(lo) + abs(hi))
-    if abs(whole - total) <= tol and not lo - tol <= whole <= hi + tol:
+    for o in (out, out.roll(1, 0)):
+        try:
+            whole = float(loss_fn(o, y))
+            each = [float(loss_fn(o[i : i + 1], y[i : i + 1])) for i in range(k)]
+        except Exception:
+            return  # a loss that needs more examples at once: nothing to tell
+        if not math.isfinite(whole):
+            return  # overflow: no verdict
+        _refuse_unless_mean(loss_fn, whole, each, _example_counts(loss_fn, y), out.dtype)
+
+
+def _refuse_unless_mean(
+    loss_fn: Any, whole: float, each: list[float], counts: list[float], dtype: torch.dtype
+) -> None:
+    """The verdict of :func:`check_mean` on one batch: ``whole`` against ``each``."""
+    k = len(each)
+    kept = [(c, v) for c, v in zip(counts, each, strict=True) if c > 0]
+    bad = next(
+        (
+            i
+            for i, (c, v) in enumerate(zip(counts, each, strict=True))
+            if c > 0 and not math.isfinite(v)
+        ),
+        None,
+    )
+    fix = (
+        "use nn.CrossEntropyLoss or nn.NLLLoss (whose weight and ignore_index basinscope "
+        "counts exactly) or a loss that averages per-example losses"
+    )
+    if bad is not None:
+        raise BasinscopeError(
+            f"loss_fn is not a mean over examples (on {k} examples it gives {whole:.6g} but "
+            f"on example {bad} alone {each[bad]}: it divides by a count of its own, such as "
+            f"weights, ignored targets or a mask), so its value over the dataset would "
+            f"depend on batch_size; {fix}"
+        )
+    if not kept:
+        return
+    finite = [v for _, v in kept]
+    total, lo, hi = sum(finite), min(finite), max(finite)
+    rel = max(1e-5, 32 * torch.finfo(dtype).eps) if dtype.is_floating_point else 1e-5
+    tol = rel * (abs(whole) + max(abs(lo), abs(hi))) + 1e-30
+    if len(kept) >= 2 and abs(whole - total) <= tol and not lo - tol <= whole <= hi + tol:
         raise BasinscopeError(
             f"loss_fn sums over the batch (on {k} examples it gives {whole:.6g}, the sum "
             f"of their losses, not a mean within [{lo:.6g}, {hi:.6g}]), so its value "
             "would depend on batch_size; basinscope needs a batch-mean loss "
             "(reduction='mean')"
         )
+    mean = sum(c * v for c, v in kept) / sum(c for c, _ in kept)
+    if abs(whole - mean) > tol:
+        raise BasinscopeError(
+            f"loss_fn is not a mean over examples (on {k} examples it gives {whole:.6g}, "
+            f"the mean of their own losses is {mean:.6g}: it weighs or normalises them by "
+            f"a count of its own), so its value over the dataset would depend on "
+            f"batch_size; {fix}"
+        )
+
+
+def _example_counts(loss_fn: Any, y: Tensor) -> list[float]:
+    """Each example's weight ``c_i`` in a batch mean of ``loss_fn`` (see :func:`check_mean`)."""
+    spec = _class_weights(loss_fn)
+    if spec is None or y.is_floating_point() or y.is_complex():
+        return [1.0] * len(y)
+    weight, ignore = spec
+    valid = y != ignore
+    if weight is None:
+        count = valid.to(torch.float64)
+    else:
+        w = weight.detach().to(y.device, torch.float64)
+        count = w[torch.where(valid, y, 0)] * valid
+    return count.reshape(len(y), -1).sum(1).tolist()
 
 
 def _describe_callable(fn: Any, depth: int = 0) -> Any:
