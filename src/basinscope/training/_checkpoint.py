@@ -20,10 +20,10 @@ from torch import nn
 
 from .._keys import tensor_digest, value_digest
 from ..errors import BasinscopeError
-from ._config import TrainConfig, _refuse_code
+from ._config import TrainConfig, _is_int, _refuse_code
 from ._factories import make_model
 from ._guards import _device
-from ._trajectory import Trajectory, _as_trajectory
+from ._trajectory import Trajectory, _as_trajectory, _trajectory_problem
 
 MODEL_FILE, CONFIG_FILE, METRICS_FILE, STATE_FILE, TRAJECTORY_FILE = (
     "model.pt",
@@ -124,15 +124,21 @@ def _check_sealed(
     return True
 
 
-def _read_trajectory(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
+def _load_trajectory_file(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(contents, None)`` for a well-formed ``trajectory.pt``, else ``(None, what is wrong)``."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+    except Exception as e:  # any failure to unpickle is an unreadable file
+        return None, f"it cannot be read ({type(e).__name__})"
+    problem = _trajectory_problem(saved)
+    return (saved, None) if problem is None else (None, problem)
+
+
+def _read_trajectory(path: Path) -> dict[str, Any] | None:
+    """A well-formed ``trajectory.pt``'s contents, or None (missing, unreadable, malformed)."""
+    if not path.is_file():
         return None
-    keys = {"epochs", "params", "names", "shapes"}
-    return saved if isinstance(saved, dict) and keys <= set(saved) else None
+    return _load_trajectory_file(path)[0]
 
 
 def load_trajectory(run_dir: str | Path) -> Trajectory:
@@ -146,7 +152,9 @@ def load_trajectory(run_dir: str | Path) -> Trajectory:
         is still training (or was interrupted) gives the snapshots taken so far.
 
     Raises:
-        BasinscopeError: no readable ``trajectory.pt`` there.
+        BasinscopeError: no ``trajectory.pt`` there, or one that is unreadable or
+            malformed (its types, its epochs, or params that do not match the
+            names and shapes it records).
     """
     path = Path(run_dir)
     if path.suffix != ".pt":
@@ -156,10 +164,11 @@ def load_trajectory(run_dir: str | Path) -> Trajectory:
             f"{str(path)!r} does not exist; train with snapshot_every > 0 to record the "
             "weight trajectory."
         )
-    saved = _read_trajectory(path)
+    saved, problem = _load_trajectory_file(path)
     if saved is None:
         raise BasinscopeError(
-            f"{str(path)!r} could not be read as a weight trajectory; train the run again."
+            f"trajectory file {str(path)!r} could not be read as a weight trajectory, the "
+            f"file is malformed: {problem}; train the run again."
         )
     return _as_trajectory(saved)
 
@@ -204,6 +213,7 @@ def load_checkpoint(
             rebuilt model, or a ``model.pt``/``config.json`` other than the ones
             ``metrics.json`` was written for.
     """
+    dev = _device(device)
     path = Path(path)
     model_path = path if path.suffix == ".pt" else path / MODEL_FILE
     run_dir = model_path.parent
@@ -223,8 +233,8 @@ def load_checkpoint(
         _refuse_code(f"run directory {str(run_dir)!r}", saved.get("model"))
     raw = dict(saved)
     info = {k: saved.pop(k) for k in _RUN_KEYS if k in saved}
+    _check_info(run_dir / CONFIG_FILE, info)
     config = TrainConfig.from_dict(saved)
-    dev = _device(device)
     weights = _read_weights(model_path)
     with torch.random.fork_rng(devices=[]):  # building initialises weights: keep RNG as it was
         model = make_model(config, info["input_shape"], info["n_classes"])
@@ -235,6 +245,21 @@ def load_checkpoint(
         _check_sealed(run_dir, raw, metrics, weights)
     model.to(dev).eval()
     return Checkpoint(model=model, config=config, metrics=metrics, path=run_dir, info=info)
+
+
+def _check_info(path: Path, info: Mapping[str, Any]) -> None:
+    """Refuse a ``config.json`` whose ``input_shape`` or ``n_classes`` no model could have."""
+    shape, k = info["input_shape"], info["n_classes"]
+    if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
+        raise BasinscopeError(
+            f"{str(path)!r} records input_shape {shape!r}, not a list of positive integers; "
+            "give a run directory written by basinscope's train."
+        )
+    if not (_is_int(k) and k > 0):
+        raise BasinscopeError(
+            f"{str(path)!r} records n_classes {k!r}, not a positive integer; "
+            "give a run directory written by basinscope's train."
+        )
 
 
 def _read_weights(model_path: Path) -> dict[str, torch.Tensor]:

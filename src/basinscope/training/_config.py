@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_number
+from .._checks import check_device, check_number, check_seed
 from ..errors import BasinscopeError
 from ._models import MODELS, _check_options
 
@@ -27,6 +27,26 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 """Accepted values of :attr:`TrainConfig.optimizer`."""
 SCHEDULES = ("constant", "cosine")
 """Accepted values of :attr:`TrainConfig.schedule`."""
+
+
+F32_MAX = float(torch.finfo(torch.float32).max)
+"""The largest float32, about 3.4e38: no float option may exceed it, since the
+optimizers hand their hyperparameters to float32 kernels (a larger one is refused
+instead of overflowing there)."""
+_ADAM_BETA1 = 0.9  # torch's default; Adam's first step divides lr by 1 - beta1
+
+
+def _lr_limit(optimizer: str) -> float:
+    """The largest learning rate whose first step stays within float32."""
+    return F32_MAX * (1 - _ADAM_BETA1) if optimizer in ("adam", "adamw") else F32_MAX
+
+
+def _lr_ok(lr: Any, optimizer: str) -> bool:
+    """A positive learning rate whose step ``lr`` (Adam: ``lr / (1 - beta1)``) float32 holds."""
+    if not (_is_number(lr) and lr > 0):
+        return False
+    scale = 1 - _ADAM_BETA1 if optimizer in ("adam", "adamw") else 1.0
+    return float(lr) / scale <= F32_MAX
 
 
 def _is_int(v: Any) -> bool:
@@ -45,6 +65,11 @@ def _is_number(v: Any) -> bool:
     except (BasinscopeError, OverflowError):  # OverflowError: an int beyond float range
         return False
     return True
+
+
+def _is_float32(v: Any) -> bool:
+    """A finite real number float32 can hold (``|v| <= F32_MAX``)."""
+    return _is_number(v) and abs(float(v)) <= F32_MAX
 
 
 # The config's integer and float fields: validate() converts NumPy scalars to
@@ -206,18 +231,36 @@ class TrainConfig:
                     "(pip install tomli)."
                 ) from e
         path = Path(path)
+        where = f"config file {str(path)!r}"
         try:
             with path.open("rb") as f:
                 d = tomllib.load(f)
         except FileNotFoundError as e:
-            raise BasinscopeError(f"config file {str(path)!r} does not exist.") from e
+            raise BasinscopeError(f"{where} does not exist.") from e
+        except IsADirectoryError as e:
+            raise BasinscopeError(f"{where} is a directory; give a TOML file.") from e
+        except OSError as e:
+            raise BasinscopeError(f"{where} cannot be read: {e.strerror or e}.") from e
+        except UnicodeDecodeError as e:  # tomllib decodes UTF-8 itself
+            raise BasinscopeError(f"{where} is not valid TOML: it is not UTF-8 text ({e}).") from e
         except tomllib.TOMLDecodeError as e:
-            raise BasinscopeError(f"config file {str(path)!r} is not valid TOML: {e}.") from e
+            raise BasinscopeError(f"{where} is not valid TOML: {e}.") from e
         if isinstance(d.get("train"), dict):
             d = d["train"]
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise BasinscopeError(
+                f"{where} holds unknown training option(s) {', '.join(map(repr, unknown))}; "
+                "give top-level TrainConfig fields or a [train] table of them "
+                f"(accepted: {', '.join(sorted(names))})."
+            )
         if not trust_code:
-            _refuse_code(path, d.get("model"))
-        return cls.from_dict(d)
+            _refuse_code(where, d.get("model"))
+        try:
+            return cls.from_dict(d)
+        except BasinscopeError as e:  # an invalid value: say which file holds it
+            raise BasinscopeError(f"{where}: {e}") from None
 
     def validate(self) -> None:
         """Check every value; raise a one-sentence :class:`BasinscopeError` on the first bad one."""
@@ -225,13 +268,41 @@ class TrainConfig:
         self._validate_model()
         self._validate_optimizer()
         self._validate_schedule()
-        if not isinstance(self.device, str):
-            raise self._bad("device", "give a torch device such as 'cpu' or 'cuda:0'")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, ValueError, TypeError) as e:
-            raise self._bad("device", "give a torch device such as 'cpu' or 'cuda:0'") from e
+        self._validate_device()
         self._plain_numbers()
+
+    def _validate_device(self) -> None:
+        """A device torch knows, not ``meta``, and of a kind this build has.
+
+        Whether a CUDA device is present is checked where the run uses it
+        (:func:`basinscope.training._guards._device`): a run directory trained on a
+        GPU still opens on a machine without one.
+        """
+        accepted = "give a torch device such as 'cpu' or 'cuda:0'"
+        if not isinstance(self.device, str):
+            raise self._bad("device", accepted)
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise self._bad("device", accepted) from e
+        if device.type == "meta":
+            raise self._bad("device", f"the meta device holds no data, {accepted}")
+        if device.type != "cuda":
+            try:
+                check_device(self.device)
+            except BasinscopeError:
+                raise self._bad(
+                    "device", f"this torch build has no {device.type} device, {accepted}"
+                ) from None
+
+    def _lr_accepted(self) -> str:
+        why = (
+            f"{self.optimizer}'s first step divides it by 1 - beta1 = 0.1"
+            if self.optimizer in ("adam", "adamw")
+            else "the optimizer steps in float32"
+        )
+        limit = _lr_limit(self.optimizer)
+        return f"give a positive learning rate no larger than {limit:.3g} ({why})"
 
     def _bad(self, name: str, accepted: str) -> BasinscopeError:
         return BasinscopeError(f"{name} {getattr(self, name)!r} is not valid; {accepted}.")
@@ -255,8 +326,12 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "give true or false")
         for name in ("seed", "data_seed"):
-            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 0):
+            if not _is_int(getattr(self, name)):
                 raise bad(name, "give a non-negative integer")
+            try:  # torch generators take a signed 64-bit seed
+                check_seed(name, getattr(self, name))
+            except BasinscopeError:
+                raise bad(name, "give a non-negative integer below 2**63") from None
 
     def _validate_model(self) -> None:
         """The model name, its options and dropout."""
@@ -283,6 +358,8 @@ class TrainConfig:
             raise bad("optimizer", f"accepted: {', '.join(OPTIMIZERS)}")
         if not (_is_number(self.lr) and self.lr > 0):
             raise bad("lr", "give a positive learning rate, e.g. 0.1")
+        if not _lr_ok(self.lr, self.optimizer):
+            raise bad("lr", self._lr_accepted())
         if not (_is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
             raise bad("momentum", "give a number in [0, 1)")
         if self.momentum > 0 and self.optimizer != "sgd":
@@ -291,6 +368,8 @@ class TrainConfig:
             raise bad("nesterov", "Nesterov momentum needs optimizer 'sgd' with momentum > 0")
         if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
             raise bad("weight_decay", "give a non-negative number")
+        if not _is_float32(self.weight_decay):
+            raise bad("weight_decay", f"give a non-negative number no larger than {F32_MAX:.3g}")
         if not (_is_int(self.batch_size) and self.batch_size >= 1):
             raise bad("batch_size", "give a positive integer")
         if not (_is_int(self.epochs) and self.epochs >= 1):
@@ -305,8 +384,12 @@ class TrainConfig:
             raise bad("warmup_steps", "give a non-negative integer")
         if self.schedule not in SCHEDULES:
             raise bad("schedule", f"accepted: {', '.join(SCHEDULES)}")
-        if not (_is_number(self.sam_rho) and self.sam_rho >= 0):
-            raise bad("sam_rho", "give 0 (no SAM) or a positive radius, e.g. 0.05 (0.5 for ASAM)")
+        if not (_is_float32(self.sam_rho) and self.sam_rho >= 0):
+            raise bad(
+                "sam_rho",
+                "give 0 (no SAM) or a positive radius, e.g. 0.05 (0.5 for ASAM), "
+                f"no larger than {F32_MAX:.3g}",
+            )
         if self.sam_adaptive and self.sam_rho == 0:
             raise bad("sam_adaptive", "ASAM needs a positive sam_rho, e.g. 0.5")
         if self.swa_start is not None and not (_is_int(self.swa_start) and self.swa_start >= 1):
@@ -315,6 +398,8 @@ class TrainConfig:
             raise bad("swa_start", f"give an epoch no later than the last one, {self.epochs}")
         if self.swa_lr is not None and not (_is_number(self.swa_lr) and self.swa_lr > 0):
             raise bad("swa_lr", "give a positive learning rate or leave it unset")
+        if self.swa_lr is not None and not _lr_ok(self.swa_lr, self.optimizer):
+            raise bad("swa_lr", self._lr_accepted())
         if self.swa_lr is not None and self.swa_start is None:
             raise bad("swa_lr", "swa_lr needs swa_start, the epoch SWA begins")
         if not (_is_int(self.snapshot_every) and self.snapshot_every >= 0):
@@ -348,11 +433,15 @@ class TrainConfig:
         return kwargs
 
 
-def _refuse_code(source: str | Path, model: Any) -> None:
-    """Refuse a model factory named by a file: building it would import and run code."""
+def _refuse_code(where: str, model: Any) -> None:
+    """Refuse a model factory named by a file: building it would import and run code.
+
+    ``where`` is the phrase naming the file, its path already quoted once, e.g.
+    ``"config file 'run.toml'"`` or ``"run directory 'runs/a'"``.
+    """
     if isinstance(model, str) and model not in MODELS and ":" in model:
         raise BasinscopeError(
-            f"{str(source)!r} names the factory {model!r}, which would import and run code; "
+            f"{where} names the factory {model!r}, which would import and run code; "
             "pass trust_code=True (CLI: --trust-code) only for run directories and config "
             "files you trust"
         )

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_int
+from .._checks import check_seed
 from ..errors import BasinscopeError
 from ._bundle import DataBundle, _bundle
 from ._downloads import _CIFAR10_DIR, _CIFAR10_TARBALL, _IDX_STEMS, _locate
@@ -178,7 +178,7 @@ def train_subset_indices(n_train: int, train_size: float | int | None, seed: int
                 f"train_size {train_size!r} keeps no example of the {n_train} training examples; "
                 f"give at least {1 / n_train:.2g}"
             )
-    generator = torch.Generator().manual_seed(int(seed))
+    generator = torch.Generator().manual_seed(check_seed("seed", seed))
     return torch.randperm(n_train, generator=generator)[:k].sort().values
 
 
@@ -241,7 +241,7 @@ def load_dataset(
             f"dataset name {name!r} is not valid; give one of {', '.join(DATASETS)} or a path "
             "to an .npz file"
         )
-    seed = check_int("seed", seed)
+    seed = check_seed("seed", seed)
     path = Path(name).expanduser()
     if name in DATASETS:
         directory = Path(data_dir).expanduser() if data_dir is not None else None
@@ -280,7 +280,7 @@ def poison_labels(bundle: DataBundle, fraction: float, seed: int = 0) -> DataBun
             f"label_noise {fraction!r} needs at least 2 classes to mislabel into; the data "
             f"has {bundle.n_classes}"
         )
-    seed = check_int("seed", seed)
+    seed = check_seed("seed", seed)
     n = len(bundle.y_train)
     k = int(round(fraction * n))
     if k == 0:

@@ -217,7 +217,30 @@ def _load_npz(path: Path) -> DataBundle:
             f"examples of shape {arrays['x_test'].shape[1:]}; they must match"
         )
     labels = np.concatenate([arrays["y_train"], arrays["y_test"]])
-    return _bundle(str(path), *(arrays[k] for k in _NPZ_ARRAYS), n_classes=int(labels.max()) + 1)
+    n_classes = int(labels.max()) + 1
+    _check_dense(path, labels, n_classes)
+    return _bundle(str(path), *(arrays[k] for k in _NPZ_ARRAYS), n_classes=n_classes)
+
+
+_SPARSE_FROM = 1024  # below this many classes an absent class costs nothing worth refusing
+
+
+def _check_dense(path: Path, labels: np.ndarray, n_classes: int) -> None:
+    """Refuse sparse labels: over ``_SPARSE_FROM`` classes with fewer than half of them used.
+
+    ``n_classes`` is the largest label + 1, and the model gets one output per
+    class: labels such as ``{0, 10**9}`` would ask for 10**9 outputs, almost all
+    of them for classes that never occur.
+    """
+    if n_classes <= _SPARSE_FROM:
+        return
+    distinct = int(np.unique(labels).size)
+    if 2 * distinct < n_classes:
+        raise BasinscopeError(
+            f"{path} has labels up to {n_classes - 1} but only {distinct} distinct ones, so "
+            f"n_classes would be {n_classes}; relabel the classes 0..{distinct - 1} "
+            "(np.unique(y, return_inverse=True))"
+        )
 
 
 def _check_finite_array(path: Path, name: str, x: np.ndarray) -> None:

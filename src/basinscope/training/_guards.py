@@ -8,20 +8,24 @@ that the config does not hold.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 from torch import nn
 
+from .._checks import check_device
 from ..errors import BasinscopeError
 from ._bundle import DataBundle
 from ._config import TrainConfig, _is_int
 
 
-def _device(name: str) -> torch.device:
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BasinscopeError(f"device {name!r} is not available on this machine; use 'cpu'.")
-    return device
+def _device(name: Any) -> torch.device:
+    """``name`` as a device that exists here (:func:`basinscope._checks.check_device`).
+
+    Unknown devices, ``meta``, a kind this torch build lacks and an absent CUDA
+    device are refused in one sentence, before any work.
+    """
+    return check_device(name)
 
 
 def _check_data(data: DataBundle) -> None:

@@ -66,7 +66,7 @@ from ._factories import (
 )
 from ._guards import _check_data, _check_model, _device, data_fingerprint
 from ._run import Run
-from ._rundir import RunDir, TrainResult, _identity
+from ._rundir import RunDir, TrainResult, _identity, check_run_dir
 from ._sam import frozen_running_stats
 from ._trajectory import Snapshots, _snapshot_due
 
@@ -123,6 +123,8 @@ def train(
             process, holds another run, or holds files that do not belong together.
     """
     config.validate()
+    if out_dir is not None:
+        check_run_dir(out_dir)
     device = _device(config.device)
     data = _checked_data(config, data, device)
     fingerprint = data_fingerprint(data)
@@ -313,9 +315,10 @@ def _step(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> float:
     value = loss.item()
     if not math.isfinite(value):
         run.diverged = True
+        radius = f", or the SAM radius sam_rho, now {sam.rho:g}" if sam is not None else ""
         run.message = (
             f"diverged at epoch {run.epoch + 1} step {run.step + 1}: loss became {value} "
-            f"(lower the learning rate, now {run.lr():g}, or add warm-up steps)"
+            f"(lower the learning rate, now {run.lr():g}{radius}, or add warm-up steps)"
         )
         return value
     loss.backward()

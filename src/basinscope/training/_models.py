@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -82,6 +83,63 @@ def _positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
     return out
 
 
+def _available_bytes() -> int | None:
+    """Memory the system can still give: ``MemAvailable`` of ``/proc/meminfo``, else
+    ``os.sysconf``'s available pages; None if neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_fits(model: str, n_params: int, sizes: str) -> None:
+    """Refuse, before any layer is allocated, a model whose weights would not fit in memory.
+
+    ``n_params`` is counted from the options (Python integers, so a width of
+    ``10**30`` is refused here rather than overflowing inside torch); only the
+    weights are counted, so a model that passes may still need more to train.
+    """
+    nbytes = n_params * torch.empty((), dtype=torch.get_default_dtype()).element_size()
+    available = _available_bytes()
+    if nbytes >= 2**63 or (available is not None and nbytes > available):
+        room = f"the {available:,} bytes of memory available" if available else "any memory"
+        raise BasinscopeError(
+            f"model {model!r} with {sizes} would have {n_params:,} parameters, "
+            f"{nbytes:,} bytes of weights, more than {room}; give smaller sizes."
+        )
+
+
+def _mlp_params(features: int, n_classes: int, widths: Sequence[int], batch_norm: bool) -> int:
+    """The parameter count of :class:`MLP` (weights, biases, BatchNorm scales and shifts)."""
+    total = 0
+    for width in widths:
+        total += features * width + width + (2 * width if batch_norm else 0)
+        features = width
+    return total + features * n_classes + n_classes
+
+
+def _cnn_params(
+    shape: tuple[int, ...], n_classes: int, channels: Sequence[int], head: str, batch_norm: bool
+) -> int:
+    """The parameter count of :class:`SmallCNN` for a 2-D/3-D ``shape`` (mirrors its layers)."""
+    c, spatial, total = shape[0], list(shape[1:]), 0
+    kernel = 3 ** len(spatial)
+    for ch in channels:
+        total += c * ch * kernel + ch + (2 * ch if batch_norm else 0)
+        if min(spatial) >= 2:
+            spatial = [s // 2 for s in spatial]
+        c = ch
+    features = c if head == "avg" else c * math.prod(spatial)
+    return total + features * n_classes + n_classes
+
+
 class MLP(nn.Module):
     """A multilayer perceptron: flatten, then ``Linear → activation (→ Dropout)`` blocks.
 
@@ -113,8 +171,13 @@ class MLP(nn.Module):
         widths = _positive_ints("widths", widths)
         _check_choice("activation", activation, ACTIVATIONS)
         _check_flag("batch_norm", batch_norm)
-        layers: list[nn.Module] = [nn.Flatten()]
         features = math.prod(shape)
+        _check_fits(
+            "mlp",
+            _mlp_params(features, n_classes, widths, batch_norm),
+            f"input_shape {shape}, widths {list(widths)} and n_classes {n_classes}",
+        )
+        layers: list[nn.Module] = [nn.Flatten()]
         for width in widths:
             layers.append(nn.Linear(features, width))
             if batch_norm:
@@ -179,6 +242,11 @@ class SmallCNN(nn.Module):
                 f"input_shape {shape} is not valid for the cnn model; accepted: "
                 "(C, H, W) images, (C, L) or (L,) sequences."
             )
+        _check_fits(
+            "cnn",
+            _cnn_params(shape, n_classes, channels, head, batch_norm),
+            f"input_shape {shape}, channels {list(channels)} and n_classes {n_classes}",
+        )
         c, spatial = shape[0], list(shape[1:])
         for ch in channels:
             layers.append(conv(c, ch, kernel_size=3, padding=1))

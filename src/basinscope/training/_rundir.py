@@ -152,6 +152,27 @@ def _resumed_under(out: Path, before: list[dict[str, Any]], env: dict[str, Any])
     return [*before, now]
 
 
+def check_run_dir(out_dir: Any) -> Path:
+    """``out_dir`` as a run directory path that can be created or written, or one sentence.
+
+    Refused: an empty path (it would mean the current directory), a symbolic link
+    whose target is missing (creating the directory would fail) or is not a
+    directory, a file, and a location that cannot be written.
+    """
+    if not isinstance(out_dir, (str, Path)) or not str(out_dir).strip():
+        raise BasinscopeError(
+            f"out_dir {out_dir!r} is not valid; give the path of a run directory (CLI: --out)."
+        )
+    out = Path(out_dir)
+    if out.is_symlink() and not out.is_dir():
+        what = "a file" if out.exists() else "nothing (a dangling link)"
+        raise BasinscopeError(
+            f"the run directory {str(out)!r} is a symbolic link to {what}, not a directory; "
+            "give a directory path or remove the link."
+        )
+    return check_output_dir(out, "the run directory")
+
+
 class RunDir:
     """A run directory, locked by this process for the whole training call.
 
@@ -167,7 +188,7 @@ class RunDir:
     @contextmanager
     def open(cls, out_dir: str | Path, identity: dict[str, Any]) -> Iterator[RunDir]:
         """Check ``out_dir`` can be written, create it and hold its lock while in the block."""
-        out = check_output_dir(out_dir, "the run directory")
+        out = check_run_dir(out_dir)
         # Create the directory first, so every writer locks the same <out>/.basinscope.lock.
         out.mkdir(parents=True, exist_ok=True)
         with output_lock(out, "the run directory"):

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import BasinscopeError
-from ._config import _is_number
+from ._config import F32_MAX, _is_float32, _is_number
 
 SAM_RHO, ASAM_RHO, ASAM_ETA = 0.05, 0.5, 0.01
 """Default radii of SAM (Foret et al. 2021) and ASAM (Kwon et al. 2021), and ASAM's η."""
@@ -301,8 +301,16 @@ def _check_rho(rho: Any) -> None:
         raise BasinscopeError(
             f"rho {rho!r} is not valid; give a positive radius, e.g. 0.05 (SAM) or 0.5 (ASAM)."
         )
+    if not _is_float32(rho):  # ε̂ = ρ g/‖g‖ is computed in float32
+        raise BasinscopeError(
+            f"rho {rho!r} is not valid; give a positive radius no larger than {F32_MAX:.3g}."
+        )
 
 
 def _check_eta(eta: Any) -> None:
     if not (_is_number(eta) and eta >= 0):
         raise BasinscopeError(f"eta {eta!r} is not valid; give a non-negative number, e.g. 0.01.")
+    if not _is_float32(eta):  # |w| + η is computed in float32
+        raise BasinscopeError(
+            f"eta {eta!r} is not valid; give a non-negative number no larger than {F32_MAX:.3g}."
+        )

@@ -59,6 +59,46 @@ def _flat(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1).to("cpu", torch.float32) for p in params])
 
 
+def _int_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v
+    )
+
+
+def _trajectory_problem(saved: Any) -> str | None:
+    """What is wrong with the structure of a ``trajectory.pt``'s contents, or None.
+
+    It must be a dict with ``names`` (distinct strings), ``shapes`` (one list of
+    non-negative ints per name), ``epochs`` (increasing non-negative ints) and
+    ``params``, a floating-point ``[len(epochs), total size of shapes]`` tensor.
+    """
+    if not isinstance(saved, Mapping):
+        return f"it holds a {type(saved).__name__}, not a dict"
+    missing = [k for k in ("epochs", "params", "names", "shapes") if k not in saved]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    names, shapes, epochs, params = (saved[k] for k in ("names", "shapes", "epochs", "params"))
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        return "names is not a list of parameter names"
+    if len(set(names)) != len(names):
+        return "names repeats a parameter name"
+    if not isinstance(shapes, (list, tuple)) or not all(_int_list(s) for s in shapes):
+        return "shapes is not a list of shapes (lists of non-negative integers)"
+    if len(shapes) != len(names):
+        return f"it records {len(names)} names but {len(shapes)} shapes"
+    if not _int_list(epochs) or not epochs or list(epochs) != sorted(set(epochs)):
+        return "epochs is not an increasing list of non-negative epochs"
+    if not torch.is_tensor(params) or not params.is_floating_point() or params.ndim != 2:
+        return "params is not a 2-D floating-point tensor"
+    want = (len(epochs), sum(math.prod(s) for s in shapes))
+    if tuple(params.shape) != want:
+        return (
+            f"params has shape {list(params.shape)}, but its {len(epochs)} epochs and the "
+            f"shapes of its {len(names)} parameters make {list(want)}"
+        )
+    return None
+
+
 def _as_trajectory(saved: Mapping[str, Any]) -> Trajectory:
     return Trajectory(
         epochs=tuple(int(e) for e in saved["epochs"]),
@@ -86,8 +126,10 @@ class Snapshots:
 
     def resume(self, saved: Mapping[str, Any] | None, epoch: int, expected: list[int]) -> bool:
         """Reload the snapshots up to ``epoch`` from a saved trajectory; False if it lacks them."""
-        if saved is None:
+        if saved is None or _trajectory_problem(saved) is not None:
             return False
+        if list(saved["names"]) != self.names or [list(s) for s in saved["shapes"]] != self.shapes:
+            return False  # another model's snapshots: train afresh
         keep = [i for i, e in enumerate(saved["epochs"]) if e <= epoch]
         if [saved["epochs"][i] for i in keep] != expected:
             return False
