@@ -94,6 +94,20 @@ def check_number(
     return value
 
 
+def check_positive(name: str, value: Any, *, zero: bool = False) -> float:
+    """A positive (with ``zero``: non-negative) finite real number, as a float."""
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+        and (float(value) >= 0 if zero else float(value) > 0)
+    )
+    if not ok:
+        kind = "non-negative" if zero else "positive"
+        raise BasinscopeError(f"{name} must be a {kind} finite number, got {value!r}")
+    return float(value)
+
+
 def check_span(name: str, span: Any) -> tuple[float, float]:
     """A finite interval ``(lo, hi)`` with ``hi > lo``."""
     try:

@@ -21,13 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_int, check_number
+from .._checks import check_int, check_number, check_positive
 from .._io import atomic_write
 from .._partial import open_partial
 from ._lanczos import _eigh
 from ._operator import Curvature, SymmetricOperator, _key, operator
 from ._random import _SLQ, _rademacher
-from ._trace import _check_positive
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,7 @@ def density(
     seed = check_int("seed", seed, minimum=0)
     if sigma is not None:
         sigma = check_number("sigma", sigma, positive=True)
-    zero_tol = _check_positive("zero_tol", zero_tol, zero=True)
+    zero_tol = check_positive("zero_tol", zero_tol, zero=True)
     op = operator(obj)
     m = min(steps, op.n)
     nodes = np.full((runs, m), np.nan)

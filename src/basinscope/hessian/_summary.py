@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from .._checks import check_int
+from .._checks import check_int, check_positive
 from ..errors import BasinscopeError
 from ..objective import Objective
 from ._lanczos import Eigenpairs, _check_k, _check_tol, _lanczos, _pairs
 from ._operator import Curvature, HessianOperator, _blocks, operator, restrict
-from ._trace import TraceEstimate, _check_positive, _hutchinson
+from ._trace import TraceEstimate, _hutchinson
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _measure(
     )
     # Hutch++ with the Lanczos basis as its sketch: tr(VHVᵀ) from the stored products.
     V, HV = kr.basis, kr.products
-    rtol = _check_positive("trace_rtol", trace_rtol)
+    rtol = check_positive("trace_rtol", trace_rtol)
     tr = _hutchinson(
         op,
         V,
@@ -166,7 +166,7 @@ def summary(
     if _check_k(k, obj.n) < 1:
         raise BasinscopeError(f"k must be a positive integer, got {k}")
     _check_tol(tol, obj.dtype)
-    _check_positive("trace_rtol", trace_rtol)
+    check_positive("trace_rtol", trace_rtol)
     max_products = check_int("max_products", max_products, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     opts = dict(tol=tol, trace_rtol=trace_rtol, seed=seed, max_products=max_products)

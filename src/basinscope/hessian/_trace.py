@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_int, check_positive
 from .._partial import PartialResults, open_partial
 from ..errors import BasinscopeError
 from ._operator import Curvature, SymmetricOperator, _key, operator
@@ -62,19 +62,6 @@ class TraceEstimate:
         d["samples"] = [float(s) for s in self.samples]
         d["n_probes"] = len(self.samples)
         return d
-
-
-def _check_positive(name: str, value: float, zero: bool = False) -> float:
-    ok = (
-        isinstance(value, int | float)
-        and math.isfinite(value)
-        and (value >= 0 if zero else value > 0)
-    )
-    if not ok:
-        raise BasinscopeError(
-            f"{name} must be a {'non-negative' if zero else 'positive'} number, got {value}"
-        )
-    return float(value)
 
 
 def _hutchinson(
@@ -201,7 +188,7 @@ def trace(
     and the operator's ``batched`` (not the stopping rule: a rerun with a
     tighter ``rtol`` continues from the stored probes).
     """
-    rtol, atol = _check_positive("rtol", rtol), _check_positive("atol", atol, zero=True)
+    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol, zero=True)
     if method not in ("hutchinson", "hutch++"):
         raise BasinscopeError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
     min_probes = check_int("min_probes", min_probes, minimum=2)
