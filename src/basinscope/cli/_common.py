@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .._checks import check_output_file
+from .._checks import check_device, check_output_file
 from ..errors import BasinscopeError
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
@@ -237,6 +237,12 @@ def _objective(args: argparse.Namespace, model: Any, data: Any, skip_bias_norm: 
 
     from ..objective import Objective
 
+    n = len(data.y_train)
+    if args.eval_subset is not None and args.eval_subset > n:
+        raise BasinscopeError(
+            f"--eval-subset must be at most the {n} training examples of dataset "
+            f"{data.name!r}, got {args.eval_subset}"
+        )
     return Objective(
         model,
         nn.CrossEntropyLoss(),
@@ -259,6 +265,57 @@ def _figures(out: Path, dim: int, kinds: Sequence[str] | None = None) -> list[Pa
     for p in paths:
         check_output_file(p, "the figure")
     return paths
+
+
+# ---------------------------------------------------- inputs against outputs
+# The files of a run directory a command reads (or that a command must not replace).
+RUN_FILES = ("config.json", "model.pt", "metrics.json", "state.pt", "trajectory.pt")
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (after symbolic links; hard links when both exist)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def _checkpoint_inputs(args: argparse.Namespace, *checkpoints: Any) -> list[tuple[str, Path]]:
+    """``(what, path)`` of the files a checkpoint command reads: each checkpoint and its
+    run directory's files, and ``--dataset`` when it names a file."""
+    inputs: list[tuple[str, Path]] = []
+    for c in checkpoints or [args.checkpoint]:
+        path = Path(c)
+        run_dir = path if path.is_dir() else path.parent
+        if not path.is_dir():
+            inputs.append(("the checkpoint", path))
+        inputs += [(f"the run directory's {name}", run_dir / name) for name in RUN_FILES]
+    dataset = getattr(args, "dataset", None)
+    if dataset is not None and Path(dataset).suffix:
+        inputs.append(("the dataset file", Path(dataset)))
+    return inputs
+
+
+def _check_distinct(outputs: dict[str, Any], inputs: Sequence[tuple[str, Path]]) -> None:
+    """Refuse, before any work, an output that is another output of the same command
+    (``{what: path}``, ``None`` paths skipped) or one of its inputs (``(what, path)``):
+    writing it would destroy the other output or what is being measured."""
+    given = [(what, Path(p)) for what, p in outputs.items() if p is not None]
+    for i, (what, path) in enumerate(given):
+        for other, other_path in given[:i]:
+            if _same(path, other_path):
+                raise BasinscopeError(
+                    f"{what} {str(path)!r} is also {other}; writing one would destroy the "
+                    "other: give them different paths"
+                )
+        for other, source in inputs:
+            if _same(path, source):
+                raise BasinscopeError(
+                    f"{what} {str(path)!r} is {other}, which this command reads; writing it "
+                    "would destroy it: give another path"
+                )
 
 
 # ------------------------------------------------------------------ parser
@@ -311,6 +368,8 @@ def _call(args: argparse.Namespace) -> int:
     on stderr; 130: interrupted (Ctrl-C), with what was saved.
     """
     try:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device, "--device")
         args.func(args)
     except BasinscopeError as exc:
         return _fail(str(exc))

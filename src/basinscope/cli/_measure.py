@@ -19,8 +19,10 @@ from ._common import (
     _INT,
     _POSITIVE,
     NOTHING_SAVED,
+    _check_distinct,
     _check_json,
     _checkpoint_args,
+    _checkpoint_inputs,
     _example,
     _figures,
     _integer,
@@ -41,6 +43,10 @@ def _cmd_surface(args: argparse.Namespace) -> None:
         )
     out = check_output_file(args.out, "the surface file")
     figures = _figures(out, args.dim)
+    outputs = {"the surface file": out} | {
+        f"the {f.stem.rsplit('_', 1)[-1]} figure": f for f in figures
+    }
+    _check_distinct(outputs, _checkpoint_inputs(args))
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=not args.include_bias_norm)
     test = (data.x_test, data.y_test) if args.data == "both" else None
@@ -79,6 +85,10 @@ def _cmd_hessian(args: argparse.Namespace) -> None:
     _check_json(args)
     if args.density:
         check_output_file(args.density, "the --density figure")
+    _check_distinct(
+        {"the --json file": args.json, "the --density figure": args.density},
+        _checkpoint_inputs(args),
+    )
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=False)
     per_layer: bool | list[str] = args.layers if args.layers else bool(args.per_layer)
@@ -115,6 +125,9 @@ def _cmd_volume(args: argparse.Namespace) -> None:
         raise BasinscopeError(f"a relative --threshold must be positive, got {args.threshold}")
     _check_json(args)
     args.out = check_output_file(_volume_file(args), "the volume's partial-results file")
+    _check_distinct(
+        {"the --out file": args.out, "the --json file": args.json}, _checkpoint_inputs(args)
+    )
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=False)
     res = basin_volume(

@@ -12,6 +12,8 @@ from ._common import (
     _FINITE,
     _FORMATTER,
     _MODEL_HELP,
+    _check_distinct,
+    _checkpoint_inputs,
     _device_args,
     _example,
     _figures,
@@ -47,6 +49,10 @@ def _cmd_path(args: argparse.Namespace) -> None:
         raise BasinscopeError(f"--span must be MIN MAX with MAX > MIN, got {args.span}")
     out = check_output_file(args.out, "the path file")
     figures = _figures(out, 1 if two else 2, kinds=["line"] if two else ["contour"])
+    _check_distinct(
+        {"the path file": out, "the figure": figures[0]},
+        _checkpoint_inputs(args, *args.checkpoints),
+    )
     # The first checkpoint gives the data; every other one is evaluated on it and
     # must have been trained on data of its shape.
     model, data = _load(args, args.checkpoints[0])

@@ -16,8 +16,10 @@ from ._common import (
     _FINITE,
     _FORMATTER,
     _POSITIVE,
+    _check_distinct,
     _check_json,
     _checkpoint_args,
+    _checkpoint_inputs,
     _example,
     _integer,
     _load,
@@ -27,17 +29,56 @@ from ._common import (
 
 
 # --------------------------------------------------------------- sharpness
+class _Shown:
+    """The measures as printed: a finite value with its format, else ``not finite (why)``.
+
+    A NaN or infinite measure is never printed as a number: it is named, and the command
+    then ends with one sentence and exit status 2 (:meth:`check`), without ``--json``.
+    """
+
+    def __init__(self) -> None:
+        self.broken: list[str] = []
+
+    def __call__(self, name: str, value: float, spec: str, why: str) -> str:
+        if math.isfinite(value):
+            return format(value, spec)
+        self.broken.append(f"{name} ({why})")
+        return f"not finite ({why})"
+
+    def check(self) -> None:
+        if self.broken:
+            raise BasinscopeError(
+                f"not finite: {'; '.join(self.broken)}; nothing was written to --json"
+            )
+
+
+def _check_against_data(args: argparse.Namespace, obj: Any) -> None:
+    """Refuse options that exceed the loaded data or model, before the first measure."""
+    if args.m is not None and args.m > obj.n_examples:
+        raise BasinscopeError(
+            f"--m must be an integer in [1, {obj.n_examples}] (the examples evaluated), "
+            f"got {args.m}"
+        )
+    if args.subspace is not None and args.subspace > obj.n:
+        raise BasinscopeError(
+            f"--subspace must be an integer in [1, {obj.n}] (the parameters measured), "
+            f"got {args.subspace}"
+        )
+
+
 def _cmd_sharpness(args: argparse.Namespace) -> None:
     from .. import sharpness
     from ..landscape import random_directions
 
     _check_sharpness_options(args)
     _check_json(args)
+    _check_distinct({"the --json file": args.json}, _checkpoint_inputs(args))
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=True)
     if args.rescale is not None:
         _sharpness_rescale(args, model, data, obj)
         return
+    _check_against_data(args, obj)
     d = random_directions(obj, 2, norm="filter", seed=args.seed)
     eps = sharpness.epsilon(obj, d, args.radius)
     noise = sharpness.average_case(
@@ -54,9 +95,27 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
         },
         "seed": args.seed,
     }
+    show = _Shown()
+    overflow = "the loss overflowed at the perturbed weights: use a smaller {}"
     print(f"loss at the minimum        {eps.loss0:.6f}")
-    print(f"ε-sharpness (ε = {eps.radius:g})     {eps.value:.6f}")
-    print(f"noise sharpness (σ = {noise.sigma:g})  {noise.value:.6f} ± {noise.stderr:.6f}")
+    value = show("ε-sharpness", eps.value, ".6f", overflow.format("--radius"))
+    print(f"ε-sharpness (ε = {eps.radius:g})     {value}")
+    value = show("noise sharpness", noise.value, ".6f", overflow.format("--sigma"))
+    if math.isfinite(noise.value):
+        value += f" ± {noise.stderr:.6f}"
+    print(f"noise sharpness (σ = {noise.sigma:g})  {value}")
+    _optional_measures(args, obj, result, show)
+    show.check()
+    _write_json(args, result, obj)
+
+
+def _optional_measures(
+    args: argparse.Namespace, obj: Any, result: dict[str, Any], show: _Shown
+) -> None:
+    """``--worst-case``, ``--keskar`` and ``--pac-bayes``, printed and added to ``result``."""
+    from .. import sharpness
+
+    overflow = "the loss overflowed at the perturbed weights: use a smaller {}"
     if args.worst_case is not None:
         wc = sharpness.worst_case(
             obj,
@@ -71,12 +130,14 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
         )
         result["worst_case"] = wc.to_dict()
         kind = ("adaptive " if args.adaptive else "") + args.norm.upper()
-        print(f"worst case, {kind} ball ρ = {wc.radius:g}  {wc.value:.6f}")
+        value = show("worst case", wc.value, ".6f", overflow.format("--worst-case"))
+        print(f"worst case, {kind} ball ρ = {wc.radius:g}  {value}")
     if args.keskar is not None:
         k = sharpness.keskar(obj, args.keskar, subspace_dim=args.subspace, seed=args.seed)
         result["keskar"] = k.to_dict()
         where = f"{args.subspace}-dim subspace" if args.subspace else "full space"
-        print(f"Keskar φ (ε = {k.epsilon:g}, {where})  {k.value:.6f}")
+        value = show("Keskar φ", k.value, ".6f", overflow.format("--keskar"))
+        print(f"Keskar φ (ε = {k.epsilon:g}, {where})  {value}")
     if args.pac_bayes:
         pb = sharpness.pac_bayes(
             obj,
@@ -87,10 +148,26 @@ def _cmd_sharpness(args: argparse.Namespace) -> None:
         )
         result["pac_bayes"] = pb.to_dict()
         kind = "magnitude-aware " if args.magnitude_aware else ""
-        print(
-            f"PAC-Bayes {kind}σ' (error +{pb.target:g})  {pb.sigma:.6g}; bound term {pb.bound:.6g}"
+        print(f"PAC-Bayes {kind}σ' (error +{pb.target:g})  {pac_bayes_text(pb)}")
+
+
+def pac_bayes_text(pb: Any) -> str:
+    """σ' and the bound term; when the search did not bracket the target, which end of
+    the interval σ' is and that it is only a bound on the crossing."""
+    text = f"{pb.sigma:.6g}; bound term {pb.bound:.6g}"
+    if pb.bracketed:
+        return text
+    if pb.increase <= pb.target:  # even the largest σ tried passes
+        return (
+            f"≥ {pb.sigma:.6g} (a lower bound: the search did not bracket the target, even "
+            f"σ = {pb.sigma:g}, the search's cap, raises the error by only {pb.increase:+.3g}); "
+            f"bound term at that σ {pb.bound:.6g}"
         )
-    _write_json(args, result, obj)
+    return (
+        f"≤ {pb.sigma:.6g} (an upper bound: the search did not bracket the target, even "
+        f"σ = {pb.sigma:g}, the smallest tried, raises the error by {pb.increase:+.3g}); "
+        f"bound term at it {pb.bound:.6g}"
+    )
 
 
 def _check_sharpness_options(args: argparse.Namespace) -> None:
@@ -149,11 +226,17 @@ def _sharpness_rescale(args: argparse.Namespace, model: Any, data: Any, obj: Any
     alpha = _rescale_alpha(alpha_text)
     other = _objective(args, rescale(model, layer, alpha), data, skip_bias_norm=True)
     table = compare_measures(obj, other, seed=args.seed)
+    show = _Shown()
     print(f"rescaling {layer!r} by α = {alpha:g} and the next layer by 1/α (same function):")
     print(f"{'measure':24s} {'before':>12s} {'after':>12s} {'rel. change':>12s}  invariant")
     for name, c in table.items():
         mark = "yes" if c.invariant else "no"
-        print(f"{name:24s} {c.before:12.6g} {c.after:12.6g} {c.rel_change:12.2e}  {mark}")
+        before, after = (
+            show(f"{name} {when}", v, ".6g", "the loss overflowed: use an alpha nearer 1")
+            for when, v in (("before", c.before), ("after", c.after))
+        )
+        print(f"{name:24s} {before:>12s} {after:>12s} {c.rel_change:12.2e}  {mark}")
+    show.check()
     _write_json(
         args,
         {"layer": layer, "alpha": alpha} | {k: dataclasses.asdict(v) for k, v in table.items()},

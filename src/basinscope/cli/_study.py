@@ -16,6 +16,7 @@ from ._common import (
     _INT,
     _POSITIVE,
     _SEED,
+    _check_distinct,
     _device_args,
     _example,
     _figures,
@@ -61,17 +62,43 @@ def _cmd_run(args: argparse.Namespace) -> None:
         "volume_directions": args.directions,
         "volume_rule": args.rule,
     }
+    given = {k: v for k, v in given.items() if v is not None}
+    _check_measure_options(args.study, study, given)
     study.measure = dataclasses.replace(
-        study.measure,
-        direction_seed=args.seed,
-        noise_seed=args.seed,
-        **{k: v for k, v in given.items() if v is not None},
+        study.measure, direction_seed=args.seed, noise_seed=args.seed, **given
     )
+    study.measure.validate()  # every measure setting, before anything is trained
     reports = run_study(study, args.out, progress=not args.quiet)
     root = Path(args.out) / study.name
     summary = root / "summary.md"
     print(summary.read_text() if summary.is_file() else summary_markdown(reports))
     print(f"results, figures and summary in {root}/")
+
+
+_FLAGS = {
+    "grid_size": "--grid-size",
+    "span": "--span",
+    "radius": "--radius",
+    "sigma": "--sigma",
+    "noise_samples": "--samples",
+    "volume_threshold": "--threshold",
+    "volume_directions": "--directions",
+    "volume_rule": "--rule",
+}
+
+
+def _check_measure_options(name: str, study: Any, given: dict[str, Any]) -> None:
+    """Refuse a measure option the study does not use (``--threshold`` to a study that
+    measures no volume), as ``--sizes`` is refused on the wrong study: never ignored."""
+    from ..experiments import STUDIES
+
+    for field in given:
+        if not study.uses(field):
+            users = [n for n, make in STUDIES.items() if make().uses(field)]
+            listed = " or ".join([", ".join(users[:-1]), users[-1]] if len(users) > 1 else users)
+            raise BasinscopeError(
+                f"{_FLAGS[field]} applies to --study {listed} only; --study {name} does not use it"
+            )
 
 
 # ------------------------------------------------------------------ report
@@ -90,26 +117,54 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 # -------------------------------------------------------------------- plot
+def surface_labels(paths: list[str]) -> list[str]:
+    """A unique label for each surface file: the shortest path suffix (without ``.h5``)
+    that tells them apart, ``d1/s.h5 d2/s.h5`` -> ``d1/s``, ``d2/s``; one path or distinct
+    stems keep the stem. The same file named twice is refused."""
+    resolved = [Path(p).resolve() for p in paths]
+    for i, p in enumerate(resolved):
+        if p in resolved[:i]:
+            raise BasinscopeError(f"the surface {paths[i]!r} is given twice; give it once")
+    parts = [p.with_suffix("").parts for p in resolved]
+    for k in range(1, max(len(q) for q in parts) + 1):
+        labels = ["/".join(q[-k:]) for q in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in resolved]  # unreachable: the full paths differ
+
+
 def _cmd_plot(args: argparse.Namespace) -> None:
     from .. import plots
     from ..landscape import Surface
 
     out = check_output_dir(args.out, "the figure directory")
-    surfaces = {Path(p).stem: Surface.load(p) for p in args.surfaces}
-    if len(surfaces) == 1:
-        ((name, s),) = surfaces.items()
-        figures = _figures(out / f"{name}.h5", 2 if s.is_2d else 1)
-    else:
-        figures = [check_output_file(out / "grid.png", "the figure")]
+    labels = surface_labels(args.surfaces)
+    figures: dict[str, list[Path]] = {}
+    surfaces = {}
+    for label, p in zip(labels, args.surfaces, strict=True):
+        s = surfaces[label] = Surface.load(p)
+        figures[label] = _figures(out / f"{label.replace('/', '_')}.h5", 2 if s.is_2d else 1)
+    grid = check_output_file(out / "grid.png", "the figure") if len(surfaces) > 1 else None
+    if grid is not None and len({s.is_2d for s in surfaces.values()}) > 1:
+        raise BasinscopeError("plot got a mix of 1-D lines and 2-D planes; plot them apart")
+    outputs = {
+        f"the {f.stem.rsplit('_', 1)[-1]} figure of {label}": f
+        for label, fs in figures.items()
+        for f in fs
+    }
+    _check_distinct(
+        outputs | {"the grid figure": grid},
+        [(f"the surface {p!r}", Path(p)) for p in args.surfaces],
+    )
     written = []
-    if len(surfaces) == 1:
+    for label, s in surfaces.items():
         if s.is_2d:
-            written.append(plots.plot_contour(s, figures[0], key=args.key))
-            written.append(plots.plot_surface_3d(s, figures[1], key=args.key))
+            written.append(plots.plot_contour(s, figures[label][0], key=args.key))
+            written.append(plots.plot_surface_3d(s, figures[label][1], key=args.key))
         else:
-            written.append(plots.plot_line(s, figures[0]))
-    else:
-        written.append(plots.plot_grid(surfaces, figures[0], key=args.key, kind=args.kind))
+            written.append(plots.plot_line(s, figures[label][0]))
+    if grid is not None:
+        written.append(plots.plot_grid(surfaces, grid, key=args.key, kind=args.kind))
     print("written: " + ", ".join(str(p) for p in written))
 
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 from .._checks import check_output_dir
-from ._common import _COUNT, _FINITE, _FORMATTER, _INT, _example, _size
+from ._common import _COUNT, _FINITE, _FORMATTER, _INT, RUN_FILES, _check_distinct, _example, _size
+
+
+def _shown(value: Any, spec: str) -> str:
+    """A final metric as printed: its value (0 included), ``n/a`` only when it is missing."""
+    return "n/a" if value is None else format(value, spec)
 
 
 # ------------------------------------------------------------------- train
@@ -13,6 +20,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from ..training import TrainConfig, train
 
     check_output_dir(args.out, "the run directory")
+    inputs = [("the --config file", Path(args.config))] if args.config else []
+    if args.dataset is not None and Path(args.dataset).suffix:
+        inputs.append(("the dataset file", Path(args.dataset)))
+    _check_distinct({f"the run directory's {n}": Path(args.out) / n for n in RUN_FILES}, inputs)
     base = {}
     if args.config:
         base = TrainConfig.from_toml(args.config, trust_code=args.trust_code).to_dict()
@@ -48,8 +59,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     result = train(config, out_dir=args.out, progress=not args.quiet)
     f = result.final
     print(
-        f"train loss {f.get('train_loss'):.4f} acc {f.get('train_acc'):.3f}; "
-        f"test loss {f.get('test_loss') or float('nan'):.4f} acc {f.get('test_acc') or float('nan'):.3f}"
+        f"train loss {_shown(f.get('train_loss'), '.4f')} acc {_shown(f.get('train_acc'), '.3f')}; "
+        f"test loss {_shown(f.get('test_loss'), '.4f')} acc {_shown(f.get('test_acc'), '.3f')}"
     )
     if result.diverged:
         print(result.message)

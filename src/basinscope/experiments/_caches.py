@@ -11,6 +11,7 @@ weights or settings. A killed or truncated file is simply recomputed.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 from collections.abc import Callable
@@ -72,6 +73,18 @@ def own_file(path: Path, key: str) -> dict[str, str]:
     return {"study_key": key}
 
 
+def partial_beside(path: Path, settings: dict[str, Any]) -> Path:
+    """Where the partial results (:mod:`basinscope._partial`) of the computation cached in
+    ``path`` with ``settings`` live while it runs: ``<path>.<key of settings>.partial``, so
+    an interrupted study resumes it. The study owns these files: one beside ``path`` for
+    other settings (a changed threshold, retrained weights) is deleted, never refused."""
+    mine = path.with_name(f"{path.name}.{study_key(normalise(settings))}.partial")
+    for old in path.parent.glob(f"{glob.escape(path.name)}.*.partial"):
+        if old != mine:
+            old.unlink(missing_ok=True)
+    return mine
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object in ``path``; ``None`` when it is missing, truncated or unreadable."""
     try:
@@ -86,6 +99,7 @@ def _cached_json(
     settings: dict[str, Any],
     compute: Callable[[], dict[str, Any]],
     environment: dict[str, Any] | None = None,
+    partial: Path | None = None,
 ) -> dict[str, Any]:
     """``compute()`` stored in ``path`` with its ``settings`` and ``environment``.
 
@@ -93,7 +107,9 @@ def _cached_json(
     loss, every measure setting, device and dtype) match; a file that is missing,
     truncated, unreadable or of other settings is recomputed and replaced
     atomically. A result computed under another torch version or thread count is
-    reused with a warning (its last bits may differ from a fresh one).
+    reused with a warning (its last bits may differ from a fresh one). ``partial``,
+    the file ``compute`` keeps its finished work items in (:func:`partial_beside`), is
+    deleted once the result is stored.
     """
     settings = normalise(settings)
     saved = _read_json(path) if path.exists() else None
@@ -107,4 +123,6 @@ def _cached_json(
     if environment is not None:
         result["environment"] = environment
     atomic_write_json(path, result)
+    if partial is not None:
+        partial.unlink(missing_ok=True)
     return json.loads(json.dumps(result, default=str))

@@ -1,4 +1,5 @@
-"""What the built-in studies share: their run configurations and the volume note."""
+"""What the built-in studies share: their run configurations, the volume note and the
+settings each measure reads."""
 
 from __future__ import annotations
 
@@ -34,3 +35,48 @@ VOLUME_NOTE = (
     "the mean is dominated by the largest radius (ESS ≈ 1), so the estimate is in "
     "effect a lower bound on the volume; compare runs, not absolute values.\n"
 )
+
+
+# The MeasureConfig fields each measure reads: a study refuses an option for a measure
+# it does not make (``Study.uses``) instead of ignoring it.
+SETTINGS_USED: dict[str, frozenset[str]] = {
+    "surface": frozenset(
+        [
+            "grid_size",
+            "span",
+            "direction_seed",
+            "skip_bias_norm",
+            "radius",
+            "sigma",
+            "noise_samples",
+            "noise_seed",
+            "eval_subset",
+        ]
+    ),
+    "volume": frozenset(
+        [
+            "volume_threshold",
+            "volume_rule",
+            "volume_directions",
+            "volume_tolerance",
+            "direction_seed",
+        ]
+    ),
+    "hessian": frozenset({"direction_seed"}),
+    "suite": frozenset(
+        [
+            "worst_radius",
+            "worst_linf_radius",
+            "adaptive_radius",
+            "adaptive_sigma",
+            "keskar_epsilon",
+            "pac_target",
+            "pac_samples",
+            "direction_seed",
+            "skip_bias_norm",
+            "eval_subset",
+            "noise_samples",
+        ]
+    ),
+    "trajectory": frozenset({"grid_size", "eval_subset"}),
+}

@@ -66,6 +66,7 @@ def dataset_size_study(
         description="basin volume against training-set size (Fan, Sandlund & Ko)",
         measures=("volume",),
         finish=_dataset_size_finish,
+        finish_settings=("grid_size",),  # the plane through three minima
     )
 
 

@@ -38,6 +38,7 @@ from ._caches import (
     model_fingerprint,
     objective_key,
     own_file,
+    partial_beside,
     study_key,
 )
 
@@ -117,7 +118,13 @@ class MeasureConfig:
         ):
             label = {"radius": "the sharpness radius", "sigma": "the noise sigma"}.get(name)
             check_number(label or name.replace("_", " "), getattr(self, name), positive=True)
-        check_number("the volume threshold", self.volume_threshold)
+        threshold = check_number("the volume threshold", self.volume_threshold)
+        if not threshold > 0:  # a cross-entropy loss is ≥ 0: the basin would be empty
+            raise BasinscopeError(
+                f"the volume threshold must be positive (the {self.volume_rule} basin "
+                f"L{' − L(θ0)' if self.volume_rule == 'relative' else ''} ≤ τ of a "
+                f"cross-entropy loss is empty for τ ≤ 0), got {threshold}"
+            )
         tol = check_number("the volume tolerance", self.volume_tolerance, positive=True)
         if not tol < 1:
             raise BasinscopeError(f"the volume tolerance must lie in (0, 1), got {tol}")
@@ -215,18 +222,21 @@ def measure_run(
         },
     )
 
+    settings = to_json(measure) | {"model": fp, "objective": objective}
+    partial = partial_beside(out_dir / "sharpness.json", settings)
+
     def compute() -> dict[str, Any]:
         noise = sharpness.average_case(
-            obj, measure.sigma, samples=measure.noise_samples, seed=measure.noise_seed
-        )
+            obj, measure.sigma, samples=measure.noise_samples, seed=measure.noise_seed,
+            path=partial,
+        )  # fmt: skip
         return {
             "surface": _quiet_coarse(lambda: to_json(sharpness.from_surface(surf, measure.radius))),
             "direct": to_json(sharpness.epsilon(obj, d, measure.radius)),
             "noise": {k: v for k, v in to_json(noise).items() if k != "increases"},
         }
 
-    settings = to_json(measure) | {"model": fp, "objective": objective}
-    return surf, _cached_json(out_dir / "sharpness.json", settings, compute, _env(obj))
+    return surf, _cached_json(out_dir / "sharpness.json", settings, compute, _env(obj), partial)
 
 
 def _quiet_coarse(read: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -280,6 +290,8 @@ def cached_volume(
         "objective": objective_key(obj),
     }
 
+    partial = partial_beside(path, settings)  # the rays finished so far: a rerun resumes
+
     def compute() -> dict[str, Any]:
         try:
             return basin_volume(
@@ -289,11 +301,12 @@ def cached_volume(
                 rule=m.volume_rule,
                 tolerance=m.volume_tolerance,
                 seed=m.direction_seed,
+                path=partial,
             ).to_dict()
         except BasinscopeError as exc:
             return {"log_volume": None, "reason": str(exc)}
 
-    return _cached_json(path, settings, compute, _env(obj))
+    return _cached_json(path, settings, compute, _env(obj), partial)
 
 
 def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
@@ -382,9 +395,15 @@ def _measure_suite(report: RunReport, m: MeasureConfig, out: Path, progress: boo
     for key in ("worst_case_l2", "worst_case_linf", "worst_case_adaptive", "keskar"):
         report.values[key] = saved[key]["value"]
     report.values["average_case_adaptive"] = saved["average_case_adaptive"]["value"]
+    bounds = []
     for key in ("pac_bayes", "pac_bayes_mag"):
         report.values[f"{key}_sigma"] = saved[key]["sigma"]
         report.values[f"{key}_bound"] = saved[key]["bound"]
+        if saved[key].get("bracketed") is False:  # σ' is an end of the search, a bound
+            side = "≥" if saved[key]["increase"] <= saved[key]["target"] else "≤"
+            bounds.append(f"{key}_sigma {side} {saved[key]['sigma']:.4g}")
+    if bounds:  # shown in the summary: the search did not bracket the target
+        report.values["pac_bayes_unbracketed"] = "; ".join(bounds)
 
 
 def _measure_trajectory(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:

@@ -210,7 +210,26 @@ def rescale(model: nn.Module, layer: str, alpha: float) -> nn.Module:
         if first.bias is not None:
             first.bias.mul_(alpha)
         second.weight.div_(alpha)
+    _check_rescaled(model, out, layer, following, alpha)
     return out
+
+
+def _check_rescaled(model: nn.Module, out: nn.Module, layer: str, following: str, alpha: float):
+    """Refuse an α whose rescaled weights overflow (α·W to ±inf) or underflow (W/α to 0)
+    in their dtype: the copy would no longer compute the same function."""
+    for name, scaled in ((layer, "·α"), (following, "/α")):
+        before, after = model.get_submodule(name), out.get_submodule(name)
+        for p_name, p in after.named_parameters(recurse=False):
+            old = getattr(before, p_name)
+            overflow = not bool(torch.isfinite(p).all()) and bool(torch.isfinite(old).all())
+            underflow = bool(((p == 0) & (old != 0)).any())
+            if overflow or underflow:
+                kind = "overflows to ±inf" if overflow else "underflows to 0"
+                raise BasinscopeError(
+                    f"alpha = {alpha:g} is too {'large' if (scaled == '·α') == overflow else 'small'}"
+                    f": {name}.{p_name}{scaled} {kind} in {str(p.dtype).removeprefix('torch.')}; "
+                    "choose an alpha nearer 1"
+                )
 
 
 # ------------------------------------------------------------ invariance check

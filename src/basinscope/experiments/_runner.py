@@ -34,6 +34,7 @@ from .._lock import output_lock
 from .._results import to_json
 from ..errors import BasinscopeError
 from ..training import DataBundle, TrainConfig, load_config_data, train
+from ._common import SETTINGS_USED
 from ._correlation import correlation_report
 from ._measures import MEASURES, MeasureConfig
 from ._summary import RunReport, write_report
@@ -49,6 +50,16 @@ class Study:
     description: str = ""
     measures: tuple[str, ...] = ("surface",)
     finish: Callable[[Study, list[RunReport], Path], str] | None = None
+    # MeasureConfig fields that ``finish`` reads besides those of ``measures``
+    finish_settings: tuple[str, ...] = ()
+
+    def uses(self, setting: str) -> bool:
+        """Whether the :class:`MeasureConfig` field ``setting`` decides any of this study's
+        numbers (a setting of one of its measures, or one its ``finish`` reads)."""
+        used = set(self.finish_settings)
+        for measure in self.measures:
+            used |= SETTINGS_USED[measure]
+        return setting in used
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,21 +90,13 @@ def run_study(
 
 
 def _run_locked(study: Study, root: Path, progress: bool) -> list[RunReport]:
+    # Every run's data is loaded and every run directory asked whether it accepts its
+    # configuration before study.json is written: a refused study leaves it as it was.
+    datas = _check_runs(study, root)
     atomic_write_json(root / "study.json", study.to_dict())
     reports = []
-    cache: dict[str, DataBundle] = {}
     for name, cfg in study.runs.items():
-        key = json.dumps(
-            [
-                cfg.dataset,
-                cfg.data_dir,
-                cfg.train_size,
-                cfg.standardize,
-                cfg.data_seed,
-                cfg.label_noise,
-            ]
-        )
-        data = cache.get(key) or cache.setdefault(key, load_config_data(cfg))
+        data = datas[name]
         if progress:
             print(f"[{study.name}] {name}: training", flush=True)
         result = train(cfg, data, out_dir=root / name, progress=progress)
@@ -115,6 +118,37 @@ def _run_locked(study: Study, root: Path, progress: bool) -> list[RunReport]:
     extra += _correlations(reports, root)
     write_report(reports, root, extra)
     return reports
+
+
+def _check_runs(study: Study, root: Path) -> dict[str, DataBundle]:
+    """Each run's data (loaded once per distinct dataset setting), after checking that its
+    run directory accepts its configuration (no finished or interrupted run of another
+    configuration there): refused before anything of the study is written."""
+    from ..training import RunDir, data_fingerprint
+    from ..training._rundir import _identity  # the run directory's own notion of a run
+
+    cache: dict[str, DataBundle] = {}
+    datas = {}
+    for name, cfg in study.runs.items():
+        key = json.dumps(
+            [
+                cfg.dataset,
+                cfg.data_dir,
+                cfg.train_size,
+                cfg.standardize,
+                cfg.data_seed,
+                cfg.label_noise,
+            ]
+        )
+        if key not in cache:
+            cache[key] = load_config_data(cfg)
+        datas[name] = data = cache[key]
+        run_dir = root / name
+        if run_dir.is_dir():
+            identity = _identity(cfg, data_fingerprint(data))
+            with RunDir.open(run_dir, identity) as rd:
+                rd.finished(cfg, data, replace=False)  # raises for another configuration
+    return datas
 
 
 def _correlations(reports: list[RunReport], root: Path) -> str:

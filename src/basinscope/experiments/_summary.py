@@ -110,6 +110,7 @@ _COLUMNS = [
     ("pac_bayes_bound", "PAC-Bayes term", "{:.4g}"),
     ("pac_bayes_mag_sigma", "PAC-Bayes mag. σ", "{:.4g}"),
     ("pac_bayes_mag_bound", "PAC-Bayes mag. term", "{:.4g}"),
+    ("pac_bayes_unbracketed", "PAC-Bayes σ not bracketed (a bound only)", "{}"),
     ("pca_explained", "PCA var. (2 dirs)", "{:.3f}"),
     ("log_volume", "log volume", "{:.1f}"),
     ("volume_ess", "volume ESS", "{:.2f}"),

@@ -20,7 +20,7 @@ from .._checks import check_int
 from .._rng import item_generator
 from ..landscape import finite_loss0
 from ..objective import Objective
-from ._common import _count, _no_vectors, _positive
+from ._common import _check_reach, _count, _no_vectors, _positive
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,8 @@ def _box(
     obj: Objective, epsilon: float, subspace_dim: int | None, seed: int
 ) -> tuple[Tensor | None, np.ndarray]:
     """``(A, half-widths)``: the subspace (``None`` for the full space) and the box
-    ``|y_i| ≤ ε(|(A⁺θ0)_i| + 1)``, ``A⁺θ0`` by least squares from the QR of ``A``."""
+    ``|y_i| ≤ ε(|(A⁺θ0)_i| + 1)``, ``A⁺θ0`` by least squares from the QR of ``A``; an ε
+    whose box reaches beyond the Objective's dtype is refused."""
     theta64 = obj.theta0.to(torch.float64)
     if subspace_dim is None:
         A = None
@@ -86,7 +87,12 @@ def _box(
         Q, R = torch.linalg.qr(A)
         center = torch.linalg.solve_triangular(R, (Q.T @ theta64)[:, None], upper=True)[:, 0]
         del Q, R
-    return A, (epsilon * (center.abs() + 1)).cpu().numpy()
+    half = epsilon * (center.abs() + 1)
+    # the box's corners must stay representable: |Ay|_i ≤ Σ_j |A_ij| half_j
+    _check_reach(
+        obj, "epsilon", epsilon, float(half.max() if A is None else (A.abs() @ half).max())
+    )
+    return A, half.cpu().numpy()
 
 
 def _delta(obj: Objective, y: np.ndarray, A: Tensor | None) -> Tensor:

@@ -33,7 +33,7 @@ from .._rng import item_generator
 from ..errors import BasinscopeError
 from ..landscape import finite_loss0
 from ..objective import Objective
-from ._common import _count, _no_vectors, _positive
+from ._common import GAUSSIAN_REACH, _check_reach, _count, _no_vectors, _positive
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def average_case(
     chunk = check_int("chunk", chunk, minimum=1)
     loss0 = finite_loss0(obj, "its average-case sharpness")
     scale = obj.theta0.abs() if adaptive else torch.ones_like(obj.theta0)
+    _check_reach(obj, "sigma", sigma, sigma * float(scale.max()) * GAUSSIAN_REACH)
     settings = {"sigma": sigma, "seed": seed, "adaptive": bool(adaptive)}
     key = {**obj.fingerprint(), **settings} if path is not None else {}
     with open_partial(path, key, what="average-case noise samples") as done:
@@ -210,12 +211,21 @@ def noise_error_increase(
     chunk = _count("chunk", chunk)
     seed = check_int("seed", seed, minimum=0)
     eps = _positive("eps", eps)
+    _check_reach(obj, "sigma", sigma, _largest_std(obj, sigma, magnitude_aware, eps))
     acc0 = _accuracy0(obj, "the noise error increase")
     if math.isnan(acc0):
         raise BasinscopeError(
             "the training error needs a classifier: outputs [N, classes] and integer labels"
         )
     return _error_increase(obj, sigma, samples, seed, magnitude_aware, eps, chunk) - (1 - acc0)
+
+
+def _largest_std(obj: Objective, sigma: float, magnitude_aware: bool, eps: float) -> float:
+    """A bound on ``|u_i|`` of the noise at σ (see :func:`noise_error_increase`)."""
+    if magnitude_aware:
+        top = float(obj.theta0.abs().max().to(torch.float64)) if obj.n else 0.0
+        return math.sqrt((sigma * top) ** 2 + eps**2) * GAUSSIAN_REACH
+    return sigma * GAUSSIAN_REACH
 
 
 def _error_increase(
@@ -313,6 +323,7 @@ def pac_bayes(
     lo, hi = _positive("sigma_min", sigma_min), _positive("sigma_max", sigma_max)
     if not lo < hi:
         raise BasinscopeError(f"sigma_min ({lo}) must be smaller than sigma_max ({hi})")
+    _check_reach(obj, "sigma_max", hi, _largest_std(obj, hi, magnitude_aware, eps))
     acc0 = _accuracy0(obj, "its PAC-Bayes sharpness")
     if math.isnan(acc0):
         raise BasinscopeError(

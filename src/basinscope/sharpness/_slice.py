@@ -22,6 +22,7 @@ from .._checks import check_int, check_number
 from ..errors import BasinscopeError
 from ..landscape import Surface, finite_loss0
 from ..objective import Objective
+from ._common import _check_reach
 
 COARSE_POINTS = 8
 """Fewer grid points than this (besides the origin) within ε make a grid ε-sharpness coarse."""
@@ -139,6 +140,7 @@ def epsilon(
     n_radii = check_int("n_radii", n_radii, minimum=1)
     n_angles = check_int("n_angles", n_angles, minimum=1)
     d = _check_directions(obj, directions)
+    _check_reach(obj, "the radius", radius, radius * float(d.double().abs().sum(0).max()))
     if len(d) == 1:
         coef = torch.linspace(-radius, radius, 2 * n_radii + 1, dtype=torch.float64)[:, None]
     elif len(d) == 2:

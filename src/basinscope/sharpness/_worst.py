@@ -23,7 +23,7 @@ from .._rng import item_generator
 from ..errors import BasinscopeError
 from ..landscape import finite_loss0
 from ..objective import Objective
-from ._common import _count, _no_vectors, _positive
+from ._common import _check_reach, _count, _no_vectors, _positive
 
 NORMS = ("l2", "linf")
 """Balls accepted by :func:`worst_case`."""
@@ -248,6 +248,7 @@ def worst_case(
         m = _count("m", m, 1, n_examples)
     loss0 = finite_loss0(obj, "its worst-case sharpness")
     scale = obj.theta0.abs() + eta if adaptive else torch.ones_like(obj.theta0)
+    _check_reach(obj, "the radius", radius, radius * float(scale.max()))
     size = n_examples if m is None else m
     starts = list(range(0, n_examples, size))
     results: list[_Ascent] = []
