@@ -150,6 +150,7 @@ def test_a_non_finite_loss_is_refused_before_any_measure(monkeypatch):
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
     with torch.no_grad():
         model[0].weight.fill_(1e20)  # finite weights, an MSE that overflows float32
+        model[2].weight.fill_(1.0)  # whatever the random initialisation drew
     obj = bs.Objective(model, nn.MSELoss(), (torch.ones(8, 3), torch.zeros(8, 1)))
 
     def fail(*args, **kwargs):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .. import sharpness
+from .._checks import check_positive
 from ..errors import BasinscopeError
 from ..objective import Objective
 from ..sharpness import SUITE_MEASURES, SuiteConfig
@@ -298,17 +299,6 @@ def measure_suite(
     return sharpness.suite_values(sharpness.suite(obj, config))
 
 
-def _positive(name: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise BasinscopeError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
-
-
 def compare_measures(
     before: Objective,
     after: Objective,
@@ -333,7 +323,7 @@ def compare_measures(
         config: the suite's settings (:class:`~basinscope.sharpness.SuiteConfig`), or
         **settings: passed to :func:`measure_suite` (``radius``, ``sigma``, ``seed``...).
     """
-    rtol = _positive("rtol", rtol)
+    rtol = check_positive("rtol", rtol)
     a = measure_suite(before, config, **settings)
     b = measure_suite(after, config, **settings)
     out = {}

@@ -124,8 +124,7 @@ def _check_runs(study: Study, root: Path) -> dict[str, DataBundle]:
     """Each run's data (loaded once per distinct dataset setting), after checking that its
     run directory accepts its configuration (no finished or interrupted run of another
     configuration there): refused before anything of the study is written."""
-    from ..training import RunDir, data_fingerprint
-    from ..training._rundir import _identity  # the run directory's own notion of a run
+    from ..training import check_accepts
 
     cache: dict[str, DataBundle] = {}
     datas = {}
@@ -143,11 +142,7 @@ def _check_runs(study: Study, root: Path) -> dict[str, DataBundle]:
         if key not in cache:
             cache[key] = load_config_data(cfg)
         datas[name] = data = cache[key]
-        run_dir = root / name
-        if run_dir.is_dir():
-            identity = _identity(cfg, data_fingerprint(data))
-            with RunDir.open(run_dir, identity) as rd:
-                rd.finished(cfg, data, replace=False)  # raises for another configuration
+        check_accepts(root / name, cfg, data)  # another configuration there is refused
     return datas
 
 

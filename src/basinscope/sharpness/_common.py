@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import fields
 from typing import Any
@@ -12,17 +11,6 @@ import torch
 from torch import Tensor
 
 from ..errors import BasinscopeError
-
-
-def _positive(name: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise BasinscopeError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _count(name: str, value: int, low: int = 1, high: int | None = None) -> int:

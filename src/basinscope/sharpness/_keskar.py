@@ -16,11 +16,11 @@ import torch
 from scipy.optimize import Bounds, minimize
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_int, check_positive
 from .._rng import item_generator
 from ..landscape import finite_loss0
 from ..objective import Objective
-from ._common import _check_reach, _count, _no_vectors, _positive
+from ._common import _check_reach, _count, _no_vectors
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def keskar(
         seed: the subspace's seed.
         maxiter: L-BFGS-B iterations (≥ 1).
     """
-    epsilon = _positive("epsilon", epsilon)
+    epsilon = check_positive("epsilon", epsilon)
     maxiter = _count("maxiter", maxiter)
     seed = check_int("seed", seed, minimum=0)
     if subspace_dim is not None:

@@ -27,13 +27,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._checks import check_int, check_number
+from .._checks import check_int, check_number, check_positive
 from .._partial import open_partial
 from .._rng import item_generator
 from ..errors import BasinscopeError
 from ..landscape import finite_loss0
 from ..objective import Objective
-from ._common import GAUSSIAN_REACH, _check_reach, _count, _no_vectors, _positive
+from ._common import GAUSSIAN_REACH, _check_reach, _count, _no_vectors
 
 
 @dataclass(frozen=True)
@@ -206,11 +206,11 @@ def noise_error_increase(
     estimate is non-decreasing in σ. ``err = 1 − accuracy`` from
     :meth:`Objective.evaluate`. Results do not depend on ``chunk``.
     """
-    sigma = _positive("sigma", sigma)
+    sigma = check_positive("sigma", sigma)
     samples = _count("samples", samples)
     chunk = _count("chunk", chunk)
     seed = check_int("seed", seed, minimum=0)
-    eps = _positive("eps", eps)
+    eps = check_positive("eps", eps)
     _check_reach(obj, "sigma", sigma, _largest_std(obj, sigma, magnitude_aware, eps))
     acc0 = _accuracy0(obj, "the noise error increase")
     if math.isnan(acc0):
@@ -315,12 +315,12 @@ def pac_bayes(
     """
     if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target < 1:
         raise BasinscopeError(f"target must be an error increase in (0, 1), got {target!r}")
-    eps = _positive("eps", eps)
+    eps = check_positive("eps", eps)
     samples = _count("samples", samples)
     chunk = _count("chunk", chunk)
-    tol = _positive("tol", tol)
+    tol = check_positive("tol", tol)
     seed = check_int("seed", seed, minimum=0)
-    lo, hi = _positive("sigma_min", sigma_min), _positive("sigma_max", sigma_max)
+    lo, hi = check_positive("sigma_min", sigma_min), check_positive("sigma_max", sigma_max)
     if not lo < hi:
         raise BasinscopeError(f"sigma_min ({lo}) must be smaller than sigma_max ({hi})")
     _check_reach(obj, "sigma_max", hi, _largest_std(obj, hi, magnitude_aware, eps))

@@ -39,12 +39,11 @@ import numpy as np
 # The measures are called through the packages' public names (``sharpness.worst_case``,
 # ``hessian.trace``), so a monkeypatch of a public name reaches the suite too.
 from .. import hessian, sharpness
-from .._checks import check_int
+from .._checks import check_int, check_positive
 from ..errors import BasinscopeError
 from ..hessian import Eigenpairs
 from ..landscape import finite_loss0, line, random_directions
 from ..objective import Objective
-from ._common import _positive
 from ._noise import PacBayes
 from ._slice import EpsilonSharpness
 
@@ -99,8 +98,8 @@ class SuiteConfig:
 
     def __post_init__(self) -> None:
         for name in ("radius", "linf_radius", "adaptive_radius", "sigma", "adaptive_sigma"):
-            _positive(name, getattr(self, name))
-        _positive("keskar_epsilon", self.keskar_epsilon)
+            check_positive(name, getattr(self, name))
+        check_positive("keskar_epsilon", self.keskar_epsilon)
         target = self.pac_target
         if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target < 1:
             raise BasinscopeError(f"pac_target must be an error increase in (0, 1), got {target!r}")

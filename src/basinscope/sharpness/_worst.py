@@ -18,12 +18,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .._checks import check_int
+from .._checks import check_int, check_positive
 from .._rng import item_generator
 from ..errors import BasinscopeError
 from ..landscape import finite_loss0
 from ..objective import Objective
-from ._common import _check_reach, _count, _no_vectors, _positive
+from ._common import _check_reach, _count, _no_vectors
 
 NORMS = ("l2", "linf")
 """Balls accepted by :func:`worst_case`."""
@@ -235,7 +235,7 @@ def worst_case(
     Returns:
         A :class:`WorstCase`.
     """
-    radius = _positive("the radius", radius)
+    radius = check_positive("the radius", radius)
     if norm not in NORMS:
         raise BasinscopeError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 <= eta < math.inf:

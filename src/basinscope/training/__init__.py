@@ -45,6 +45,7 @@ from ._models import SmallCNN as SmallCNN
 from ._models import build_model as build_model
 from ._rundir import RunDir as RunDir
 from ._rundir import TrainResult as TrainResult
+from ._rundir import check_accepts as check_accepts
 from ._sam import ASAM_ETA as ASAM_ETA
 from ._sam import ASAM_RHO as ASAM_RHO
 from ._sam import SAM as SAM

@@ -51,7 +51,7 @@ from ._checkpoint import (
 from ._config import TrainConfig
 from ._evaluate import _evaluate
 from ._factories import make_model, make_swa_scheduler
-from ._guards import _device
+from ._guards import _device, data_fingerprint
 from ._run import Run
 from ._trajectory import Trajectory, _as_trajectory, _snapshot_due
 
@@ -150,6 +150,16 @@ def _resumed_under(out: Path, before: list[dict[str, Any]], env: dict[str, Any])
         stacklevel=6,  # the caller of train(): train, _train, _start, resume, here
     )
     return [*before, now]
+
+
+def check_accepts(out_dir: str | Path, config: TrainConfig, data: DataBundle) -> None:
+    """Refuse, in one sentence and writing nothing, when ``out_dir`` holds a finished or
+    interrupted run of another configuration or data than ``config`` on ``data`` (what
+    :func:`train` would refuse); a directory that is absent or holds this run passes."""
+    out = Path(out_dir)
+    if out.is_dir():
+        with RunDir.open(out, _identity(config, data_fingerprint(data))) as rd:
+            rd.finished(config, data, replace=False)
 
 
 def check_run_dir(out_dir: Any) -> Path:
