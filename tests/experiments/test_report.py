@@ -149,7 +149,7 @@ def test_coarse_and_non_finite_measures_are_excluded_and_listed(tmp_path):
     assert noise["tau"] == pytest.approx(1.0)
     md = (tmp_path / "correlation.md").read_text()
     assert md == text and "Excluded from the rankings" in md
-    assert "- ε-sharpness (grid): a coarse estimate for run r3." in md
+    assert "- ε-sharpness (grid): a coarse estimate or only a bound for run r3." in md
     assert "- Keskar φ: not finite (NaN or infinite) for run r5." in md
     assert not (tmp_path / "figures" / "scatter_keskar.png").exists()
 
@@ -172,3 +172,24 @@ def test_a_study_row_flags_a_coarse_grid_sharpness():
     assert rep.row()["coarse_measures"] is None
     rep.sharpness["surface"] = {"value": 0.1}  # written before the flag existed
     assert rep.row()["coarse_measures"] is None
+
+
+def test_an_unbracketed_pac_bayes_sigma_is_left_out_of_the_rankings():
+    from basinscope.experiments import RunReport
+    from basinscope.experiments._correlation import excluded_measures
+    from basinscope.training import TrainConfig
+
+    rep = RunReport("a", TrainConfig(), {}, False, "")
+    rep.values["pac_bayes_unbracketed"] = "pac_bayes_mag_sigma ≥ 10"
+    assert rep.coarse() == ["pac_bayes_mag_sigma", "pac_bayes_mag_bound"]
+    rep.values["pac_bayes_unbracketed"] = "pac_bayes_sigma ≤ 1e-06; pac_bayes_mag_sigma ≥ 10"
+    assert rep.coarse() == [
+        "pac_bayes_sigma", "pac_bayes_bound", "pac_bayes_mag_sigma", "pac_bayes_mag_bound",
+    ]  # fmt: skip
+    rows = [
+        {"run": f"r{i}", "pac_bayes_sigma": 0.1 * i, "lambda_max": float(i),
+         "coarse_measures": "pac_bayes_sigma" if i == 1 else None}
+        for i in range(4)
+    ]  # fmt: skip
+    out = excluded_measures(rows, ["pac_bayes_sigma", "lambda_max"])
+    assert set(out) == {"pac_bayes_sigma"}

@@ -125,3 +125,10 @@ def test_accuracy_surface_matches_direct_evaluation(mlp):
         params = obj.space.unflatten(obj.theta0 + float(t) * d)
         out = torch.func.functional_call(model, params, (X,))
         assert acc == (out.argmax(1) == y).double().mean().item()
+
+
+def test_a_plane_of_directions_of_different_lengths_is_one_sentence():
+    model, X, y = small_mlp()
+    obj = bs.Objective(model, nn.CrossEntropyLoss(), (X, y))
+    with pytest.raises(bs.BasinscopeError, match="directions have 3 and 2 coordinates"):
+        bs.plane(obj, torch.ones(3), torch.ones(2), steps=3)

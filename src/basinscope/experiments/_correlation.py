@@ -147,7 +147,7 @@ def excluded_measures(
         broken = [str(r.get("run", i)) for i, r in enumerate(ok) if _nonfinite(r.get(m))]
         reasons = []
         if coarse:
-            reasons.append(f"a coarse estimate for {_runs(coarse)}")
+            reasons.append(f"a coarse estimate or only a bound for {_runs(coarse)}")
         if broken:
             reasons.append(f"not finite (NaN or infinite) for {_runs(broken)}")
         if reasons:

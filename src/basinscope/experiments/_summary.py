@@ -39,8 +39,15 @@ class RunReport:
     data: DataBundle | None = None
 
     def coarse(self) -> list[str]:
-        """The summary columns whose value is flagged as a coarse estimate."""
-        return ["eps_sharpness_surface"] if self.sharpness.get("surface", {}).get("coarse") else []
+        """The summary columns whose value is flagged as a coarse estimate or a bound:
+        ε-sharpness read off a coarse grid, a PAC-Bayes σ' whose search did not bracket
+        its target (left out of the rankings, see ``excluded_measures``)."""
+        out = ["eps_sharpness_surface"] if self.sharpness.get("surface", {}).get("coarse") else []
+        bounds = str(self.values.get("pac_bayes_unbracketed") or "")
+        for key in ("pac_bayes", "pac_bayes_mag"):
+            if f"{key}_sigma " in bounds:
+                out += [f"{key}_sigma", f"{key}_bound"]
+        return out
 
     def row(self) -> dict[str, Any]:
         f = self.final

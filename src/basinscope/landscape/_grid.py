@@ -152,7 +152,15 @@ def plane(
     to x); arrays are indexed ``[i, j]`` at ``(x[i], y[j])``. Other arguments as
     in :func:`line`.
     """
-    d = torch.stack([torch.as_tensor(d1).reshape(-1), torch.as_tensor(d2).reshape(-1)])
+    a, b = (torch.as_tensor(v).reshape(-1) for v in (d1, d2))
+    if a.shape != b.shape:
+        from ..errors import BasinscopeError
+
+        raise BasinscopeError(
+            f"the plane's directions have {a.numel()} and {b.numel()} coordinates; give two "
+            f"directions of the Objective's {obj.n}"
+        )
+    d = torch.stack([a, b])
     check_independent("a plane", d)
     coords = _grids(
         [(span, steps), (span if yspan is None else yspan, steps if ysteps is None else ysteps)],
