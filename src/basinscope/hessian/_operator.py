@@ -311,13 +311,3 @@ def restrict(obj: Objective, include: str | Sequence[str]) -> Objective:
     :meth:`Objective.restrict`, which builds it.
     """
     return obj.restrict(include)
-
-
-def _blocks(names: Sequence[str]) -> list[str]:
-    """Module paths of parameter names in order (``fc1.weight`` -> ``fc1``)."""
-    out: list[str] = []
-    for n in names:
-        block = n.rsplit(".", 1)[0] if "." in n else n
-        if block not in out:
-            out.append(block)
-    return out

@@ -16,7 +16,7 @@ from .._checks import check_int, check_positive
 from ..errors import BasinscopeError
 from ..objective import Objective
 from ._lanczos import Eigenpairs, _check_k, _check_tol, _lanczos, _pairs
-from ._operator import Curvature, HessianOperator, _blocks, operator, restrict
+from ._operator import Curvature, HessianOperator, operator, restrict
 from ._trace import TraceEstimate, _hutchinson
 
 
@@ -124,7 +124,7 @@ def _layer_blocks(obj: Objective, per_layer: bool | Sequence[str]) -> list[str]:
     if per_layer is False:
         return []
     if per_layer is True:
-        return _blocks(obj.space.names)
+        return obj.space.blocks
     if isinstance(per_layer, str):
         return [per_layer]
     return list(per_layer)

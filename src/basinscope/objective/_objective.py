@@ -206,7 +206,7 @@ class Objective:
             raise BasinscopeError("include names no parameters; give a module or parameter name")
         for p in patterns:
             if not isinstance(p, str) or not any(match(n, p) for n in space.names):
-                names = ", ".join(_blocks(space.names)[:8])
+                names = ", ".join(space.blocks[:8])
                 raise BasinscopeError(
                     f"no parameter of the Objective matches {p!r}; modules are {names}"
                 )
@@ -422,16 +422,6 @@ def _refuse_if_random(out: Tensor, again: Tensor, advice: str | None = None) -> 
             f"the model's evaluation is not deterministic (two evaluations of the "
             f"same weights differ by up to {diff:.3g}); {advice}"
         )
-
-
-def _blocks(names: Sequence[str]) -> list[str]:
-    """Module paths of parameter names in order (``fc1.weight`` -> ``fc1``)."""
-    out: list[str] = []
-    for n in names:
-        block = n.rsplit(".", 1)[0] if "." in n else n
-        if block not in out:
-            out.append(block)
-    return out
 
 
 def _check_dtype(dtype: Any) -> torch.dtype:

@@ -85,6 +85,17 @@ class ParamSpace:
             )
         }
 
+    @property
+    def blocks(self) -> list[str]:
+        """Module paths of the coordinates' parameters, in order (``fc1.weight`` -> ``fc1``):
+        the blocks of a per-layer analysis."""
+        out: list[str] = []
+        for n in self.names:
+            block = n.rsplit(".", 1)[0] if "." in n else n
+            if block not in out:
+                out.append(block)
+        return out
+
     def pieces(self, vec: Tensor) -> Iterator[tuple[str, Tensor]]:
         """``(name, view)`` for each parameter tensor of a flat vector."""
         yield from self.unflatten(vec).items()
