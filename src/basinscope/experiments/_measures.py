@@ -354,19 +354,9 @@ def _measure_suite(report: RunReport, m: MeasureConfig, out: Path, progress: boo
     :func:`basinscope.sharpness.suite`): worst case in an L2 and an L∞ ball and its
     adaptive version, adaptive noise sharpness, Keskar et al.'s φ, and Jiang et al.'s
     PAC-Bayes σ (plain and magnitude-aware)."""
-    keys = (
-        "worst_radius",
-        "worst_linf_radius",
-        "adaptive_radius",
-        "adaptive_sigma",
-        "keskar_epsilon",
-        "pac_target",
-        "pac_samples",
-        "direction_seed",
-        "skip_bias_norm",
-        "eval_subset",
-        "noise_samples",
-    )
+    from ._common import SETTINGS_USED
+
+    keys = sorted(SETTINGS_USED["suite"])  # the settings that key suite.json
     obj = train_objective(
         report.model,
         report.data,
