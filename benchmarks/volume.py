@@ -3,7 +3,7 @@
 Fan, Sandlund & Ko ("Sharp Minima Can Generalize") find each ray's radius by
 scanning a fixed grid of 100 coefficients ``R·linspace(0, 1, 100)²`` and taking
 the first one whose loss crosses the threshold. basinscope doubles then bisects
-(``basinscope.volume.basin_volume``). Both run here on the same trained model,
+(``basinscope.landscape.basin_volume``). Both run here on the same trained model,
 the same rays (``ray_directions``, seeded by index) and the same threshold, on
 the same evaluation engine, so the difference is the search alone.
 
