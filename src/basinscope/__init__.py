@@ -29,14 +29,18 @@ from .landscape import (
     three_model_plane,
     trajectory_plane,
 )
-from .objective import Objective, ParamSpace
+from .objective import MSE, CrossEntropy, Loss, MeanLoss, Objective, ParamSpace, SumLoss
 
 _LAZY_MODULES = ("training", "experiments", "plots")
 _LAZY_NAMES = {"SAM": "training", "rescale": "experiments"}
 
 __all__ = [
     "SAM",
+    "MSE",
     "BasinscopeError",
+    "CrossEntropy",
+    "Loss",
+    "MeanLoss",
     "Objective",
     "ParamSpace",
     "Surface",
@@ -53,6 +57,7 @@ __all__ = [
     "random_directions",
     "rescale",
     "sharpness",
+    "SumLoss",
     "three_model_plane",
     "training",
     "trajectory_plane",

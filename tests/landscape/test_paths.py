@@ -259,7 +259,7 @@ def test_update_bn_statistics_are_the_dataset_mean_and_a_single_last_example_is_
     from basinscope.objective import BatchNormEngine
 
     bn = BatchNormEngine(obj.batches)
-    assert [len(b) for b in bn._batches()] == [16, 16, 16, 17]
+    assert [n for _, n in bn._batches()] == [16, 16, 16, 17]
     params = obj.space.unflatten(obj.theta0)
     buffers = bn._buffers(params)
     h = net.fc1(X)  # the BatchNorm layer's input

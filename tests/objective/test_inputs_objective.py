@@ -153,16 +153,47 @@ class _Returns(nn.Module):
 
     def forward(self, x):
         out = self.fc(x)
-        return {"tuple": (out, x), "list": [out], "dict": {"logits": out}}[self.kind]
+        return {
+            "tuple": (out, x),
+            "list": [out],
+            "dict": {"logits": out},
+            "fields": {"scores": out, "hidden": x},
+        }[self.kind]
 
 
 @pytest.mark.parametrize(
-    "kind, what", [("tuple", "a tuple"), ("list", "a list"), ("dict", "a dict")]
+    "kind, what",
+    [
+        ("tuple", r"a 2-item tuple; say which item.*output=0"),
+        ("list", r"a 1-item list; say which item.*output=0"),
+        ("fields", r"a mapping \(fields 'scores', 'hidden'\) without 'logits'.*output="),
+    ],
 )
-def test_model_that_returns_no_tensor(kind, what):
+def test_model_that_returns_no_tensor_names_what_to_select(kind, what):
     X, y = _data()
-    with pytest.raises(bs.BasinscopeError, match=rf"the model returns {what}.*one tensor"):
+    with pytest.raises(bs.BasinscopeError, match=rf"the model returns {what}"):
         Objective(_Returns(kind), nn.CrossEntropyLoss(), (X, y))
+
+
+@pytest.mark.parametrize(
+    "kind, output", [("tuple", 0), ("list", 0), ("dict", None), ("fields", "scores")]
+)
+def test_selected_output_gives_the_plain_models_loss(kind, output):
+    X, y = _data()
+    model = _Returns(kind)
+    want = Objective(model.fc, nn.CrossEntropyLoss(), (X, y)).loss()
+    obj = Objective(model, nn.CrossEntropyLoss(), (X, y), output=output)
+    assert obj.loss() == pytest.approx(want, rel=1e-14)
+    picked = Objective(
+        model,
+        nn.CrossEntropyLoss(),
+        (X, y),
+        output=lambda o: o[0] if kind in ("tuple", "list") else next(iter(o.values())),
+    )
+    assert picked.loss() == pytest.approx(want, rel=1e-14)
+    bad = "'nope'" if kind in ("dict", "fields") else "7"
+    with pytest.raises(bs.BasinscopeError, match=f"has no field {bad}"):
+        Objective(model, nn.CrossEntropyLoss(), (X, y), output=eval(bad))
 
 
 class _Dicts(Dataset):
@@ -176,12 +207,15 @@ class _Dicts(Dataset):
         return {"image": self.X[i], "label": self.y[i]}
 
 
-def test_dataset_or_loader_of_dicts_asks_for_pairs():
+def test_dataset_or_loader_of_dicts_without_labels_asks_for_them():
     X, y = _data()
-    with pytest.raises(bs.BasinscopeError, match=r"dataset item 0 is a dict \(keys 'image'"):
+    match = r"the data is a dict without 'labels' \(keys 'image', 'label'\)"
+    with pytest.raises(bs.BasinscopeError, match=match):
         Objective(_mlp(), nn.CrossEntropyLoss(), _Dicts(X, y))
-    with pytest.raises(bs.BasinscopeError, match=r"batch 0 of the DataLoader is a dict"):
+    with pytest.raises(bs.BasinscopeError, match=match):
         Objective(_mlp(), nn.CrossEntropyLoss(), DataLoader(_Dicts(X, y), batch_size=4))
+    with pytest.raises(bs.BasinscopeError, match="inputs names 'pixels', not a key"):
+        Objective(_mlp(), nn.CrossEntropyLoss(), _Dicts(X, y), inputs=("pixels",))
 
 
 @pytest.mark.parametrize(

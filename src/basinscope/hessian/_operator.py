@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BasinscopeError
-from ..objective import Objective
+from ..objective import Objective, double_backward_failure, twice_differentiable
 
 # Gradient graphs kept between products (saved tensors, counted when built).
 _CACHE_BYTES = 2**30
@@ -150,9 +150,12 @@ class HessianOperator:
                 g = self._chunk_gradient(leaf, x, y)
         return leaf, g, size
 
-    def _chunk_gradient(self, leaf: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    def _chunk_gradient(self, leaf: Tensor, x: Any, y: Any) -> Tensor:
         obj = self.obj
-        loss = obj.batches.chunk_loss(obj.space.unflatten(leaf), x, y)
+        # Attention's fused kernels have no second derivative; the graph is recorded
+        # on its math backend (the user's setting is restored on exit).
+        with twice_differentiable():
+            loss = obj.batches.chunk_loss(obj.space.unflatten(leaf), x, y)
         if not bool(torch.isfinite(loss.detach()).all()):
             raise BasinscopeError(
                 f"the loss at θ is {float(loss.detach().sum())} (not finite) on the evaluation "
@@ -189,9 +192,7 @@ class HessianOperator:
         except torch.OutOfMemoryError:
             raise
         except RuntimeError as e:
-            raise BasinscopeError(
-                f"the loss is not twice differentiable by autograd ({_first_line(e)})"
-            ) from e
+            raise BasinscopeError(double_backward_failure(e)) from e
 
     def matmat(self, vs: Tensor) -> Tensor:
         """``[k, n] -> [k, n]``: the rows ``H v_i`` (k products)."""

@@ -1,6 +1,8 @@
 """The evaluation core: a model's loss as a function of a flat parameter vector.
 
-``ParamSpace`` says which parameters are the coordinates; ``Objective`` holds the
+``ParamSpace`` says which parameters are the coordinates; a ``Loss`` is a sum over
+counted units (``CrossEntropy``, ``MSE``, ``MeanLoss`` around any batch-mean loss,
+``SumLoss`` around a user's ``(sum, count)`` function); ``Objective`` holds the
 private model copy and the data and evaluates ``L(θ)`` exactly; ``Batches`` is
 what every engine reads (model, space, loss, data chunks, float64 reduction);
 engines (``PlainEngine``, ``FirstLayerEngine``, ``ChainEngine``,
@@ -8,6 +10,8 @@ engines (``PlainEngine``, ``FirstLayerEngine``, ``ChainEngine``,
 ``Objective.plan`` say which engine runs and why faster ones were refused.
 """
 
+from ._backends import double_backward_failure as double_backward_failure
+from ._backends import twice_differentiable as twice_differentiable
 from ._batchnorm import BatchNormEngine as BatchNormEngine
 from ._batchnorm import batchnorm_layers as batchnorm_layers
 from ._chain import ChainEngine as ChainEngine
@@ -17,6 +21,11 @@ from ._engine import PlainEngine as PlainEngine
 from ._engine import combine as combine
 from ._engine import evaluate_points as evaluate_points
 from ._first_layer import FirstLayerEngine as FirstLayerEngine
+from ._losses import MSE as MSE
+from ._losses import CrossEntropy as CrossEntropy
+from ._losses import Loss as Loss
+from ._losses import MeanLoss as MeanLoss
+from ._losses import SumLoss as SumLoss
 from ._objective import LossFn as LossFn
 from ._objective import Objective as Objective
 from ._plan import Plan as Plan
@@ -26,20 +35,27 @@ from ._space import ParamSpace as ParamSpace
 from ._space import match as match
 
 __all__ = [
+    "MSE",
     "BatchNormEngine",
     "Batches",
     "ChainEngine",
+    "CrossEntropy",
     "Engine",
     "FirstLayerEngine",
     "Include",
+    "Loss",
     "LossFn",
+    "MeanLoss",
+    "SumLoss",
     "Objective",
     "ParamSpace",
     "PlainEngine",
     "Plan",
     "batchnorm_layers",
     "combine",
+    "double_backward_failure",
     "evaluate_points",
     "make_plan",
     "match",
+    "twice_differentiable",
 ]

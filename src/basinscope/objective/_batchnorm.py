@@ -16,11 +16,14 @@ point runs the whole network (the first-layer shortcut does not apply): roughly
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from ..errors import BasinscopeError
 from ._engine import Batches
+from ._tree import take
 
 
 def batchnorm_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -70,15 +73,15 @@ class BatchNormEngine:
     def __repr__(self) -> str:
         return f"BatchNormEngine({len(self.bn)} layers, {self.data.n_examples} examples)"
 
-    def _batches(self) -> list[Tensor]:
-        """The data in batches of ``batch_size``; a last batch of one example (which
-        BatchNorm cannot normalise in train mode) joins the one before it."""
-        x, size = self.data.x, self.data.batch_size
-        starts = list(range(0, len(x), size))
-        if len(starts) > 1 and len(x) - starts[-1] == 1:
+    def _batches(self) -> list[tuple[Any, int]]:
+        """The inputs in batches of ``batch_size`` with their sizes; a last batch of one
+        example (which BatchNorm cannot normalise in train mode) joins the one before."""
+        x, size, n = self.data.x, self.data.batch_size, self.data.n_examples
+        starts = list(range(0, n, size))
+        if len(starts) > 1 and n - starts[-1] == 1:
             starts.pop()
-        ends = starts[1:] + [len(x)]
-        return [x[a:b] for a, b in zip(starts, ends, strict=True)]
+        ends = starts[1:] + [n]
+        return [(take(x, slice(a, b)), b - a) for a, b in zip(starts, ends, strict=True)]
 
     def _buffers(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """The re-estimated running statistics at the parameters ``params``."""
@@ -93,13 +96,13 @@ class BatchNormEngine:
             for m in self.bn.values():
                 m.train()
             seen = 0
-            for x in self._batches():
+            for x, size in self._batches():
                 # momentum b/seen (seen counts this batch): the running mean is the
                 # size-weighted mean of the batch means, i.e. the dataset mean; the
                 # variance is the size-weighted mean of the batch variances.
-                seen += len(x)
+                seen += size
                 for m in self.bn.values():
-                    m.momentum = len(x) / seen
+                    m.momentum = size / seen
                 self.data.forward({**params, **buffers}, x)
         finally:
             for name, m in self.bn.items():

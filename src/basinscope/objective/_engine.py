@@ -11,16 +11,17 @@ the number of examples (tokens), is a change of Batches only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ..errors import BasinscopeError
-from ._probes import _class_weights
+from ._losses import Loss
 from ._space import ParamSpace
+from ._tree import Tree, functional, length, select_output, take
 
 # Elements of θ formed at once by the plain engine (64 MB in float32).
 _POINTS_BLOCK = 2**24
@@ -29,17 +30,22 @@ _POINTS_BLOCK = 2**24
 class Batches:
     """The data of an Objective in chunks, its model and loss, and the exact reduction.
 
-    ``L(θ) = Σ_chunks count(chunk) · mean(chunk) / Σ_chunks count(chunk)``: for most
-    losses a chunk's count is its number of examples. torch's cross-entropy and NLL
-    losses with class weights ``w`` or ignored targets average as
-    ``Σ_i w_{y_i} ℓ_i / Σ_i w_{y_i}`` over the targets that are not ignored, so there
-    the count is ``Σ_i w_{y_i}`` (ignored ones weigh 0); accuracy then counts only
-    targets that are not ignored.
+    ``L(θ) = Σ_chunks Σ value / Σ_chunks Σ count`` for the loss's ``(Σ value, Σ count)``
+    on each chunk (see :mod:`basinscope.objective._losses`): the count is examples
+    for a classifier, valid tokens for a token-level loss, the weights for a
+    weighted one. The totals are the loss's count of the whole dataset (from the
+    targets alone, or for a user's objective without a ``count``, from one forward
+    pass at ``θ0``), so a chunk's differentiable share is its sum over the total.
+    Accuracy is the objective's metric ``(hits, count)`` reduced the same way, NaN
+    when the objective has none.
 
     Attributes:
         model: the Objective's private model copy (eval mode, never written to).
-        space, loss_fn, theta0, device, dtype, batch_size: as the Objective's.
-        x, y: the evaluation tensors; ``n_examples = len(x)``.
+        space, theta0, device, dtype, batch_size: as the Objective's.
+        loss: the :class:`~basinscope.objective.Loss`; ``loss_fn``: what the user gave.
+        output: which part of the model's return value the loss reads.
+        x, y: the evaluation inputs and targets (tensors, tuples or dicts of them);
+            ``n_examples`` their number of examples.
         cache: engines' per-data memory (e.g. the first layer's outputs); a new
             Batches starts empty.
     """
@@ -48,129 +54,118 @@ class Batches:
         self,
         model: nn.Module,
         space: ParamSpace,
-        loss_fn: Any,
+        loss: Loss,
         theta0: Tensor,
-        x: Tensor,
-        y: Tensor,
+        x: Tree,
+        y: Tree,
         *,
         batch_size: int,
         device: torch.device,
         dtype: torch.dtype,
+        output: Any = None,
+        loss_fn: Any = None,
     ):
-        self.model, self.space, self.loss_fn, self.theta0 = model, space, loss_fn, theta0
+        self.model, self.space, self.loss, self.theta0 = model, space, loss, theta0
+        self.loss_fn = loss if loss_fn is None else loss_fn
+        self.output = output
         self.x, self.y = x, y
         self.batch_size, self.device, self.dtype = batch_size, device, dtype
         self.cache: dict[str, Any] = {}
-        self._set_totals()
+        self._totals: tuple[float, float] | None = None
 
-    def on(self, x: Tensor, y: Tensor) -> Batches:
-        """The same model, space and loss on other (already prepared) tensors."""
+    def on(self, x: Tree, y: Tree) -> Batches:
+        """The same model, space and loss on other (already prepared) data."""
         return Batches(
             self.model,
             self.space,
-            self.loss_fn,
+            self.loss,
             self.theta0,
             x,
             y,
             batch_size=self.batch_size,
             device=self.device,
             dtype=self.dtype,
+            output=self.output,
+            loss_fn=self.loss_fn,
         )
 
     @property
     def n_examples(self) -> int:
-        return len(self.x)
+        return length(self.x, "inputs")
 
-    def _set_totals(self) -> None:
-        """The denominators of the dataset's loss and accuracy (see the class docstring)."""
-        spec = _class_weights(self.loss_fn)
-        y = self.y
-        self._weighting: tuple[Tensor | None, int] | None = None
-        if spec is not None and not (y.is_floating_point() or y.is_complex()):
-            weight, ignore = spec
-            if weight is not None or bool((y == ignore).any()):
-                self._weighting = (
-                    None if weight is None else weight.detach().to(y.device, torch.float64),
-                    ignore,
+    @property
+    def totals(self) -> tuple[float, float]:
+        """``(Σ count of the loss, Σ count of the accuracy)`` over the whole dataset.
+
+        From the targets alone when the loss can count them; otherwise from one
+        forward pass at ``θ0``. A dataset that counts nothing is refused.
+        """
+        if self._totals is None:
+            count, acc = self.loss.count(self.y), self.loss.accuracy_count(self.y)
+            if count is None:
+                count, acc = self._counted_totals()
+            total = float(count)
+            if not total > 0:
+                spec = getattr(self.loss, "_spec", None)
+                ignore = getattr(self.loss, "ignore_index", spec[1] if spec else None)
+                what = "" if ignore is None else f" {ignore}"
+                raise BasinscopeError(
+                    f"every target is ignore_index{what} (or masked, or of weight 0): the "
+                    "targets count nothing, so there is nothing to evaluate"
                 )
-        if self._weighting is None:
-            self._loss_total: float | int = self.n_examples
-            self._acc_total: float | int = self.n_examples
-            return
-        valid = y != self._weighting[1]
-        self._loss_total = float(self._count(y))
-        self._acc_total = (
-            int(valid.reshape(len(y), -1).all(1).sum()) if y.ndim > 1 else int(valid.sum())
-        )
-        if self._loss_total <= 0:
-            raise BasinscopeError(
-                f"every target is ignore_index {self._weighting[1]} (or has class weight 0); "
-                "there is nothing to evaluate"
-            )
+            self._totals = (total, math.nan if acc is None else float(acc))
+        return self._totals
 
-    def _count(self, y: Tensor) -> Tensor:
-        """``Σ_i w_{y_i}`` over the targets of ``y`` that are not ignored (float64)."""
-        assert self._weighting is not None
-        weight, ignore = self._weighting
-        valid = y != ignore
-        if weight is None:
-            return valid.sum().to(torch.float64)
-        return (weight[torch.where(valid, y, 0)] * valid).sum()
+    @torch.no_grad()
+    def _counted_totals(self) -> tuple[Tensor, Tensor | None]:
+        """The totals from one forward pass (a user's objective without ``count``)."""
+        params = self.space.unflatten(self.theta0)
+        count = torch.zeros((), dtype=torch.float64)
+        acc: Tensor | None = torch.zeros((), dtype=torch.float64)
+        for x, y in self.chunks():
+            out = self.forward(params, x)
+            count += self.loss(out, y)[1].detach().cpu()
+            hit = self.loss.accuracy(out, y)
+            acc = None if hit is None or acc is None else acc + hit[1].detach().cpu()
+        return count, acc
 
-    def share(self, y: Tensor) -> float | None:
-        """A chunk's weight in the dataset's loss, ``count / total``; None for none."""
-        if self._weighting is None:
-            return len(y) / self.n_examples
-        count = float(self._count(y))
-        return count / self._loss_total if count > 0 else None
-
-    def chunks(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def chunks(self) -> Iterator[tuple[Tree, Tree]]:
         """``(x, y)`` chunks of ``batch_size`` examples, in order."""
-        for s in range(0, len(self.x), self.batch_size):
-            yield self.x[s : s + self.batch_size], self.y[s : s + self.batch_size]
+        for s in range(0, self.n_examples, self.batch_size):
+            part = slice(s, s + self.batch_size)
+            yield take(self.x, part), take(self.y, part)
 
-    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        """The private model's output on ``x`` with ``params`` (the others its own)."""
-        return functional_call(self.model, params, (x,), strict=False)
+    def forward(self, params: dict[str, Tensor], x: Tree) -> Tensor:
+        """The tensor the loss reads from the private model's output on ``x`` with
+        ``params`` (the other parameters and buffers its own)."""
+        return select_output(functional(self.model, params, x), self.output)
 
-    def chunk_loss(self, params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        """This chunk's share of the dataset-mean loss, differentiable in ``params``.
+    def chunk_loss(self, params: dict[str, Tensor], x: Tree, y: Tree) -> Tensor:
+        """This chunk's share of the dataset's loss, differentiable in ``params``.
 
-        ``share(y) · loss_fn(f(x; params), y)``, so the sum over :meth:`chunks` is
-        ``L(θ)``. A chunk with no weight in the mean (every target ignored) gives a
-        zero that still depends on ``params`` (its gradient is zero).
+        ``Σ value(chunk) / Σ count(dataset)``, so the sum over :meth:`chunks` is
+        ``L(θ)``; a chunk that counts nothing gives a zero that still depends on
+        ``params``.
         """
-        out = self.forward(params, x)
-        share = self.share(y)
-        if share is None:
-            return (out * 0).sum()
-        return self.loss_fn(out, y) * share
+        total, _ = self.loss(self.forward(params, x), y)
+        return total / self.totals[0]
 
-    def stats(self, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(count × batch loss, number correct) for one chunk, in float64.
+    def stats(self, out: Tensor, y: Tree) -> tuple[Tensor, Tensor]:
+        """``(Σ value, hits)`` of one chunk, in float64, on the chunk's device.
 
-        The count is the batch mean's denominator (see :meth:`_count`), so the sum
-        over chunks divided by the total count is the dataset's loss whatever the
-        chunks.
+        Summed over chunks and divided by :attr:`totals` (:meth:`reduce`), they give
+        the dataset's loss and accuracy whatever the chunks.
         """
-        value = self.loss_fn(out, y).to(torch.float64)
-        if self._weighting is None:
-            loss = value * len(y)
-        else:  # a chunk whose targets are all ignored adds nothing (its mean is 0/0)
-            count = self._count(y)
-            loss = torch.where(count > 0, value * count, torch.zeros_like(value))
-        if out.ndim == 2 and out.shape[1] > 1 and not y.is_floating_point():
-            hits = out.argmax(dim=1) == y
-            if self._weighting is not None:
-                hits &= y != self._weighting[1]
-            correct = hits.sum().to(torch.float64)
-        else:
-            correct = torch.tensor(float("nan"), dtype=torch.float64, device=out.device)
-        return loss, correct
+        value = self.loss(out, y)[0].to(torch.float64)
+        hit = self.loss.accuracy(out, y)
+        if hit is None:
+            return value, torch.tensor(math.nan, dtype=torch.float64, device=value.device)
+        return value, hit[0].to(device=value.device, dtype=torch.float64)
 
     def reduce(self, loss_sum: Tensor, correct: Tensor) -> tuple[Tensor, Tensor]:
         """Sums of :meth:`stats` over all chunks -> ``(loss, accuracy)``, on the CPU."""
-        return (loss_sum / self._loss_total).cpu(), (correct / self._acc_total).cpu()
+        count, acc = self.totals
+        return (loss_sum / count).cpu(), (correct / acc if acc > 0 else correct * math.nan).cpu()
 
 
 class Engine(Protocol):

@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from ._engine import Batches
 from ._space import ParamSpace
+from ._tree import call
 
 # Layers whose output is jointly linear in (weight, bias) for a fixed input.
 _LINEAR_LAYERS: tuple[type[nn.Module], ...] = (
@@ -137,7 +138,7 @@ def _layer_input(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
 
     handle = layer.register_forward_pre_hook(stop)
     try:
-        model(x)
+        call(model, x)
     except _StopForward:
         pass
     finally:

@@ -12,45 +12,87 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+from torch.utils import _pytree
 
 from .._checks import check_int
 from ..errors import BasinscopeError
+from ._tree import Tree, leaves, length, take, tree_map
 
 
 def prepare(
-    data: Any, subset: int | None, seed: int, dtype: torch.dtype, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """The evaluation tensors ``(x, y)`` of ``data``: read, checked, subset, cast and moved.
+    data: Any,
+    subset: int | None,
+    seed: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    inputs: tuple[str, ...] | None = None,
+) -> tuple[Tree, Tree]:
+    """The evaluation data ``(x, y)`` of ``data``: read, checked, subset, cast and moved.
 
-    A fixed random subset of ``subset`` examples is drawn with ``seed`` (kept in
-    the data's order); floating-point tensors take ``dtype``; the result never
-    shares memory with the caller's tensors; NaN/inf values are refused.
+    ``x`` and ``y`` are tensors, tuples or dicts of tensors (examples first). Dict
+    data is split: ``x`` holds the keys ``inputs`` names (default every key but
+    ``"labels"``), ``y`` is the whole dict. A fixed random subset of ``subset``
+    examples is drawn with ``seed`` (kept in the data's order); floating-point
+    tensors take ``dtype``; the result never shares memory with the caller's
+    tensors; NaN/inf values are refused.
     """
     x, y, fresh = _as_tensors(data)
-    source = (x, y)
-    if len(x) != len(y):
-        raise BasinscopeError(f"inputs and targets differ in length ({len(x)} vs {len(y)})")
-    if len(x) == 0:
+    whole = x if y is None else (x, y)
+    source = leaves(whole)
+    n = length(whole, "data")
+    if y is not None and length(x, "inputs") != length(y, "targets"):
+        raise BasinscopeError(
+            f"inputs and targets differ in length ({length(x, 'inputs')} vs {length(y, 'targets')})"
+        )
+    if n == 0:
         raise BasinscopeError("the evaluation data is empty")
     if subset is not None:
         subset = check_int("subset", subset, minimum=1)
-        if not 1 <= subset <= len(x):
-            raise BasinscopeError(f"subset must be in [1, {len(x)}], got {subset}")
+        if not 1 <= subset <= n:
+            raise BasinscopeError(f"subset must be in [1, {n}], got {subset}")
         g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(len(x), generator=g)[:subset].sort().values
-        x, y = x[idx], y[idx]
-    if x.is_floating_point():
-        x = x.to(dtype)
-    if y.is_floating_point():
-        y = y.to(dtype)
-    x, y = x.to(device), y.to(device)
+        whole = take(whole, torch.randperm(n, generator=g)[:subset].sort().values)
+    whole = tree_map(lambda t: (t.to(dtype) if t.is_floating_point() else t).to(device), whole)
     if not fresh:  # never alias the caller's memory (a later in-place change)
-        x, y = (
-            t.clone() if _shares_memory(t, s) else t for t, s in zip((x, y), source, strict=True)
+        whole = tree_map(
+            lambda t: t.clone() if any(_shares_memory(t, s) for s in source) else t, whole
         )
-    _first_non_finite("inputs", x)
-    _first_non_finite("targets", y)
-    return x, y
+    if y is None:
+        _check_finite_tree("data", whole)
+        return _split(whole, inputs), whole
+    _check_finite_tree("inputs", whole[0])
+    _check_finite_tree("targets", whole[1])
+    return whole[0], whole[1]
+
+
+def _split(data: Mapping[str, Tensor], inputs: tuple[str, ...] | None) -> dict[str, Tensor]:
+    """The model's inputs of dict data: the keys ``inputs`` names, or all but ``labels``."""
+    keys = list(data)
+    if inputs is None:
+        if "labels" not in data:
+            raise BasinscopeError(
+                f"the data is a dict without 'labels' (keys {', '.join(map(repr, keys))}); "
+                "give (inputs, targets) pairs, a 'labels' field, or inputs=(the keys the "
+                "model takes)"
+            )
+        return {k: v for k, v in data.items() if k != "labels"}
+    unknown = [k for k in inputs if k not in data]
+    if unknown:
+        raise BasinscopeError(
+            f"inputs names {', '.join(map(repr, unknown))}, not a key of the data "
+            f"({', '.join(map(repr, keys))})"
+        )
+    return {k: data[k] for k in inputs}
+
+
+def _check_finite_tree(what: str, tree: Tree) -> None:
+    if torch.is_tensor(tree):
+        _first_non_finite(what, tree)
+        return
+    named = tree.items() if isinstance(tree, Mapping) else enumerate(tree)
+    for k, t in named:
+        _check_finite_tree(f"{what} {k!r}" if isinstance(k, str) else f"{what}[{k}]", t)
 
 
 # ---------------------------------------------------------------- reading data
@@ -58,14 +100,14 @@ def prepare(
 _REREAD = 8
 
 
-def _as_tensors(data: Any) -> tuple[Tensor, Tensor, bool]:
-    """Materialise ``(X, y)``, a ``Dataset`` or a ``DataLoader`` as two tensors.
+def _as_tensors(data: Any) -> tuple[Tree, Tree | None, bool]:
+    """Materialise ``(X, y)``, a dict, a ``Dataset`` or a ``DataLoader`` as trees.
 
-    Returns ``(x, y, fresh)``: ``fresh`` is False when ``x``/``y`` may share memory
-    with the caller's arrays (the ``(X, y)`` form), so the Objective copies them.
-    A DataLoader is read in its dataset's order with every example (see
-    :func:`_sequential_loader`); a Dataset's first items are read twice to
-    refuse random transforms.
+    Returns ``(x, y, fresh)``, with ``y`` None for dict data (split later);
+    ``fresh`` is False when the tensors may share memory with the caller's arrays,
+    so the Objective copies them. A DataLoader is read in its dataset's order with
+    every example (see :func:`_sequential_loader`); a Dataset's first items are
+    read twice to refuse random transforms.
     """
     if isinstance(data, tuple | list):
         if len(data) != 2:
@@ -73,15 +115,31 @@ def _as_tensors(data: Any) -> tuple[Tensor, Tensor, bool]:
                 f"data given as a {type(data).__name__} must be a pair (X, y), got "
                 f"{len(data)} items"
             )
-        return _tensor("the inputs X", data[0]), _tensor("the targets y", data[1]), False
+        return _tree("the inputs X", data[0]), _tree("the targets y", data[1]), False
+    if isinstance(data, Mapping):
+        return _tree("the data", data), None, False
     if isinstance(data, torch.utils.data.DataLoader):
-        return (*_from_loader(data), True)
+        return (*_unpair(_from_loader(data)), True)
     if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
-        return (*_from_dataset(data), True)
+        return (*_unpair(_from_dataset(data)), True)
     raise BasinscopeError(
         f"data of type {type(data).__name__} is not supported; pass (X, y) tensors, "
-        "a torch Dataset or a DataLoader"
+        "a dict of tensors, a torch Dataset or a DataLoader"
     )
+
+
+def _unpair(tree: Tree) -> tuple[Tree, Tree | None]:
+    """``(x, y)`` of collated pairs, ``(dict, None)`` of collated dict items."""
+    return (tree, None) if isinstance(tree, Mapping) else (tree[0], tree[1])
+
+
+def _tree(what: str, value: Any) -> Tree:
+    """A tensor, or a tuple / dict of them, from tensors, arrays and nested numbers."""
+    if isinstance(value, Mapping):
+        return {k: _tree(f"{what} {k!r}", v) for k, v in value.items()}
+    if isinstance(value, tuple) and value and not isinstance(value[0], int | float):
+        return tuple(_tree(f"{what}[{i}]", v) for i, v in enumerate(value))
+    return _tensor(what, value)
 
 
 def _tensor(what: str, value: Any) -> Tensor:
@@ -97,14 +155,11 @@ def _tensor(what: str, value: Any) -> Tensor:
     return t
 
 
-def _pair(item: Any, where: str) -> tuple[Any, Any]:
-    """The ``(x, y)`` of one dataset item or loader batch (a sequence's first two entries)."""
+def _pair(item: Any, where: str) -> Any:
+    """One dataset item or loader batch: a dict (split later) or the ``(x, y)`` of a
+    sequence's first two entries."""
     if isinstance(item, Mapping):
-        keys = ", ".join(repr(k) for k in list(item)[:4])
-        raise BasinscopeError(
-            f"{where} is a dict (keys {keys}); basinscope needs (x, y) pairs: make the "
-            "dataset return (input, target)"
-        )
+        return item
     if not isinstance(item, tuple | list) or len(item) < 2:
         kind = (
             f"a {len(item)}-item {type(item).__name__}"
@@ -112,35 +167,38 @@ def _pair(item: Any, where: str) -> tuple[Any, Any]:
             else (f"a {type(item).__name__}")
         )
         raise BasinscopeError(
-            f"{where} is {kind}; basinscope needs (x, y) pairs: make the dataset return "
-            "(input, target)"
+            f"{where} is {kind}; basinscope needs (x, y) pairs or dicts with 'labels': make "
+            "the dataset return (input, target)"
         )
-    return item[0], item[1]
+    return (item[0], item[1])
 
 
-def _stack(what: str, parts: list[Any], cat: bool) -> Tensor:
+def _stack(what: str, parts: list[Any], cat: bool) -> Tree:
+    """Items (``cat=False``) or batches (``cat=True``) of one structure joined leafwise."""
     try:
-        tensors = [torch.as_tensor(p) for p in parts]
-        return torch.cat(tensors) if cat else torch.stack(tensors)
+        flat = [_pytree.tree_flatten(p) for p in parts]
+        spec = flat[0][1]
+        if any(f[1] != spec for f in flat):
+            raise ValueError("the items differ in structure (keys or nesting)")
+        columns = zip(*(f[0] for f in flat), strict=True)
+        join = torch.cat if cat else torch.stack
+        joined = [join([torch.as_tensor(v) for v in col]) for col in columns]
     except (TypeError, ValueError, RuntimeError) as err:
         raise BasinscopeError(
-            f"the {what} cannot be joined into one tensor ({err}); every example needs the "
-            "same shape"
+            f"the {what} cannot be joined into tensors ({err}); every example needs the "
+            "same structure and shapes"
         ) from err
+    return _pytree.tree_unflatten(joined, spec)
 
 
-def _from_dataset(ds: Any) -> tuple[Tensor, Tensor]:
+def _from_dataset(ds: Any) -> Tree:
     n = len(ds)
     if n == 0:
         raise BasinscopeError("the dataset is empty")
     raw = [ds[i] for i in range(n)]
     items = [_pair(it, f"dataset item {i}") for i, it in enumerate(raw)]
     _check_rereads(ds, raw)
-    x = _stack("dataset's inputs", [it[0] for it in items], cat=False)
-    ys = [it[1] for it in items]
-    if torch.is_tensor(ys[0]):
-        return x, _stack("dataset's targets", ys, cat=False)
-    return x, _tensor("the dataset's targets", ys)
+    return _stack("dataset's items", items, cat=False)
 
 
 def _check_rereads(ds: Any, first: list[Any] | None = None) -> None:
@@ -190,19 +248,18 @@ def _same_value(a: Any, b: Any) -> bool:
         return False
 
 
-def _from_loader(loader: torch.utils.data.DataLoader) -> tuple[Tensor, Tensor]:
+def _from_loader(loader: torch.utils.data.DataLoader) -> Tree:
     ds = loader.dataset
     if isinstance(ds, torch.utils.data.IterableDataset):
-        x, y = _read_loader(loader)
-        if _nbytes(x, y) <= _REREAD_ITERABLE_BYTES:
-            again = _read_loader(loader)
-            if not (_same_value(x, again[0]) and _same_value(y, again[1])):
-                raise BasinscopeError(
-                    f"the DataLoader's {type(ds).__name__} yields other examples on a second "
-                    "pass (a random stream or augmentation?); basinscope needs the same data "
-                    "every time: pass a deterministic dataset"
-                )
-        return x, y
+        data = _read_loader(loader)
+        small = _nbytes(*leaves(data)) <= _REREAD_ITERABLE_BYTES
+        if small and not _same_value(data, _read_loader(loader)):
+            raise BasinscopeError(
+                f"the DataLoader's {type(ds).__name__} yields other examples on a second "
+                "pass (a random stream or augmentation?); basinscope needs the same data "
+                "every time: pass a deterministic dataset"
+            )
+        return data
     indices = _sampler_indices(loader)
     if loader.batch_sampler is None:  # batch_size=None: the loader yields single items
         return _from_dataset(ds if indices is None else torch.utils.data.Subset(ds, indices))
@@ -219,26 +276,20 @@ def _nbytes(*tensors: Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _read_loader(
-    loader: torch.utils.data.DataLoader, indices: list[int] | None = None
-) -> tuple[Tensor, Tensor]:
-    """Every example of ``loader`` (``indices`` of its dataset), in order, as two tensors."""
+def _read_loader(loader: torch.utils.data.DataLoader, indices: list[int] | None = None) -> Tree:
+    """Every example of ``loader`` (``indices`` of its dataset), in order, joined."""
     if loader.batch_sampler is None:  # an IterableDataset yielding single items
         items = [_pair(it, f"item {i} of the DataLoader") for i, it in enumerate(loader)]
         if not items:
             raise BasinscopeError("the DataLoader yielded no items")
-        xs, ys = [it[0] for it in items], [it[1] for it in items]
-        return _stack("DataLoader's inputs", xs, cat=False), _stack(
-            "DataLoader's targets", ys, cat=False
-        )
-    xs, ys = [], []
-    for b, batch in enumerate(_sequential_loader(loader, indices)):
-        x, y = _pair(batch, f"batch {b} of the DataLoader")
-        xs.append(x)
-        ys.append(y)
-    if not xs:
+        return _stack("DataLoader's items", items, cat=False)
+    batches = [
+        _pair(batch, f"batch {b} of the DataLoader")
+        for b, batch in enumerate(_sequential_loader(loader, indices))
+    ]
+    if not batches:
         raise BasinscopeError("the DataLoader yielded no batches")
-    return _stack("DataLoader's inputs", xs, cat=True), _stack("DataLoader's targets", ys, cat=True)
+    return _stack("DataLoader's batches", batches, cat=True)
 
 
 def _sampler_indices(loader: torch.utils.data.DataLoader) -> list[int] | None:

@@ -5,9 +5,11 @@ It holds a private copy of the user's model (in eval mode, on the chosen device
 and dtype), the evaluation data as tensors, and a :class:`ParamSpace` that says
 which parameters are the landscape's coordinates. It evaluates
 
-    L(θ) = (1/N) Σ_i ℓ(f(x_i; θ), y_i),      acc(θ) = (1/N) Σ_i [argmax f(x_i; θ) = y_i]
+    L(θ) = Σ_u ℓ_u(f(x; θ), y) / Σ_u c_u,      acc(θ) = Σ_u hit_u / Σ_u c'_u
 
-exactly (a dataset mean, not a mean of batch means) for many points θ at once,
+over the loss's counted units u (examples of a classifier, valid tokens of a
+language model, weighted targets; see ``_losses.py``) exactly (a ratio of
+dataset sums, never a mean of batch means) for many points θ at once,
 through ``torch.func.functional_call`` with parameter dicts built from flat
 vectors. The user's model is never written to: evaluations run on the copy, so
 the model is untouched even when an evaluation raises or is interrupted.
@@ -22,7 +24,6 @@ per-point reference (``_engine.py``). Every engine reads only the Objective's
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,22 +32,28 @@ from torch import Tensor, nn
 
 from .._checks import check_device, check_int
 from ..errors import BasinscopeError
+from ._autograd import gradient, hessian_products
 from ._engine import Batches, PlainEngine, evaluate_points
-from ._inputs import _same_value, prepare
+from ._inputs import prepare
+from ._losses import Loss, MeanLoss, SumLoss, as_loss
 from ._plan import Plan, make_plan
 from ._probes import (
     _check_finite_model,
+    _check_pair,
     _describe_callable,
+    _refuse_if_random,
     check_loss,
     check_mean,
     check_output,
     check_targets,
     forward_failure,
+    loss_failure,
     probe_rows,
 )
 from ._space import ParamSpace, match
+from ._tree import Tree, describe, functional, leaves, length, select_output, take
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = Callable[[Tensor, Any], Any]
 
 
 class Objective:
@@ -55,10 +62,17 @@ class Objective:
     Args:
         model: any ``nn.Module``; a private deep copy is made, the original is
             never modified.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar`` that averages over the
-            batch (every torch loss with ``reduction="mean"``).
-        data: ``(X, y)`` tensors or arrays, a ``Dataset`` (of ``(x, y)`` items) or a
-            ``DataLoader``. The Objective holds its own copy: changing the
+        loss_fn: the objective: a :class:`~basinscope.Loss` (``bs.CrossEntropy()``,
+            ``bs.MSE()``), a function ``fn(outputs, targets) -> (sum, count)`` (a sum
+            over counted units, see :mod:`basinscope.objective._losses`), or any
+            batch-mean loss ``loss_fn(outputs, targets) -> scalar`` (every torch
+            loss with ``reduction="mean"``; its count is the batch's examples).
+        data: ``(X, y)``, a ``Dataset`` (of ``(x, y)`` items) or a ``DataLoader``;
+            inputs and targets may be tensors (or arrays), tuples or dicts of
+            tensors (a tuple is passed as ``model(*x)``, a dict as
+            ``model(**x)``). Dict items (HuggingFace-style) are split: the keys
+            ``inputs`` names go to the model, the whole dict is the target (the
+            loss reads its ``"labels"``). The Objective holds its own copy: changing the
             user's tensors afterwards changes nothing here, and nothing is ever
             written into them. A DataLoader is read in its dataset's order with
             every example (its shuffling and ``drop_last`` are not used, so the
@@ -74,6 +88,12 @@ class Objective:
             with ``seed``.
         check_determinism: evaluate twice and refuse a model whose evaluation
             is random (dropout hard-wired on, noise layers).
+        output: which part of the model's return value the loss reads: None (the
+            tensor itself, or the ``"logits"`` field of a mapping such as
+            HuggingFace's ``ModelOutput``), a field name, a position, or a function
+            of the return value.
+        inputs: for dict data, the keys passed to the model (default: every key
+            but ``"labels"``).
 
     Checked before any work, each refused with one sentence: NaN/inf in the
     model's weights or buffers (a diverged run), in the inputs or float
@@ -100,6 +120,8 @@ class Objective:
         subset: int | None = None,
         seed: int = 0,
         check_determinism: bool = True,
+        output: str | int | Callable[[Any], Tensor] | None = None,
+        inputs: Sequence[str] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise BasinscopeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -112,7 +134,7 @@ class Objective:
             subset = check_int("subset", subset, minimum=1)
         seed = check_int("seed", seed)
         reduction = getattr(loss_fn, "reduction", "mean")
-        if reduction != "mean":
+        if reduction != "mean" and not isinstance(loss_fn, Loss):
             raise BasinscopeError(
                 f"loss_fn has reduction={reduction!r}; basinscope needs a batch-mean loss "
                 "(reduction='mean') to form exact dataset means"
@@ -129,30 +151,35 @@ class Objective:
             p.requires_grad_(False)
         _check_finite_model(self.model)
         self.loss_fn = loss_fn
+        self.output = output
+        self.inputs = None if inputs is None else tuple(inputs)
         self.space = space or ParamSpace(model, skip_bias_norm=skip_bias_norm)
         self.theta0 = self.space.flatten(self.model).clone()
         self.batch_size = batch_size
         self.seed = seed
         self.x, self.y = self._prepare(data, subset, seed)
+        self.criterion: Loss = self._resolve_loss()
         self._batches = self._make_batches()
         self._plan: tuple[Batches, Plan] | None = None  # see plan
         self._probe(determinism=check_determinism)
 
     # ------------------------------------------------------------------ data
-    def _prepare(self, data: Any, subset: int | None, seed: int) -> tuple[Tensor, Tensor]:
-        return prepare(data, subset, seed, self.dtype, self.device)
+    def _prepare(self, data: Any, subset: int | None, seed: int) -> tuple[Tree, Tree]:
+        return prepare(data, subset, seed, self.dtype, self.device, inputs=self.inputs)
 
     def _make_batches(self) -> Batches:
         return Batches(
             self.model,
             self.space,
-            self.loss_fn,
+            self.criterion,
             self.theta0,
             self.x,
             self.y,
             batch_size=self.batch_size,
             device=self.device,
             dtype=self.dtype,
+            output=self.output,
+            loss_fn=self.loss_fn,
         )
 
     @property
@@ -186,10 +213,11 @@ class Objective:
         labels, shapes, one probe forward).
         """
         other = self._on(*self._prepare(data, subset, self.seed))
+        other._resolve_loss()  # the checks of the targets against the outputs and the loss
         other._probe(determinism=False)
         return other
 
-    def _on(self, x: Tensor, y: Tensor) -> Objective:
+    def _on(self, x: Tree, y: Tree) -> Objective:
         """This Objective on tensors already prepared (internal: no checks, no copy)."""
         return self._derive(x=x, y=y)
 
@@ -220,8 +248,8 @@ class Objective:
         *,
         space: ParamSpace | None = None,
         theta0: Tensor | None = None,
-        x: Tensor | None = None,
-        y: Tensor | None = None,
+        x: Tree | None = None,
+        y: Tree | None = None,
     ) -> Objective:
         """A new Objective sharing this one's private model, with another space or data
         (already checked); its Batches and plan are its own."""
@@ -236,7 +264,16 @@ class Objective:
 
     @property
     def n_examples(self) -> int:
-        return len(self.x)
+        return length(self.x, "inputs")
+
+    @property
+    def count(self) -> float:
+        """The loss's total count over the data: examples, valid tokens or weights."""
+        return self.batches.totals[0]
+
+    def part(self, start: int, stop: int) -> Objective:
+        """This Objective on examples ``start … stop − 1`` (no copy, no checks)."""
+        return self._on(take(self.x, slice(start, stop)), take(self.y, slice(start, stop)))
 
     @property
     def n(self) -> int:
@@ -318,11 +355,24 @@ class Objective:
         from .._keys import environment, tensor_digest, value_digest
 
         state = self.model.state_dict()
+        if torch.is_tensor(self.x) and torch.is_tensor(self.y):
+            data = tensor_digest(self.x, self.y)
+        else:
+            data = value_digest(
+                [
+                    describe(self.x),
+                    describe(self.y),
+                    tensor_digest(*leaves(self.x), *leaves(self.y)),
+                ]
+            )
+        loss = _describe_callable(self.loss_fn)
+        if self.output is not None:
+            loss = {"loss": loss, "output": _describe_callable(self.output)}
         return {
             "weights": value_digest([[k, tensor_digest(v)] for k, v in state.items()]),
             "space": value_digest(list(self.space.names)),
-            "data": tensor_digest(self.x, self.y),
-            "loss": value_digest(_describe_callable(self.loss_fn)),
+            "data": data,
+            "loss": value_digest(loss),
             "batch_size": self.batch_size,
             **environment(self.device, self.dtype),
         }
@@ -331,54 +381,67 @@ class Objective:
     def grad(self, theta: Tensor | None = None) -> Tensor:
         """``∇L(θ)``, ``[n]``, exact over the whole evaluation set."""
         theta = (self.theta0 if theta is None else self._points(theta)[0]).detach()
-        total = torch.zeros_like(theta)
-        b = self.batches
-        for x, y in b.chunks():
-            if b.share(y) is None:
-                continue
-            t = theta.clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(b.chunk_loss(b.space.unflatten(t), x, y), t)
-            total += g
-        return total
+        return gradient(self.batches, theta)
 
     def hvp(self, v: Tensor, theta: Tensor | None = None) -> Tensor:
         """Hessian-vector product ``∇²L(θ) v`` for ``v`` of shape ``[n]`` or ``[k, n]``.
 
-        Reverse-over-reverse (double backward), summed exactly over data chunks.
+        Reverse-over-reverse (double backward), summed exactly over data chunks;
+        attention runs on its math backend meanwhile (see ``_backends.py``).
         """
         theta = (self.theta0 if theta is None else self._points(theta)[0]).detach()
-        vs = self._points(v)
-        total = torch.zeros_like(vs)
-        b = self.batches
-        for x, y in b.chunks():
-            if b.share(y) is None:
-                continue
-            t = theta.clone().requires_grad_(True)
-            loss = b.chunk_loss(b.space.unflatten(t), x, y)
-            (g,) = torch.autograd.grad(loss, t, create_graph=True)
-            for k in range(len(vs)):
-                (hv,) = torch.autograd.grad(g @ vs[k], t, retain_graph=k < len(vs) - 1)
-                total[k] += hv
+        total = hessian_products(self.batches, theta, self._points(v))
         return total[0] if torch.as_tensor(v).ndim == 1 else total
 
     # ---------------------------------------------------------------- probes
+    def _probe_data(self) -> tuple[Tree, Tree]:
+        n = min(self.batch_size, 256, self.n_examples)
+        return take(self.x, slice(0, n)), take(self.y, slice(0, n))
+
+    def _raw_forward(self, params: dict[str, Tensor], x: Tree) -> Tensor:
+        """The probe's forward: the model's output the loss reads, failures in one sentence."""
+        try:
+            out = functional(self.model, params, x)
+        except Exception as err:
+            raise BasinscopeError(forward_failure(self.model, x, err)) from err
+        return select_output(out, self.output)
+
+    def _resolve_loss(self) -> Loss:
+        """The :class:`Loss` of ``loss_fn``, decided on the probe's outputs (a pair: a sum
+        and a count; a scalar: a batch mean), with the targets and loss checked."""
+        x, y = self._probe_data()
+        with torch.no_grad():
+            out = self._raw_forward(self.space.unflatten(self.theta0), x)
+            check_output(out)
+            if torch.is_tensor(self.y) and not isinstance(self.loss_fn, Loss | SumLoss):
+                check_targets(self.loss_fn, self.y, out)
+            if isinstance(self.loss_fn, Loss):
+                loss: Loss = self.loss_fn
+            else:
+                try:
+                    loss = as_loss(self.loss_fn, out, y)
+                except BasinscopeError:
+                    raise
+                except Exception as err:
+                    raise BasinscopeError(loss_failure(out, y, err)) from err
+            loss.check(out, self.y)
+            if isinstance(loss, MeanLoss):
+                check_loss(self.loss_fn, out, y)
+            else:
+                _check_pair(loss, out, y)
+        return loss
+
     def _probe(self, determinism: bool) -> None:
-        """One forward on the first examples, before any work: does the model take the
-        data and return a tensor, do the targets fit the outputs and the loss, is the
-        loss a batch mean; with ``determinism``, a second forward must agree exactly
-        (a model whose evaluation is random is refused)."""
-        x = self.x[: min(self.batch_size, 256)]
-        y = self.y[: len(x)]
+        """Before any work: the totals count something; a batch-mean loss is a mean over
+        examples; with ``determinism``, a second forward must agree exactly (a model
+        whose evaluation is random is refused)."""
+        x, _ = self._probe_data()
         params = self.space.unflatten(self.theta0)
         with torch.no_grad():
-            try:
-                out = self.batches.forward(params, x)
-            except Exception as err:
-                raise BasinscopeError(forward_failure(self.model, x, err)) from err
-            check_output(out)
-            check_targets(self.loss_fn, self.y, out)
-            check_loss(self.loss_fn, out, y)
-            self._probe_mean(params, out)
+            out = self.batches.forward(params, x)
+            self.batches.totals  # noqa: B018  (refuses data that counts nothing)
+            if isinstance(self.criterion, MeanLoss) and torch.is_tensor(self.y):
+                self._probe_mean(params, out)
             if determinism:
                 _refuse_if_random(out, self.batches.forward(params, x))
 
@@ -391,7 +454,7 @@ class Objective:
             sample = out[rows]
         else:
             try:
-                sample = self.batches.forward(params, self.x[rows])
+                sample = self.batches.forward(params, take(self.x, torch.tensor(rows)))
             except Exception:  # a model that takes only some batch shapes: the first rows
                 rows = rows[:3]
                 sample = out[rows]
@@ -405,23 +468,12 @@ class Objective:
         of the refusal's sentence (what to do about it).
         """
         theta = self.theta0 if theta is None else self._points(theta)[0]
-        x = self.x[: min(self.batch_size, 256)]
+        x, _ = self._probe_data()
         params = self.space.unflatten(theta)
         with torch.no_grad():
             _refuse_if_random(
                 self.batches.forward(params, x), self.batches.forward(params, x), advice
             )
-
-
-def _refuse_if_random(out: Tensor, again: Tensor, advice: str | None = None) -> None:
-    """The one determinism check: two evaluations of the same weights must agree."""
-    if not _same_value(out, again):
-        diff = (out - again).abs().max().item() if out.shape == again.shape else math.nan
-        advice = advice or "disable dropout/noise in eval mode or pass check_determinism=False"
-        raise BasinscopeError(
-            f"the model's evaluation is not deterministic (two evaluations of the "
-            f"same weights differ by up to {diff:.3g}); {advice}"
-        )
 
 
 def _check_dtype(dtype: Any) -> torch.dtype:

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ._chain import ChainEngine, _Chain, _chain_step, _Step
 from ._engine import Batches, Engine, PlainEngine
 from ._first_layer import _LINEAR_LAYERS, FirstLayerEngine, _FirstLayer
+from ._losses import CrossEntropy
 from ._probes import _error_line
+from ._tree import call, functional, take, tree_map
 
 # The engines a plan considers, fastest first.
 _CANDIDATES = ("chain", "first_layer")
@@ -90,8 +91,10 @@ def _verify(engine: Engine, batches: Batches, classes: int | None = None) -> str
     d *= theta0.norm() / (d.norm(dim=1, keepdim=True) * 10 + 1e-12)
     coef = torch.tensor([[0.3, -0.7], [-0.5, 0.0], [0.0, 0.0]], dtype=batches.dtype)
     coef = coef.to(batches.device)
-    x = batches.x[:64]
-    y = batches.y[:64] if classes is None else torch.arange(len(x), device=x.device) % classes
+    n = min(64, batches.n_examples)
+    x = take(batches.x, slice(0, n))
+    y = take(batches.y, slice(0, n)) if classes is None else torch.arange(n) % classes
+    y = tree_map(lambda t: t.to(batches.device), y)
     try:
         sub = batches.on(x, y)
         fast = engine.evaluate(sub, coef, d, theta0)[0]
@@ -133,7 +136,7 @@ def _find_first_layer(batches: Batches) -> _FirstLayer | str:
     try:
         params = {k: v.clone().requires_grad_(True) for k, v in model.named_parameters()}
         with torch.enable_grad():
-            functional_call(model, params, (batches.x[:2],), strict=False)
+            functional(model, params, take(batches.x, slice(0, 2)))
     except Exception as err:
         return f"the probe forward fails ({_error_line(err)})"
     finally:
@@ -172,6 +175,8 @@ def _find_chain(batches: Batches, first: _FirstLayer) -> _Chain | str:
     """
     if not _plain_cross_entropy(batches.loss_fn):
         return "loss is not a plain cross-entropy"
+    if batches.output is not None or not torch.is_tensor(batches.x):
+        return "the inputs are not one tensor or an output is selected"
     if batches.dtype not in (torch.float32, torch.float64):
         return f"dtype {str(batches.dtype)[6:]} is not float32 or float64"
     model = batches.model
@@ -181,7 +186,7 @@ def _find_chain(batches: Batches, first: _FirstLayer) -> _Chain | str:
         for name in ("_global_forward_hooks", "_global_forward_pre_hooks")
     ) or any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return "the model has forward hooks"
-    recorded = _record_leaf_calls(model, batches.x[:2])
+    recorded = _record_leaf_calls(model, take(batches.x, slice(0, 2)))
     if isinstance(recorded, str):
         return recorded
     calls, result, version_in, version_out = recorded
@@ -251,7 +256,7 @@ def _record_leaf_calls(
             handles.append(module.register_forward_hook(hook, with_kwargs=True))
     try:
         with torch.no_grad():
-            result = model(x)
+            result = call(model, x)
     except Exception as err:
         return f"the probe forward fails ({_error_line(err)})"
     finally:
@@ -264,7 +269,7 @@ def _targets_fit(batches: Batches, classes: int) -> str | None:
     """None when every target is a class index in ``[0, classes)`` the batched loss
     computes itself (no ignored targets), else why not."""
     y = batches.y
-    ok = y.ndim == 1 and y.dtype == torch.long and len(y) > 0
+    ok = torch.is_tensor(y) and y.ndim == 1 and y.dtype == torch.long and len(y) > 0
     if ok:
         ignore = getattr(batches.loss_fn, "ignore_index", -100)
         ok = bool((y >= 0).all() and (y < classes).all() and (y != ignore).all())
@@ -275,6 +280,13 @@ def _plain_cross_entropy(loss_fn: Any) -> bool:
     """``loss_fn`` is the mean cross-entropy with nothing added (no weights, no smoothing)."""
     if loss_fn is F.cross_entropy:
         return True
+    if type(loss_fn) is CrossEntropy:
+        return (
+            loss_fn.weight is None
+            and loss_fn.label_smoothing == 0.0
+            and loss_fn.target is None
+            and loss_fn.mask is None
+        )
     return (
         type(loss_fn) is nn.CrossEntropyLoss
         and loss_fn.weight is None

@@ -45,8 +45,15 @@ def check_output(out: Any) -> None:
         )
 
 
-def forward_failure(model: nn.Module, x: Tensor, err: Exception) -> str:
+def forward_failure(model: nn.Module, x: Any, err: Exception) -> str:
     """The sentence for a model whose forward raises on the data ``x``."""
+    if not torch.is_tensor(x):
+        from ._tree import describe
+
+        return (
+            f"the model cannot evaluate the data: on inputs {describe(x)} its forward raises "
+            f"{_error_line(err)}; give inputs the model takes"
+        )
     first = next(
         (
             (path, m)
@@ -117,7 +124,7 @@ def check_loss(loss_fn: Any, out: Tensor, y: Tensor) -> None:
     try:
         value = loss_fn(out, y)
     except Exception as err:
-        raise BasinscopeError(_loss_failure(out, y, err)) from err
+        raise BasinscopeError(loss_failure(out, y, err)) from err
     if not torch.is_tensor(value) or value.numel() != 1:
         got = f"shape {list(value.shape)}" if torch.is_tensor(value) else type(value).__name__
         raise BasinscopeError(f"loss_fn must return a scalar tensor (the batch mean), got {got}")
@@ -131,6 +138,11 @@ def probe_rows(y: Tensor, classes: int, first: int = 3, others: int = 3) -> list
     if y.is_floating_point() or y.is_complex() or len(y) <= len(rows):
         return rows
     flat = y.reshape(len(y), -1)
+    if y.ndim > 1:  # sequences: the rows with the fewest and the most ignored targets
+        odd = (flat < 0).sum(1)
+        for i in (int(odd.argmin()), int(odd.argmax())):
+            if i not in rows:
+                rows.append(i)
     if classes:
         odd = ((flat < 0) | (flat >= classes)).any(1).nonzero()
         if len(odd) and int(odd[0, 0]) not in rows:
@@ -193,8 +205,9 @@ def _refuse_unless_mean(
         None,
     )
     fix = (
-        "use nn.CrossEntropyLoss or nn.NLLLoss (whose weight and ignore_index basinscope "
-        "counts exactly) or a loss that averages per-example losses"
+        "use bs.CrossEntropy() (token-level, with ignore_index and masks), nn.CrossEntropyLoss "
+        "or nn.NLLLoss (whose weight and ignore_index basinscope counts exactly), or give a "
+        "function returning (sum, count)"
     )
     if bad is not None:
         raise BasinscopeError(
@@ -347,9 +360,13 @@ def _bad_labels(y: Tensor, classes: int, ignore: int | None) -> tuple[int, int] 
     return i, label
 
 
-def _loss_failure(out: Tensor, y: Tensor, err: Exception) -> str:
+def loss_failure(out: Tensor, y: Any, err: Exception) -> str:
     """The sentence for a loss that raises on the probe's outputs and targets."""
     hint = "give targets the loss takes"
+    if not torch.is_tensor(y):
+        return (
+            f"loss_fn fails on the model's outputs of shape {list(out.shape)}: {_error_line(err)}"
+        )
     integer = not (y.is_floating_point() or y.is_complex())
     if integer and y.ndim == 2 and y.shape[1] == 1 and out.ndim == 2 and out.shape[1] > 1:
         hint = "class indices have shape [N]: pass y.squeeze(1)"
@@ -378,3 +395,32 @@ _ELEMENTWISE_FUNCTIONS = (
     F.binary_cross_entropy_with_logits,
 )
 _TORCH_LOSSES = (F.cross_entropy, F.nll_loss, *_ELEMENTWISE_FUNCTIONS)
+
+
+def _check_pair(loss: Any, out: Tensor, y: Any) -> None:
+    """A sum-and-count objective gives a finite count that is not negative on the probe."""
+    try:
+        _, count = loss(out, y)
+    except BasinscopeError:
+        raise
+    except Exception as err:
+        raise BasinscopeError(loss_failure(out, y, err)) from err
+    c = float(count)
+    if not (math.isfinite(c) and c >= 0):
+        raise BasinscopeError(
+            f"the loss's count on the first examples is {c}; a count (examples, tokens, "
+            "weights) must be finite and not negative"
+        )
+
+
+def _refuse_if_random(out: Tensor, again: Tensor, advice: str | None = None) -> None:
+    """The one determinism check: two evaluations of the same weights must agree."""
+    from ._inputs import _same_value
+
+    if not _same_value(out, again):
+        diff = (out - again).abs().max().item() if out.shape == again.shape else math.nan
+        advice = advice or "disable dropout/noise in eval mode or pass check_determinism=False"
+        raise BasinscopeError(
+            f"the model's evaluation is not deterministic (two evaluations of the "
+            f"same weights differ by up to {diff:.3g}); {advice}"
+        )

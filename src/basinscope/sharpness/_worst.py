@@ -254,10 +254,14 @@ def worst_case(
     results: list[_Ascent] = []
     weights = []
     for b, s in enumerate(tqdm(starts, disable=not progress, desc="batches", unit="batch")):
-        part = obj if m is None else obj.with_data((obj.x[s : s + size], obj.y[s : s + size]))
+        part = obj if m is None else obj.part(s, s + size)
+        try:
+            weight = part.count / obj.count  # the batch's share of the loss's units
+        except BasinscopeError:  # a batch whose targets count nothing (all ignored)
+            continue
         known = loss0 if m is None else None  # each batch of m examples has its own L(θ0)
         results.append(_ascend(part, radius, norm, scale, steps, restarts, seed, b, known))
-        weights.append(len(part.x) / n_examples)
+        weights.append(weight)
     settings = {
         "radius": radius,
         "norm": norm,

@@ -1,0 +1,291 @@
+"""Losses as sums over counted units: token-level language-model losses, weights, masks,
+a user's own (sum, count) objective, dict batches and outputs, attention curvature."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import basinscope as bs
+from basinscope import Objective
+
+V, T, D = 11, 6, 16
+
+
+class _LM(nn.Module):
+    """A 2-layer causal language model on nn.TransformerEncoder (fused attention)."""
+
+    def __init__(self, seed: int = 0, d: int = D, layers: int = 2):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = nn.Embedding(V, d)
+        self.pos = nn.Parameter(torch.randn(T, d) * 0.1)
+        layer = nn.TransformerEncoderLayer(
+            d, 2, 2 * d, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, V)
+
+    def forward(self, x):
+        h = self.emb(x) + self.pos[: x.shape[1]]
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        return self.head(self.enc(h, mask=mask, is_causal=True))
+
+
+def _padded(n: int = 13, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, V, (n, T), generator=g)
+    y = torch.randint(0, V, (n, T), generator=g)
+    lengths = torch.randint(1, T + 1, (n,), generator=g)
+    for i in range(n):
+        y[i, lengths[i] :] = -100
+    return x, y
+
+
+def _token_mean(model, x, y):
+    with torch.no_grad():
+        out = model(x).double()
+    valid = y != -100
+    return float(F.cross_entropy(out[valid], y[valid], reduction="sum") / valid.sum())
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 13])
+def test_token_level_loss_is_the_datasets_token_mean_for_every_batch_size(batch_size):
+    model = _LM().double()
+    x, y = _padded()
+    want = _token_mean(model, x, y)
+    ours = Objective(model, bs.CrossEntropy(), (x, y), batch_size=batch_size)
+    assert ours.loss() == pytest.approx(want, rel=1e-12, abs=0)
+    assert ours.count == int((y != -100).sum())
+
+    # torch's own token-level loss in its [N, C, T] layout counts valid tokens too
+    class Transposed(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x).transpose(1, 2)
+
+    torch_loss = Objective(Transposed(model), nn.CrossEntropyLoss(), (x, y), batch_size=batch_size)
+    assert torch_loss.loss() == pytest.approx(want, rel=1e-12, abs=0)
+
+    def summed(out, t):  # a user's own objective: (sum, count)
+        valid = t != -100
+        return F.cross_entropy(out[valid], t[valid], reduction="sum"), valid.sum()
+
+    user = Objective(model, summed, (x, y), batch_size=batch_size)
+    assert isinstance(user.criterion, bs.SumLoss)
+    assert user.loss() == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_token_accuracy_counts_only_the_tokens_that_count():
+    model = _LM().double()
+    x, y = _padded()
+    with torch.no_grad():
+        pred = model(x).argmax(-1)
+    valid = y != -100
+    want = int(((pred == y) & valid).sum()) / int(valid.sum())
+    for b in (1, 5, 13):
+        _, acc = Objective(model, bs.CrossEntropy(), (x, y), batch_size=b).evaluate(
+            Objective(model, bs.CrossEntropy(), (x, y)).theta0
+        )
+        assert float(acc[0]) == pytest.approx(want, rel=1e-15)
+
+
+def test_a_mean_of_token_means_is_refused_not_silently_wrong():
+    model = _LM().double()
+    x, y = _padded()
+
+    def mean_of_tokens(out, t):
+        return F.cross_entropy(out.reshape(-1, V), t.reshape(-1), ignore_index=-100)
+
+    with pytest.raises(bs.BasinscopeError, match=r"not a mean over examples.*bs.CrossEntropy"):
+        Objective(model, mean_of_tokens, (x, y), batch_size=7)
+
+
+def test_cross_entropy_with_weights_smoothing_and_ignore_is_torchs_mean_of_the_dataset():
+    torch.manual_seed(3)
+    model = nn.Linear(5, 4).double()
+    x = torch.randn(40, 5, dtype=torch.float64)
+    y = torch.randint(0, 4, (40,))
+    y[::7] = 2  # an ignored class index
+    w = torch.tensor([0.5, 2.0, 1.0, 3.0], dtype=torch.float64)
+    loss = bs.CrossEntropy(weight=w, ignore_index=2, label_smoothing=0.1)
+    with torch.no_grad():
+        want = float(F.cross_entropy(model(x), y, weight=w, ignore_index=2, label_smoothing=0.1))
+    for b in (1, 3, 40):
+        assert Objective(model, loss, (x, y), batch_size=b).loss() == pytest.approx(want, rel=1e-12)
+
+
+def test_a_mask_field_weighs_the_tokens_and_a_dict_target_is_read_by_name():
+    model = _LM().double()
+    x, y = _padded()
+    mask = (torch.arange(T) < 4).double().expand(len(x), T).clone()
+    with torch.no_grad():
+        out = model(x)
+    valid = (y != -100).double() * mask
+    per = F.cross_entropy(out.reshape(-1, V), y.clamp(min=0).reshape(-1), reduction="none")
+    want = float((per * valid.reshape(-1)).sum() / valid.sum())
+    data = (x, {"labels": y, "attention_mask": mask})
+    for b in (2, 13):
+        got = Objective(model, bs.CrossEntropy(mask="attention_mask"), data, batch_size=b)
+        assert got.loss() == pytest.approx(want, rel=1e-12)
+    with pytest.raises(bs.BasinscopeError, match="without 'target'.*fields 'labels'"):
+        Objective(model, bs.CrossEntropy(target="target"), data)
+
+
+def test_mse_is_torchs_mean_and_a_mask_gives_the_masked_mean():
+    torch.manual_seed(4)
+    model = nn.Linear(3, 2).double()
+    x = torch.randn(30, 3, dtype=torch.float64)
+    y = torch.randn(30, 2, dtype=torch.float64)
+    with torch.no_grad():
+        want = float(F.mse_loss(model(x), y))
+        sq = (model(x) - y) ** 2
+    m = (torch.rand(30, 2, generator=torch.Generator().manual_seed(0)) > 0.3).double()
+    for b in (1, 4, 30):
+        obj = Objective(model, bs.MSE(), (x, y), batch_size=b)
+        assert obj.loss() == pytest.approx(want, rel=1e-12)
+        assert torch.isnan(obj.evaluate(obj.theta0)[1]).all()  # no accuracy
+        masked = Objective(model, bs.MSE(mask="m"), (x, {"labels": y, "m": m}), batch_size=b)
+        assert masked.loss() == pytest.approx(float((sq * m).sum() / m.sum()), rel=1e-12)
+
+
+class _DictLM(nn.Module):
+    """A HuggingFace-style model: a dict batch in, a mapping with 'logits' out."""
+
+    def __init__(self):
+        super().__init__()
+        self.lm = _LM(d=8, layers=1)
+
+    def forward(self, input_ids, attention_mask):
+        logits = self.lm(input_ids)
+        return {"logits": logits, "hidden": logits.mean(-1) * attention_mask}
+
+
+def _dict_data():
+    x, y = _padded()
+    return {"input_ids": x, "attention_mask": (y != -100).double(), "labels": y}
+
+
+def test_a_dict_batch_and_a_dict_output_give_the_tensor_models_numbers():
+    model = _DictLM().double()
+    data = _dict_data()
+    plain = Objective(model.lm, bs.CrossEntropy(), (data["input_ids"], data["labels"]))
+    obj = Objective(model, bs.CrossEntropy(), data, batch_size=5)
+    assert obj.loss() == pytest.approx(plain.loss(), rel=1e-12)
+    v = torch.randn(obj.n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(obj.hvp(v), plain.hvp(v), rtol=1e-9, atol=1e-12)
+    assert torch.allclose(obj.grad(), plain.grad(), rtol=1e-10, atol=1e-13)
+    explicit = Objective(
+        model, bs.CrossEntropy(), data, output="logits", inputs=("input_ids", "attention_mask")
+    )
+    assert explicit.loss() == pytest.approx(plain.loss(), rel=1e-12)
+    assert obj.fingerprint()["data"] != plain.fingerprint()["data"]
+
+
+_FAST = bs.sharpness.SuiteConfig(samples=2, steps=2, pac_samples=2, line_steps=3)
+
+
+def test_a_dict_model_runs_through_plane_hessian_volume_and_the_suite():
+    model = _DictLM().double()
+    data = _dict_data()
+    obj = Objective(model, bs.CrossEntropy(), data, batch_size=5)
+    plain = Objective(model.lm, bs.CrossEntropy(), (data["input_ids"], data["labels"]))
+    d = bs.random_directions(obj, 2, seed=0)
+    surf = bs.plane(obj, d[0], d[1], span=(-0.5, 0.5), steps=3)
+    ref = bs.plane(plain, d[0], d[1], span=(-0.5, 0.5), steps=3)
+    assert surf.train_loss == pytest.approx(ref.train_loss, rel=1e-10)
+    top = bs.hessian.eigenvalues(obj, k=2, tol=1e-8)
+    assert top.values == pytest.approx(
+        bs.hessian.eigenvalues(plain, k=2, tol=1e-8).values, rel=1e-6
+    )
+    vol = bs.basin_volume(obj, threshold=obj.loss() + 0.5, n_directions=4, seed=0)
+    vol_ref = bs.basin_volume(plain, threshold=plain.loss() + 0.5, n_directions=4, seed=0)
+    assert vol.radii == pytest.approx(vol_ref.radii, rel=1e-8)
+    values = bs.sharpness.suite_values(bs.sharpness.suite(obj, _FAST))
+    values_ref = bs.sharpness.suite_values(bs.sharpness.suite(plain, _FAST))
+    for k, v in values.items():
+        assert v == pytest.approx(values_ref[k], rel=1e-6, abs=1e-12), k
+
+
+def test_attention_hessian_matches_dense_float64_and_the_backend_setting_is_restored():
+    model = _LM(d=4, layers=1).double()
+    x, y = _padded(n=6)
+    obj = Objective(model, bs.CrossEntropy(), (x, y), batch_size=4).restrict("head")
+    full = Objective(model, bs.CrossEntropy(), (x, y), batch_size=4)
+    before = [
+        torch.backends.cuda.flash_sdp_enabled(),
+        torch.backends.cuda.mem_efficient_sdp_enabled(),
+        torch.backends.cuda.math_sdp_enabled(),
+    ]
+    torch.backends.cuda.enable_mem_efficient_sdp(False)  # a user's own setting
+    try:
+        top = bs.hessian.eigenvalues(full, k=3, tol=1e-10)
+        params = dict(full.model.named_parameters())
+        names = full.space.names
+
+        def loss_of(theta):
+            pieces = full.space.unflatten(theta)
+            from torch.func import functional_call
+
+            with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+                out = functional_call(full.model, {**params, **pieces}, (x,))
+            valid = y != -100
+            return F.cross_entropy(out[valid], y[valid])
+
+        dense = torch.autograd.functional.hessian(loss_of, full.theta0)
+        want = torch.linalg.eigvalsh(dense).flip(0)[:3].numpy()
+        assert top.values == pytest.approx(want, rel=1e-6, abs=1e-9)
+        assert names  # the space is the model's trainable parameters
+        assert obj.hvp(torch.ones(obj.n, dtype=torch.float64)).shape == (obj.n,)
+        assert torch.backends.cuda.mem_efficient_sdp_enabled() is False
+        assert torch.backends.cuda.flash_sdp_enabled() is before[0]
+        assert torch.backends.cuda.math_sdp_enabled() is before[2]
+    finally:
+        torch.backends.cuda.enable_mem_efficient_sdp(before[1])
+
+
+def test_an_operation_without_a_second_derivative_is_named():
+    class Distances(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(3, 2, dtype=torch.float64))
+
+        def forward(self, x):
+            return torch.cdist(x, self.w)
+
+    x = torch.randn(8, 2, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,))
+    obj = Objective(Distances(), bs.CrossEntropy(), (x, y))
+    with pytest.raises(
+        bs.BasinscopeError, match="no second derivative for the operation _cdist_backward"
+    ):
+        obj.hvp(torch.ones(obj.n, dtype=torch.float64))
+    with pytest.raises(bs.BasinscopeError, match="_cdist_backward"):
+        bs.hessian.eigenvalues(obj, k=1)
+
+
+def test_a_user_objective_without_count_is_counted_once_and_bad_pairs_are_refused():
+    torch.manual_seed(5)
+    model = nn.Linear(3, 1).double()
+    x = torch.randn(20, 3, dtype=torch.float64)
+    y = torch.randn(20, 1, dtype=torch.float64)
+    w = torch.rand(20, dtype=torch.float64) + 0.5  # per-example weights the user gives
+
+    def weighted(out, t):
+        return ((out - t["y"]) ** 2).squeeze(1).mul(t["w"]).sum(), t["w"].sum()
+
+    with torch.no_grad():
+        want = float((((model(x) - y) ** 2).squeeze(1) * w).sum() / w.sum())
+    for b in (1, 6, 20):
+        obj = Objective(model, weighted, (x, {"y": y, "w": w}), batch_size=b)
+        assert obj.loss() == pytest.approx(want, rel=1e-12)
+        assert obj.count == pytest.approx(float(w.sum()), rel=1e-14)
+    with pytest.raises(bs.BasinscopeError, match=r"must return a pair \(sum, count\)"):
+        Objective(model, bs.SumLoss(lambda o, t: o.sum()), (x, y))
+    with pytest.raises(bs.BasinscopeError, match="count on the first examples is -20"):
+        Objective(model, lambda o, t: (o.sum(), -len(o)), (x, y))
