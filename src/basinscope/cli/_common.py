@@ -233,9 +233,7 @@ def _check_finite(path: Path, model: Any, metrics: dict[str, Any]) -> None:
 
 
 def _objective(args: argparse.Namespace, model: Any, data: Any, skip_bias_norm: bool) -> Any:
-    from torch import nn
-
-    from ..objective import Objective
+    from ..objective import Objective, classification_loss
 
     n = len(data.y_train)
     if args.eval_subset is not None and args.eval_subset > n:
@@ -245,7 +243,7 @@ def _objective(args: argparse.Namespace, model: Any, data: Any, skip_bias_norm: 
         )
     return Objective(
         model,
-        nn.CrossEntropyLoss(),
+        classification_loss(data.y_train),
         (data.x_train, data.y_train),
         skip_bias_norm=skip_bias_norm,
         device=args.device,

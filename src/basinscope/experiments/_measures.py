@@ -30,7 +30,7 @@ from .._keys import tensor_digest
 from .._results import to_json
 from ..errors import BasinscopeError
 from ..landscape import Surface, plane, random_directions
-from ..objective import Objective
+from ..objective import Objective, classification_loss
 from ..training import DataBundle, data_fingerprint
 from ._caches import (
     _cached_json,
@@ -167,7 +167,7 @@ def train_objective(
     study measure uses it (``subset`` 0 or ``None``: all examples)."""
     return Objective(
         model,
-        nn.CrossEntropyLoss(),
+        classification_loss(data.y_train),
         (data.x_train, data.y_train),
         skip_bias_norm=skip_bias_norm,
         device=device,

@@ -26,6 +26,7 @@ from ._losses import CrossEntropy as CrossEntropy
 from ._losses import Loss as Loss
 from ._losses import MeanLoss as MeanLoss
 from ._losses import SumLoss as SumLoss
+from ._losses import classification_loss as classification_loss
 from ._objective import LossFn as LossFn
 from ._objective import Objective as Objective
 from ._plan import Plan as Plan
@@ -52,6 +53,7 @@ __all__ = [
     "PlainEngine",
     "Plan",
     "batchnorm_layers",
+    "classification_loss",
     "combine",
     "double_backward_failure",
     "evaluate_points",

@@ -364,6 +364,17 @@ def _pair(got: Any, what: str) -> Pair:
     return total.reshape(()), torch.as_tensor(count, dtype=torch.float64).reshape(())
 
 
+def classification_loss(targets: Any) -> Any:
+    """The cross-entropy of a built-in dataset's targets: torch's ``nn.CrossEntropyLoss()``
+    for class labels ``[N]`` (the classifiers' loss, as their resumable files are
+    keyed), :class:`CrossEntropy` over every counted token for sequences ``[N, T]``."""
+    from torch import nn
+
+    if torch.is_tensor(targets) and targets.ndim == 1:
+        return nn.CrossEntropyLoss()
+    return CrossEntropy()
+
+
 def as_loss(loss_fn: Any, output: Tensor, target: Any) -> Loss:
     """The :class:`Loss` of what the user gave: a Loss itself; a function returning a pair
     ``(sum, count)`` on the probe's outputs as a :class:`SumLoss`; a batch-mean loss
