@@ -289,3 +289,14 @@ def test_a_user_objective_without_count_is_counted_once_and_bad_pairs_are_refuse
         Objective(model, bs.SumLoss(lambda o, t: o.sum()), (x, y))
     with pytest.raises(bs.BasinscopeError, match="count on the first examples is -20"):
         Objective(model, lambda o, t: (o.sum(), -len(o)), (x, y))
+
+
+def test_describe_states_the_unit_and_its_count():
+    model = _LM(d=4, layers=1).double()
+    x, y = _padded()
+    text = Objective(model, bs.CrossEntropy(), (x, y), batch_size=5).describe()
+    tokens = int((y != -100).sum())
+    assert f"count {tokens} over 13 examples" in text
+    assert "target tokens" in text and f"hits over {tokens} counted targets" in text
+    reg = Objective(nn.Linear(3, 1).double(), bs.MSE(), (torch.randn(7, 3), torch.randn(7, 1)))
+    assert "accuracy: none" in reg.describe() and "count 7 over 7 examples" in reg.describe()

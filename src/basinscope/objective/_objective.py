@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .._checks import check_device, check_int
 from ..errors import BasinscopeError
 from ._autograd import gradient, hessian_products
+from ._describe import describe_objective
 from ._engine import Batches, PlainEngine, evaluate_points
 from ._inputs import prepare
 from ._losses import Loss, MeanLoss, SumLoss, as_loss
@@ -341,6 +342,12 @@ class Objective:
     def loss(self, theta: Tensor | None = None) -> float:
         """``L(θ)`` as a Python float (default θ = θ0)."""
         return float(self.evaluate(self.theta0 if theta is None else theta)[0][0])
+
+    def describe(self) -> str:
+        """What this Objective's numbers mean, in a few lines: the loss and the unit it
+        averages over (with the count), the accuracy, the data, the engine, and what was
+        verified. ``print(obj.describe())`` before trusting a measure."""
+        return describe_objective(self)
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines this Objective's numbers, as a key for resumable files.
