@@ -591,14 +591,26 @@ def test_unknown_name_lists_choices():
     with pytest.raises(BasinscopeError) as err:
         load_dataset("foo")
     assert str(err.value) == (
-        "unknown dataset 'foo'; choose one of digits, mnist1d, mnist, fashion-mnist, cifar10 "
+        "unknown dataset 'foo'; choose one of digits, mnist1d, mnist, fashion-mnist, cifar10, "
+        "modular-add, modular-sub, modular-mul, modular-div, markov-lm "
         "or a path to an .npz file with x_train, y_train, x_test, y_test"
     )
     assert isinstance(err.value, ValueError)
 
 
 def test_registry_names():
-    assert training.dataset_names() == ("digits", "mnist1d", "mnist", "fashion-mnist", "cifar10")
+    assert training.dataset_names() == (
+        "digits",
+        "mnist1d",
+        "mnist",
+        "fashion-mnist",
+        "cifar10",
+        "modular-add",
+        "modular-sub",
+        "modular-mul",
+        "modular-div",
+        "markov-lm",
+    )
     assert set(training.DATASETS) == set(training.dataset_names())
 
 

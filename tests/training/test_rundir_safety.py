@@ -262,9 +262,23 @@ def _nan_at(x: torch.Tensor, i: int, value: float) -> torch.Tensor:
     [
         (lambda d: {"x_train": _nan_at(d.x_train, 7, math.nan)}, r"x_train holds 1 NaN or infin"),
         (lambda d: {"x_test": _nan_at(d.x_test, 3, math.inf)}, r"x_test holds 1 .*example 3\)"),
-        (lambda d: {"y_train": d.y_train[:, None]}, r"labels of shape \(60, 1\) is not valid"),
-        (lambda d: {"x_train": d.x_train.long()}, "x_train has dtype torch.int64; give floating"),
-        (lambda d: {"x_test": d.x_test.long()}, "x_test has dtype torch.int64; give floating"),
+        (lambda d: {"y_train": d.y_train[:, None, None]}, r"labels of shape \(60, 1, 1\) is not"),
+        # one target per token in training but one label per example in the test split
+        (lambda d: {"y_train": d.y_train[:, None]}, r"y_test \[M, 1\]"),
+        # int64 inputs are token ids, accepted in both splits or neither
+        (
+            lambda d: {"x_train": d.x_train.abs().long()},
+            "x_test has dtype torch.float32 but x_train",
+        ),
+        (lambda d: {"x_test": d.x_test.long()}, "x_test has dtype torch.int64 but x_train "),
+        (
+            lambda d: {"x_train": d.x_train.int(), "x_test": d.x_test.int()},
+            "x_train has dtype torch.int32; give floating-point inputs or int64 token ids",
+        ),
+        (
+            lambda d: {"x_train": d.x_train.abs().long(), "x_test": d.x_test.abs().long()},
+            "model 'mlp' cannot take inputs of shape",
+        ),
         (lambda d: {"x_test": d.x_test[:, :5]}, r"test data of shape \(15, 5\) .* \[M, 6\]"),
         (lambda d: {"y_test": d.y_test[:4]}, r"labels of shape \(4,\) does not match"),
         (lambda d: {"x_test": d.x_test.double()}, "x_test has dtype torch.float64 but x_train"),

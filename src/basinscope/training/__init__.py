@@ -1,12 +1,15 @@
-"""training/: train the classic experiments' classifiers, seeded, resumable, checkpointed.
+"""training/: train the classic experiments' models, seeded, resumable, checkpointed.
 
 The config (:class:`TrainConfig`), the factories it names (optimizer, schedules,
 SAM/ASAM, SWA, model), the step loop (:func:`train`), the run directory that
 owns every file of a run (resume state, finished-run reuse, checkpoints,
-trajectories), and the data and models the studies train on. It imports no
+trajectories), and the data and models the studies train on: image and
+feature classifiers (MLP, SmallCNN) and a causal :class:`Transformer` on token
+data (modular arithmetic, a Markov language, a user's nanoGPT token files). It imports no
 measure of the loss landscape.
 """
 
+from ._bundle import IGNORE_INDEX as IGNORE_INDEX
 from ._bundle import DataBundle as DataBundle
 from ._checkpoint import CONFIG_FILE as CONFIG_FILE
 from ._checkpoint import METRICS_FILE as METRICS_FILE
@@ -28,6 +31,7 @@ from ._data import train_subset_indices as train_subset_indices
 from ._downloads import CHECKSUMS as CHECKSUMS
 from ._downloads import MIRRORS as MIRRORS
 from ._downloads import cache_dir as cache_dir
+from ._factories import data_model_options as data_model_options
 from ._factories import load_config_data as load_config_data
 from ._factories import lr_factor as lr_factor
 from ._factories import make_model as make_model
@@ -51,4 +55,10 @@ from ._sam import ASAM_RHO as ASAM_RHO
 from ._sam import SAM as SAM
 from ._sam import SAM_RHO as SAM_RHO
 from ._sam import frozen_running_stats as frozen_running_stats
+from ._sequences import MarkovChain as MarkovChain
+from ._sequences import markov_chain as markov_chain
+from ._sequences import markov_language as markov_language
+from ._sequences import modular_arithmetic as modular_arithmetic
+from ._sequences import token_files as token_files
 from ._trajectory import Trajectory as Trajectory
+from ._transformer import Transformer as Transformer

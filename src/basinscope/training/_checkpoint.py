@@ -36,6 +36,8 @@ MODEL_FILE, CONFIG_FILE, METRICS_FILE, STATE_FILE, TRAJECTORY_FILE = (
 _RUN_KEYS = (
     "input_shape",
     "n_classes",
+    "vocab_size",
+    "readout",
     "dataset_name",
     "n_train",
     "n_params",
@@ -56,7 +58,8 @@ class Checkpoint:
         path: the run directory.
         info: the run facts saved in ``config.json``: ``input_shape``,
             ``n_classes``, ``dataset_name``, ``n_train``, ``n_params``,
-            ``basinscope_version``, ``data_fingerprint``.
+            ``basinscope_version``, ``data_fingerprint``; for token data also
+            ``vocab_size`` and ``readout``.
     """
 
     model: nn.Module
@@ -237,7 +240,13 @@ def load_checkpoint(
     config = TrainConfig.from_dict(saved)
     weights = _read_weights(model_path)
     with torch.random.fork_rng(devices=[]):  # building initialises weights: keep RNG as it was
-        model = make_model(config, info["input_shape"], info["n_classes"])
+        model = make_model(
+            config,
+            info["input_shape"],
+            info["n_classes"],
+            vocab_size=info.get("vocab_size"),
+            readout=info.get("readout"),
+        )
     _load_into(model, weights, model_path, _describe(config, info))
     metrics_path = run_dir / METRICS_FILE
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
@@ -248,7 +257,8 @@ def load_checkpoint(
 
 
 def _check_info(path: Path, info: Mapping[str, Any]) -> None:
-    """Refuse a ``config.json`` whose ``input_shape`` or ``n_classes`` no model could have."""
+    """Refuse a ``config.json`` whose ``input_shape``, ``n_classes``, ``vocab_size`` or
+    ``readout`` no model could have."""
     shape, k = info["input_shape"], info["n_classes"]
     if not isinstance(shape, list) or not shape or not all(_is_int(d) and d > 0 for d in shape):
         raise BasinscopeError(
@@ -258,6 +268,18 @@ def _check_info(path: Path, info: Mapping[str, Any]) -> None:
     if not (_is_int(k) and k > 0):
         raise BasinscopeError(
             f"{str(path)!r} records n_classes {k!r}, not a positive integer; "
+            "give a run directory written by basinscope's train."
+        )
+    vocab = info.get("vocab_size")
+    if vocab is not None and not (_is_int(vocab) and vocab > 0):
+        raise BasinscopeError(
+            f"{str(path)!r} records vocab_size {vocab!r}, not a positive integer; "
+            "give a run directory written by basinscope's train."
+        )
+    readout = info.get("readout")
+    if readout is not None and readout not in ("sequence", "last"):
+        raise BasinscopeError(
+            f"{str(path)!r} records readout {readout!r}, not 'sequence' or 'last'; "
             "give a run directory written by basinscope's train."
         )
 

@@ -1,8 +1,8 @@
 """Datasets: built-in offline data, downloadable IDX/CIFAR files, and user .npz files.
 
-:func:`load_dataset` returns a :class:`DataBundle` of float32 inputs and int64
-labels for one of the registered datasets (:data:`DATASETS`) or a user's
-``.npz`` file. Every loader returns the full, raw dataset; the options that
+:func:`load_dataset` returns a :class:`DataBundle` of float32 inputs (int64 token
+ids for the sequence datasets) and int64 labels for one of the registered
+datasets (:data:`DATASETS`) or a user's ``.npz`` file. Every loader returns the full, raw dataset; the options that
 shape an experiment (a seeded, nested subset of the training set and per-channel
 standardisation) are applied afterwards by shared code, so they mean the same
 thing for every dataset.
@@ -11,6 +11,10 @@ Where the data comes from:
 
 * ``digits`` (sklearn's bundled 8x8 digits) and ``mnist1d`` (generated locally
   by ``mnist1d.data.make_dataset``) need no files and no network.
+* ``modular-add``, ``modular-sub``, ``modular-mul``, ``modular-div`` (``a ∘ b mod
+  97`` as tokens, Power et al. 2022) and ``markov-lm`` (a seeded Markov language
+  with a known optimal loss) are generated locally too
+  (:mod:`basinscope.training._sequences`).
 * ``mnist``, ``fashion-mnist`` (four IDX files each) and ``cifar10`` (the
   python-pickle tarball) are read from ``data_dir`` when one is given, else
   from the cache directory :func:`cache_dir` (``$BASINSCOPE_DATA/<name>``,
@@ -41,6 +45,7 @@ from ..errors import BasinscopeError
 from ._bundle import DataBundle, _bundle
 from ._downloads import _CIFAR10_DIR, _CIFAR10_TARBALL, _IDX_STEMS, _locate
 from ._formats import _CIFAR10_BATCHES, _NPZ_ARRAYS, _load_npz, _read_cifar10, read_idx
+from ._sequences import markov_language, modular_arithmetic
 
 # --------------------------------------------------------------------------- #
 # Loaders: each returns the full, raw dataset
@@ -120,6 +125,16 @@ def _load_cifar10(data_dir: Path | None, download: bool) -> DataBundle:
     return _bundle("cifar10", x_tr, y_tr, x_te.astype(np.float32) / 255.0, y_te, n_classes=10)
 
 
+def _load_modular(op: str, data_dir: Path | None, download: bool) -> DataBundle:
+    """``a ∘ b mod 97`` with :func:`modular_arithmetic`'s defaults (a fixed split, seed 0)."""
+    return modular_arithmetic(op=op)
+
+
+def _load_markov(data_dir: Path | None, download: bool) -> DataBundle:
+    """The Markov language of :func:`markov_language`'s defaults (16 tokens, 32 per sequence)."""
+    return markov_language()
+
+
 #: name -> loader ``(data_dir, download) -> DataBundle`` returning the full raw dataset.
 DATASETS: dict[str, Callable[[Path | None, bool], DataBundle]] = {
     "digits": _load_digits,
@@ -127,6 +142,11 @@ DATASETS: dict[str, Callable[[Path | None, bool], DataBundle]] = {
     "mnist": functools.partial(_load_idx_dataset, "mnist"),
     "fashion-mnist": functools.partial(_load_idx_dataset, "fashion-mnist"),
     "cifar10": _load_cifar10,
+    "modular-add": functools.partial(_load_modular, "+"),
+    "modular-sub": functools.partial(_load_modular, "-"),
+    "modular-mul": functools.partial(_load_modular, "*"),
+    "modular-div": functools.partial(_load_modular, "/"),
+    "markov-lm": _load_markov,
 }
 
 
@@ -183,7 +203,12 @@ def train_subset_indices(n_train: int, train_size: float | int | None, seed: int
 
 
 def _standardize(bundle: DataBundle) -> DataBundle:
-    """Shift and scale every channel (dim 1) to training mean 0 and std 1 on both splits."""
+    """Shift and scale every channel (dim 1) to training mean 0 and std 1 on both splits.
+
+    Integer inputs are token ids, not measurements: they are returned unchanged.
+    """
+    if not bundle.x_train.is_floating_point():
+        return bundle
     x = bundle.x_train.double()
     dims = [d for d in range(x.ndim) if d != 1]
     shape = [1, -1] + [1] * (x.ndim - 2)
@@ -220,16 +245,19 @@ def load_dataset(
             :func:`train_subset_indices` (subsets are nested for one seed).
         standardize: subtract the training mean and divide by the training
             standard deviation per channel (dim 1), computed on the kept
-            training examples and applied to both splits.
+            training examples and applied to both splits. Token ids (integer
+            inputs) are never standardised.
         seed: seed of the subset's permutation. The digits test split is fixed
             and does not depend on it.
         download: fetch missing files into :func:`cache_dir` when no
             ``data_dir`` is given.
         label_noise: mislabel this fraction of the (kept) training examples,
-            see :func:`poison_labels`; the test set is never changed.
+            see :func:`poison_labels`; the test set is never changed. Refused for
+            data with one target per token.
 
     Returns:
-        A :class:`DataBundle`: float32 inputs ``[N, *input_shape]``, int64 labels.
+        A :class:`DataBundle`: float32 inputs ``[N, *input_shape]`` (int64 token ids
+        for the sequence datasets), int64 labels ``[N]`` (``[N, T]`` for ``markov-lm``).
 
     Raises:
         BasinscopeError: unknown name, bad file, missing files, bad ``train_size``.
@@ -275,6 +303,11 @@ def poison_labels(bundle: DataBundle, fraction: float, seed: int = 0) -> DataBun
     """
     if not (isinstance(fraction, numbers.Real) and 0.0 <= fraction < 1.0):
         raise BasinscopeError(f"label_noise {fraction!r} is not valid; give a fraction in [0, 1).")
+    if fraction and bundle.token_targets:
+        raise BasinscopeError(
+            f"label_noise {fraction!r} is not valid for {bundle.name!r}, whose targets are "
+            "next tokens [N, T], not one label per example; give label_noise 0."
+        )
     if fraction and bundle.n_classes < 2:
         raise BasinscopeError(
             f"label_noise {fraction!r} needs at least 2 classes to mislabel into; the data "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +18,7 @@ from torch.optim.swa_utils import SWALR
 
 from ._bundle import DataBundle
 from ._config import TrainConfig
-from ._models import build_model
+from ._models import _options, _resolve, build_model
 from ._sam import SAM
 
 
@@ -98,9 +99,44 @@ def make_swa_scheduler(
     )
 
 
-def make_model(config: TrainConfig, input_shape: Iterable[int], n_classes: int) -> nn.Module:
-    """``build_model`` for the config's model, options and dropout (not seeded: caller seeds)."""
-    return build_model(config.model, tuple(input_shape), n_classes, **config._model_options())
+def make_model(
+    config: TrainConfig,
+    input_shape: Iterable[int],
+    n_classes: int,
+    *,
+    vocab_size: int | None = None,
+    readout: str | None = None,
+) -> nn.Module:
+    """``build_model`` for the config's model, options and dropout (not seeded: caller seeds).
+
+    The data's facts reach a factory that names them as parameters (the built-in
+    ``"transformer"`` does) unless ``model_kwargs`` sets them: ``vocab_size``, the
+    number of token ids, and ``readout``, ``"sequence"`` for one target per token or
+    ``"last"`` for one label per sequence (:func:`data_model_options` gives both).
+    A factory taking only ``**kwargs`` gets neither.
+    """
+    options = config._model_options()
+    names, _ = _options(_resolve(config.model))
+    for name, value in (("vocab_size", vocab_size), ("readout", readout)):
+        if value is not None and name in names and name not in options:
+            options[name] = value
+    return build_model(config.model, tuple(input_shape), n_classes, **options)
+
+
+def data_model_options(data: DataBundle) -> dict[str, Any]:
+    """The facts of token data a model is built for: ``vocab_size`` and ``readout``.
+
+    ``{}`` for feature inputs. For integer inputs, ``vocab_size`` is the bundle's
+    (else the largest token id + 1) and ``readout`` is ``"sequence"`` when there is a
+    target per token (``y [N, T]``), ``"last"`` when there is one label per sequence.
+    """
+    if data.x_train.is_floating_point():
+        return {}
+    vocab = data.vocab_size
+    if vocab is None:
+        ids = [t.max() for t in (data.x_train, data.x_test) if t.numel()]
+        vocab = int(max(ids)) + 1 if ids else 1
+    return {"vocab_size": int(vocab), "readout": "sequence" if data.token_targets else "last"}
 
 
 def load_config_data(config: TrainConfig) -> DataBundle:

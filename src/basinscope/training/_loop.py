@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
@@ -55,8 +54,9 @@ from .._rng import item_generator, item_seed
 from ..errors import BasinscopeError
 from ._bundle import DataBundle
 from ._config import TrainConfig
-from ._evaluate import _record
+from ._evaluate import _loss, _record
 from ._factories import (
+    data_model_options,
     load_config_data,
     make_model,
     make_optimizer,
@@ -86,6 +86,10 @@ def train(
     replace: bool = False,
 ) -> TrainResult:
     """Train ``config.model`` on ``data`` with cross-entropy, minibatch by minibatch.
+
+    The loss is the minibatch mean over examples (labels ``y [N]``) or over the
+    counted target tokens (``y [N, T]``, tokens equal to -100 left out); the recorded
+    losses and accuracies are exact means over the whole split in the same units.
 
     With ``sam_rho > 0`` every step is a SAM/ASAM step (two forward/backward
     passes, :class:`basinscope.optim.SAM`); with ``swa_start`` the weights of the
@@ -171,7 +175,8 @@ def _checked_data(config: TrainConfig, data: DataBundle | None, device: torch.de
             f"make {n_epochs} epochs, so give an epoch from 1 to {n_epochs}."
         )
     with torch.random.fork_rng(devices=[]):  # a throwaway model: keep the RNG as it was
-        _check_model(make_model(config, data.input_shape, data.n_classes), config, data, device)
+        model = make_model(config, data.input_shape, data.n_classes, **data_model_options(data))
+        _check_model(model, config, data, device)
     return data
 
 
@@ -205,8 +210,9 @@ def _start(
     """
     start = time.perf_counter()
     _seed_global(config.seed, device)
-    model = make_model(config, data.input_shape, data.n_classes).to(device)  # init on the CPU
-    env = normalise(environment(device, data.x_train.dtype))  # plain str, not TorchVersion
+    options = data_model_options(data)
+    model = make_model(config, data.input_shape, data.n_classes, **options).to(device)  # on CPU
+    env = normalise(environment(device, _compute_dtype(data, model)))  # str, not TorchVersion
     optimizer = make_optimizer(config, [p for p in model.parameters() if p.requires_grad])
     n = len(data.y_train)
     per_epoch, total = config.steps_per_epoch(n), config.total_steps(n)
@@ -240,6 +246,13 @@ def _start(
     return run
 
 
+def _compute_dtype(data: DataBundle, model: nn.Module) -> torch.dtype:
+    """The dtype the arithmetic runs in: the inputs', or the model's for integer token ids."""
+    if data.x_train.is_floating_point():
+        return data.x_train.dtype
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
 def _run_info(
     data: DataBundle, model: nn.Module, fingerprint: str, env: dict[str, Any]
 ) -> dict[str, Any]:
@@ -249,6 +262,7 @@ def _run_info(
     return {
         "input_shape": list(data.input_shape),
         "n_classes": data.n_classes,
+        **data_model_options(data),  # vocab_size and readout, for token data only
         "dataset_name": data.name,
         "n_train": len(data.y_train),
         "n_params": sum(p.numel() for p in model.parameters()),
@@ -311,7 +325,7 @@ def _step(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> float:
     """One optimizer (or SAM) step on a minibatch; its loss. A NaN/inf loss marks a divergence."""
     model, optimizer, sam = run.model, run.optimizer, run.sam
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(xb), yb)
+    loss = _loss(model(xb), yb)
     value = loss.item()
     if not math.isfinite(value):
         run.diverged = True
@@ -327,7 +341,7 @@ def _step(run: Run, xb: torch.Tensor, yb: torch.Tensor) -> float:
     else:  # second pass at w + ε̂; BatchNorm statistics come from the first
         sam.first_step(zero_grad=True)
         with frozen_running_stats(model):
-            F.cross_entropy(model(xb), yb).backward()
+            _loss(model(xb), yb).backward()
         sam.second_step()
     (run.swa_scheduler if run.swa_scheduler is not None else run.scheduler).step()
     run.step += 1

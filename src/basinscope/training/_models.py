@@ -1,7 +1,8 @@
 """Small classifiers for the classic experiments, and a registry to build any model by name.
 
 The built-in models are deliberately small (the experiments run on a CPU in
-minutes): an :class:`MLP` and a :class:`SmallCNN`. :func:`build_model` builds
+minutes): an :class:`MLP`, a :class:`SmallCNN` and a causal
+:class:`~basinscope.training._transformer.Transformer` over token ids. :func:`build_model` builds
 one of them by its registry name, or any user model given as
 ``"package.module:factory"``. Building a factory model **imports that module and
 calls the factory**: it runs code. Name one only when it is your own choice (an
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import BasinscopeError
+from ._transformer import Transformer
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -273,8 +275,17 @@ class SmallCNN(nn.Module):
         return self.net(x)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": SmallCNN}
-"""Built-in model name -> factory ``factory(input_shape, n_classes, **options)``."""
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn": SmallCNN,
+    "transformer": Transformer,
+}
+"""Built-in model name -> factory ``factory(input_shape, n_classes, **options)``.
+
+The transformer takes int64 token ids ``[B, T]`` (``input_shape = (T,)``); its
+``vocab_size`` and ``readout`` are filled in from the data by
+:func:`basinscope.training.make_model` when the config does not set them.
+"""
 
 
 def _options(factory: Callable[..., Any]) -> tuple[list[str], bool]:
@@ -341,7 +352,7 @@ def build_model(
     """Build a classifier by name.
 
     Args:
-        name: a key of :data:`MODELS` (``"mlp"``, ``"cnn"``) or ``"package.module:factory"``.
+        name: a key of :data:`MODELS` (``"mlp"``, ``"cnn"``, ``"transformer"``) or ``"package.module:factory"``.
             A factory (function or class) is called as
             ``factory(input_shape=..., n_classes=..., **kwargs)``, passing
             ``input_shape`` and ``n_classes`` only if its signature accepts them.

@@ -50,7 +50,7 @@ from ._checkpoint import (
 )
 from ._config import TrainConfig
 from ._evaluate import _evaluate
-from ._factories import make_model, make_swa_scheduler
+from ._factories import data_model_options, make_model, make_swa_scheduler
 from ._guards import _device, data_fingerprint
 from ._run import Run
 from ._trajectory import Trajectory, _as_trajectory, _snapshot_due
@@ -280,7 +280,7 @@ class RunDir:
         weights = _read_weights(out / MODEL_FILE)
         sealed = _check_sealed(out, saved, metrics, weights)
         with torch.random.fork_rng(devices=[]):  # building initialises weights: keep RNG as it was
-            model = make_model(config, data.input_shape, data.n_classes)
+            model = make_model(config, data.input_shape, data.n_classes, **data_model_options(data))
         _load_into(model, weights, out / MODEL_FILE, _describe(config, saved))
         model.eval()
         if not sealed:  # written before the digests: its numbers must be this model's
