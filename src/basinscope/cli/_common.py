@@ -157,7 +157,9 @@ def _load(
     model whose weights or final loss are not finite (a diverged run).
     """
     from ..training import (
+        MODELS,
         build_model,
+        data_model_options,
         load_checkpoint,
         load_config_data,
         load_dataset,
@@ -192,7 +194,8 @@ def _load(
         raise BasinscopeError(f"checkpoint file {str(path)!r} does not exist")
     if data is None:
         data = load_dataset(args.dataset, data_dir=args.data_dir)
-    model = build_model(args.model, data.input_shape, data.n_classes)
+    options = data_model_options(data) if args.model in MODELS else {}  # token data
+    model = build_model(args.model, data.input_shape, data.n_classes, **options)
     load_weights(model, path, f"model {args.model!r}")
     _check_finite(path, model, {})
     return model.to(args.device).eval(), data
