@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from . import _measure, _paths, _study, _train
+from . import _measure, _paths, _study, _train, _trajectory
 from ._common import _FORMATTER, _call, _example, _fail, _Parser, _UsageError
 
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train.register(sub)
     _measure.register(sub)
     _paths.register(sub)
+    _trajectory.register(sub)
     _study.register_results(sub)
     return parser
 

@@ -10,6 +10,7 @@ A *study* is a named grid of training runs measured the same way
 * ``_summary`` — :class:`RunReport`, ``summary.csv``/``summary.md`` and the figures;
 * ``_correlation`` — which measure predicts generalisation: Kendall's τ and Jiang et
   al.'s granulated Ψ over the runs (``correlation.md``/``correlation.json``);
+* ``_along`` — :func:`measure_along`: every measure at every weight snapshot of a run;
 * ``_reparam`` — function-preserving rescaling and which measures notice it;
 * ``_lr_batch``, ``_remedies``, ``_dataset_size``, ``_poison`` — the built-in
   studies, one file a theme, named in :data:`STUDIES` (``_studies``).
@@ -17,6 +18,14 @@ A *study* is a named grid of training runs measured the same way
 It may import every other wing; nothing below it imports it.
 """
 
+from ._along import ALONG_MEASURES as ALONG_MEASURES
+from ._along import AlongSettings as AlongSettings
+from ._along import AlongTraining as AlongTraining
+from ._along import EpsilonSettings as EpsilonSettings
+from ._along import LambdaMaxSettings as LambdaMaxSettings
+from ._along import TraceSettings as TraceSettings
+from ._along import VolumeSettings as VolumeSettings
+from ._along import measure_along as measure_along
 from ._caches import model_fingerprint as model_fingerprint
 from ._caches import objective_key as objective_key
 from ._caches import own_file as own_file
@@ -59,6 +68,7 @@ from ._summary import summary_markdown as summary_markdown
 from ._summary import write_report as write_report
 
 __all__ = [
+    "ALONG_MEASURES",
     "COMPARED_MEASURES",
     "FLAT_IS_LARGE",
     "GAPS",
@@ -69,11 +79,17 @@ __all__ = [
     "STUDIES",
     "SUITE_PART",
     "VOLUME_NOTE",
+    "AlongSettings",
+    "AlongTraining",
     "Correlation",
+    "EpsilonSettings",
+    "LambdaMaxSettings",
     "MeasureChange",
     "MeasureConfig",
     "RunReport",
     "Study",
+    "TraceSettings",
+    "VolumeSettings",
     "cached_volume",
     "compare_measures",
     "correlation_markdown",
@@ -82,6 +98,7 @@ __all__ = [
     "excluded_measures",
     "lr_batch_grid",
     "lr_batch_grid_study",
+    "measure_along",
     "measure_run",
     "measure_suite",
     "model_fingerprint",

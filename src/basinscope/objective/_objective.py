@@ -164,7 +164,6 @@ class Objective:
         self._plan: tuple[Batches, Plan] | None = None  # see plan
         self._probe(determinism=check_determinism)
 
-    # ------------------------------------------------------------------ data
     def _prepare(self, data: Any, subset: int | None, seed: int) -> tuple[Tree, Tree]:
         return prepare(data, subset, seed, self.dtype, self.device, inputs=self.inputs)
 
@@ -281,7 +280,6 @@ class Objective:
         """Number of coordinates."""
         return self.space.n
 
-    # ------------------------------------------------------------ evaluation
     def _points(self, points: Tensor) -> Tensor:
         points = torch.as_tensor(points)
         if points.ndim == 1:
@@ -384,7 +382,6 @@ class Objective:
             **environment(self.device, self.dtype),
         }
 
-    # -------------------------------------------------------------- autograd
     def grad(self, theta: Tensor | None = None) -> Tensor:
         """``∇L(θ)``, ``[n]``, exact over the whole evaluation set."""
         theta = (self.theta0 if theta is None else self._points(theta)[0]).detach()
@@ -400,7 +397,6 @@ class Objective:
         total = hessian_products(self.batches, theta, self._points(v))
         return total[0] if torch.as_tensor(v).ndim == 1 else total
 
-    # ---------------------------------------------------------------- probes
     def _probe_data(self) -> tuple[Tree, Tree]:
         n = min(self.batch_size, 256, self.n_examples)
         return take(self.x, slice(0, n)), take(self.y, slice(0, n))

@@ -33,12 +33,17 @@ from ._style import common_limits as common_limits
 from ._surfaces import plot_contour as plot_contour
 from ._surfaces import plot_line as plot_line
 from ._surfaces import plot_surface_3d as plot_surface_3d
+from ._training import accuracy_jump as accuracy_jump
+from ._training import plot_along as plot_along
+from ._training import plot_training as plot_training
 
 __all__ = [
     "CMAP",
     "DPI",
+    "accuracy_jump",
     "choose_log_scale",
     "common_limits",
+    "plot_along",
     "plot_bars",
     "plot_contour",
     "plot_grid",
@@ -46,5 +51,6 @@ __all__ = [
     "plot_matrix",
     "plot_scatter",
     "plot_surface_3d",
+    "plot_training",
     "plot_xy",
 ]
