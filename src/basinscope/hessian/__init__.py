@@ -10,6 +10,12 @@ list of modules, a pattern), reached only through Hessian-vector products:
   chunk, built once and kept (within ``cache_bytes``) so a product costs one
   backward pass of the backward graph. Several vectors at once:
   :meth:`HessianOperator.matmat`. :func:`hvp` is the one Hessian-vector product.
+* :class:`GGNOperator` (``_ggn``) — ``v ↦ Gv`` for the generalised Gauss–Newton
+  matrix ``G = Σ_c J_cᵀ H_c J_c / Σ count`` (Schraudolph 2002; Martens 2020):
+  ``J`` the Jacobian of the model's output, ``H_c`` the Hessian of the chunk's
+  summed loss in that output; positive semi-definite for a loss convex in the
+  output (cross-entropy, MSE). Every measure below takes ``curvature="ggn"``
+  to run on it instead of the Hessian (``curvature="hessian"``, the default).
 * :func:`eigenvalues`, :func:`extremes` (``_lanczos``) — top-k and bottom-k
   eigenpairs by thick-restart Lanczos (Wu & Simon 2000) with full
   reorthogonalisation; both ends of the spectrum from one Krylov space.
@@ -30,10 +36,12 @@ its own per purpose, so work can be split or resumed and give the same numbers.
 from ._density import Density as Density
 from ._density import density as density
 from ._density import plot_density as plot_density
+from ._ggn import GGNOperator as GGNOperator
 from ._lanczos import Eigenpairs as Eigenpairs
 from ._lanczos import eigenvalues as eigenvalues
 from ._lanczos import extremes as extremes
 from ._lanczos import top_directions as top_directions
+from ._operator import CURVATURES as CURVATURES
 from ._operator import Curvature as Curvature
 from ._operator import HessianOperator as HessianOperator
 from ._operator import SymmetricOperator as SymmetricOperator
@@ -47,9 +55,11 @@ from ._trace import TraceEstimate as TraceEstimate
 from ._trace import trace as trace
 
 __all__ = [
+    "CURVATURES",
     "Curvature",
     "Density",
     "Eigenpairs",
+    "GGNOperator",
     "HessianOperator",
     "HessianSummary",
     "LayerCurvature",

@@ -25,7 +25,7 @@ from .._checks import check_int, check_number, check_positive
 from .._io import atomic_write
 from .._partial import open_partial
 from ._lanczos import _eigh
-from ._operator import Curvature, SymmetricOperator, _key, operator
+from ._operator import Curvature, SymmetricOperator, _key, check_curvature, operator
 from ._random import _SLQ, _rademacher
 
 
@@ -146,6 +146,7 @@ def density(
     zero_tol: float = 1e-5,
     seed: int = 0,
     path: str | Path | None = None,
+    curvature: str = "hessian",
 ) -> Density:
     """Eigenvalue spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019).
 
@@ -169,10 +170,14 @@ def density(
     Objective's fingerprint, θ, ``steps``, ``seed`` and the operator's
     ``batched`` (not ``runs``: a rerun with more runs reuses the stored ones).
 
+    ``curvature="ggn"``: the density of the generalised Gauss–Newton matrix
+    (:class:`GGNOperator`); no negative mass for a loss convex in the output.
+
     Returns:
         A :class:`Density` (``runs·steps`` products at most; stored runs count
         with the products they took).
     """
+    check_curvature(curvature)
     runs = check_int("runs", runs, minimum=1)
     steps = check_int("steps", steps, minimum=1)
     points = check_int("points", points, minimum=1)
@@ -180,7 +185,7 @@ def density(
     if sigma is not None:
         sigma = check_number("sigma", sigma, positive=True)
     zero_tol = check_positive("zero_tol", zero_tol, zero=True)
-    op = operator(obj)
+    op = operator(obj, curvature=curvature)
     m = min(steps, op.n)
     nodes = np.full((runs, m), np.nan)
     weights = np.zeros((runs, m))

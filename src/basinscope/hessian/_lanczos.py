@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .._checks import check_int
 from ..errors import BasinscopeError
-from ._operator import Curvature, SymmetricOperator, operator
+from ._operator import Curvature, SymmetricOperator, check_curvature, operator
 from ._random import _LANCZOS, _generator
 
 
@@ -280,6 +280,7 @@ def extremes(
     seed: int = 0,
     max_products: int = 2000,
     max_basis: int | None = None,
+    curvature: str = "hessian",
 ) -> tuple[Eigenpairs, Eigenpairs]:
     """The ``top`` largest and ``bottom`` smallest eigenpairs of ``H``, from one Lanczos run.
 
@@ -294,10 +295,15 @@ def extremes(
         max_products: stop there (``converged=False``) if not converged.
         max_basis: Lanczos vectors kept (memory ``2·max_basis·n`` numbers);
             default ``max(2(top + bottom) + 16, 32)``.
+        curvature: the matrix of an Objective: ``"hessian"`` (``∇²L``) or ``"ggn"``
+            (the generalised Gauss–Newton matrix ``Jᵀ H_out J``, :class:`GGNOperator`:
+            positive semi-definite for a loss convex in the output). An operator
+            passed as ``obj`` is used as it is.
 
     Returns:
         ``(top pairs, bottom pairs)``; both report the run's total products.
     """
+    check_curvature(curvature)
     top, bottom = _check_k(top, obj.n, "top"), _check_k(bottom, obj.n, "bottom")
     if top + bottom == 0:
         raise BasinscopeError("ask for at least one eigenvalue (top + bottom ≥ 1)")
@@ -306,7 +312,7 @@ def extremes(
         max_basis = check_int("max_basis", max_basis, minimum=1)
     seed = check_int("seed", seed, minimum=0)
     tol = _check_tol(tol, obj.dtype)
-    op = operator(obj)
+    op = operator(obj, curvature=curvature)
     kr = _lanczos(
         op,
         top,
@@ -343,14 +349,18 @@ def eigenvalues(
     seed: int = 0,
     max_products: int = 2000,
     max_basis: int | None = None,
+    curvature: str = "hessian",
 ) -> Eigenpairs:
     """The ``k`` largest (``which="top"``) or smallest (``"bottom"``) eigenpairs of ``H``.
 
     Thick-restart Lanczos; see :func:`extremes` for the arguments. The smallest
     eigenvalues are found directly (the low end of the same Krylov space), not
     by shifting ``H − λ_max I``. For an indefinite ``H`` (a saddle)
-    ``eigenvalues(obj, 1, which="bottom").values[0] < 0``.
+    ``eigenvalues(obj, 1, which="bottom").values[0] < 0``; with
+    ``curvature="ggn"`` the same measures run on the generalised Gauss–Newton
+    matrix, whose eigenvalues are ``≥ 0`` for a loss convex in the output.
     """
+    check_curvature(curvature)
     if which not in ("top", "bottom"):
         raise BasinscopeError(f"which must be 'top' or 'bottom', got {which!r}")
     if _check_k(k, obj.n) < 1:
@@ -364,15 +374,19 @@ def eigenvalues(
         seed=seed,
         max_products=max_products,
         max_basis=max_basis,
+        curvature=curvature,
     )
     return t if which == "top" else b
 
 
-def top_directions(obj: Curvature, k: int = 2, *, tol: float = 1e-4, seed: int = 0) -> Tensor:
+def top_directions(
+    obj: Curvature, k: int = 2, *, tol: float = 1e-4, seed: int = 0, curvature: str = "hessian"
+) -> Tensor:
     """The top-``k`` Hessian eigenvectors as ``[k, n]`` unit directions for :func:`basinscope.plane`.
 
     ``bs.plane(obj, *hessian.top_directions(obj), span=(-1, 1), steps=31)``
     draws the loss in the plane of the two sharpest directions (unit length,
-    not filter-normalised; scale the span accordingly).
+    not filter-normalised; scale the span accordingly). ``curvature="ggn"``: those of
+    the generalised Gauss–Newton matrix.
     """
-    return eigenvalues(obj, k, which="top", tol=tol, seed=seed).vectors
+    return eigenvalues(obj, k, which="top", tol=tol, seed=seed, curvature=curvature).vectors

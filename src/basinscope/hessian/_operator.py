@@ -27,7 +27,7 @@ so products are reverse-over-reverse on the kept graph, one vector at a time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from torch import Tensor
 
 from ..errors import BasinscopeError
 from ..objective import Objective, double_backward_failure, twice_differentiable
+
+if TYPE_CHECKING:
+    from ._ggn import GGNOperator
 
 # Gradient graphs kept between products (saved tensors, counted when built).
 _CACHE_BYTES = 2**30
@@ -260,21 +263,50 @@ def _first_line(e: BaseException) -> str:
 
 Curvature = Objective | HessianOperator
 
+CURVATURES = ("hessian", "ggn")
+"""The curvature matrices the measures take (``curvature=``): the Hessian ``∇²L`` or the
+generalised Gauss–Newton matrix ``Jᵀ H_out J`` (:class:`~basinscope.hessian.GGNOperator`)."""
 
-def operator(obj: Curvature, theta: Tensor | None = None, **kwargs: Any) -> HessianOperator:
-    """The :class:`HessianOperator` of an Objective (an operator is returned as is).
 
-    Pass the operator to several measures to build the gradient graph once. Any
+def check_curvature(curvature: Any) -> str:
+    """``curvature`` if it is one of :data:`CURVATURES`; otherwise one sentence."""
+    if not isinstance(curvature, str) or curvature not in CURVATURES:
+        raise BasinscopeError(
+            f"curvature must be 'hessian' or 'ggn' (the generalised Gauss–Newton matrix), "
+            f"got {curvature!r}"
+        )
+    return curvature
+
+
+def operator(
+    obj: Curvature, theta: Tensor | None = None, *, curvature: str = "hessian", **kwargs: Any
+) -> HessianOperator | GGNOperator:
+    """The curvature operator of an Objective (an operator is returned as is).
+
+    ``curvature="hessian"`` gives the :class:`HessianOperator`, ``"ggn"`` the
+    :class:`~basinscope.hessian.GGNOperator` (the generalised Gauss–Newton matrix).
+    Pass the operator to several measures to build its graphs once. Any
     :class:`SymmetricOperator` (a dense matrix wrapped in ``n``, ``dtype``,
     ``device``, ``matvec``, ``matmat``) is returned as is too, so the estimators
-    run on it.
+    run on it; ``curvature="ggn"`` with an operator that is not a GGNOperator is
+    refused (an operator's matrix is already chosen).
     """
-    if isinstance(obj, HessianOperator) or (
+    from ._ggn import GGNOperator  # _ggn builds on this module: imported when called
+
+    check_curvature(curvature)
+    if isinstance(obj, HessianOperator | GGNOperator) or (
         not isinstance(obj, Objective) and isinstance(obj, SymmetricOperator)
     ):
         if theta is not None:
             raise BasinscopeError("theta applies to an Objective, not to a HessianOperator")
+        if curvature == "ggn" and not isinstance(obj, GGNOperator):
+            raise BasinscopeError(
+                f"curvature='ggn' applies to an Objective; this {type(obj).__name__} is "
+                "already a curvature matrix: pass the Objective, or a GGNOperator"
+            )
         return obj
+    if curvature == "ggn":
+        return GGNOperator(obj, theta, **kwargs)
     return HessianOperator(obj, theta, **kwargs)
 
 
@@ -285,19 +317,23 @@ def hvp(obj: Objective, v: Tensor, theta: Tensor | None = None) -> Tensor:
     return op.matvec(v) if v.ndim == 1 else op.matmat(v)
 
 
-def _key(op: HessianOperator, **settings: Any) -> dict[str, Any]:
+def _key(op: HessianOperator | GGNOperator, **settings: Any) -> dict[str, Any]:
     """The partial-results key of a measure of ``op``: what its products depend on."""
     from .._keys import tensor_digest
+    from ._ggn import GGNOperator
 
-    if not isinstance(op, HessianOperator):
+    if not isinstance(op, HessianOperator | GGNOperator):
         raise BasinscopeError(
-            "path (resumable partial results) needs an Objective or a HessianOperator, "
-            f"whose fingerprint keys the file; got {type(op).__name__}"
+            "path (resumable partial results) needs an Objective, a HessianOperator or a "
+            f"GGNOperator, whose fingerprint keys the file; got {type(op).__name__}"
         )
+    # The GGN's files carry its name; the Hessian's keys stay as they were (no key added).
+    matrix = {"curvature": "ggn"} if isinstance(op, GGNOperator) else {}
     return {
         **op.obj.fingerprint(),
         "theta": tensor_digest(op.theta),
         "batched": op.batched,
+        **matrix,
         **settings,
     }
 

@@ -16,7 +16,7 @@ from .._checks import check_int, check_positive
 from ..errors import BasinscopeError
 from ..objective import Objective
 from ._lanczos import Eigenpairs, _check_k, _check_tol, _lanczos, _pairs
-from ._operator import Curvature, HessianOperator, operator, restrict
+from ._operator import Curvature, check_curvature, operator, restrict
 from ._trace import TraceEstimate, _hutchinson
 
 
@@ -140,6 +140,7 @@ def summary(
     lambda_min: bool = True,
     seed: int = 0,
     max_products: int = 2000,
+    curvature: str = "hessian",
 ) -> HessianSummary:
     """λ_max, λ_min, the top ``k`` eigenvalues and ``tr H ± SE``, optionally per layer.
 
@@ -160,7 +161,10 @@ def summary(
             than the top (it sits at the edge of the bulk near 0: 65 products
             instead of 24 for top-5 on the benchmark MLP); a study that only
             needs λ_max and the trace passes ``False``.
+        curvature: ``"hessian"`` or ``"ggn"``: every number (the blocks' too) of the
+            generalised Gauss–Newton matrix instead (:class:`GGNOperator`).
     """
+    check_curvature(curvature)
     if not isinstance(obj, Objective):
         raise BasinscopeError(f"summary needs a basinscope Objective, got {type(obj).__name__}")
     if _check_k(k, obj.n) < 1:
@@ -172,12 +176,12 @@ def summary(
     opts = dict(tol=tol, trace_rtol=trace_rtol, seed=seed, max_products=max_products)
     blocks = _layer_blocks(obj, per_layer)
     subs = {name: restrict(obj, name) for name in blocks}  # bad names fail before any work
-    op = HessianOperator(obj)
+    op = operator(obj, curvature=curvature)
     n_bottom = 1 if lambda_min else 0
     top, bottom, tr, used = _measure(op, k, n_bottom, **opts)
     layers: dict[str, LayerCurvature] = {}
     for name, sub in subs.items():
-        t, b, s, u = _measure(HessianOperator(sub), 1, n_bottom, **opts)
+        t, b, s, u = _measure(operator(sub, curvature=curvature), 1, n_bottom, **opts)
         layers[name] = LayerCurvature(
             name=name,
             n=sub.n,

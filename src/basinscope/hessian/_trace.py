@@ -23,7 +23,7 @@ from torch import Tensor
 from .._checks import check_int, check_positive
 from .._partial import PartialResults, open_partial
 from ..errors import BasinscopeError
-from ._operator import Curvature, SymmetricOperator, _key, operator
+from ._operator import Curvature, SymmetricOperator, _key, check_curvature, operator
 from ._random import _PROBE, _SKETCH, _rademacher
 
 
@@ -156,6 +156,7 @@ def trace(
     sketch: int = 16,
     seed: int = 0,
     path: str | Path | None = None,
+    curvature: str = "hessian",
 ) -> TraceEstimate:
     """``tr H`` by Hutchinson or Hutch++, with its standard error and a stopping rule.
 
@@ -187,7 +188,11 @@ def trace(
     Keyed by the Objective's fingerprint, θ, ``method``, ``sketch``, ``seed``
     and the operator's ``batched`` (not the stopping rule: a rerun with a
     tighter ``rtol`` continues from the stored probes).
+
+    ``curvature="ggn"`` estimates the trace of the generalised Gauss–Newton matrix
+    of an Objective instead (:class:`GGNOperator`; its file is keyed by that too).
     """
+    check_curvature(curvature)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol, zero=True)
     if method not in ("hutchinson", "hutch++"):
         raise BasinscopeError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
@@ -201,7 +206,7 @@ def trace(
             f"max_products={max_products} is too small for {2 * sketch} sketch products "
             f"and {min_probes} probes"
         )
-    op = operator(obj)
+    op = operator(obj, curvature=curvature)
     key = _key(op, method=method, sketch=sketch, seed=seed) if path is not None else {}
     with open_partial(path, key, what="Hessian trace probes") as done:
         Q, exact = _sketch(op, sketch, seed) if sketch else (None, 0.0)
