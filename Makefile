@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/surface.py
 	$(PY) benchmarks/volume.py
 	$(PY) benchmarks/hessian.py
+	$(PY) benchmarks/transformer.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
