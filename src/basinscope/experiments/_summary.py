@@ -120,6 +120,12 @@ _COLUMNS = [
     ("pac_bayes_unbracketed", "PAC-Bayes σ not bracketed (a bound only)", "{}"),
     ("pca_explained", "PCA var. (2 dirs)", "{:.3f}"),
     ("log_volume", "log volume", "{:.1f}"),
+    # its 95 % bootstrap interval, and the same minimum on more data's landscape (sam-vs-sgd)
+    ("log_volume_ci_low", "log V CI low", "{:.1f}"),
+    ("log_volume_ci_high", "log V CI high", "{:.1f}"),
+    ("log_volume_more_data", "log V (more data)", "{:.1f}"),
+    ("log_volume_more_data_ci_low", "CI low (more data)", "{:.1f}"),
+    ("log_volume_more_data_ci_high", "CI high (more data)", "{:.1f}"),
     ("volume_ess", "volume ESS", "{:.2f}"),
     ("coarse_measures", "coarse estimates", "{}"),
     ("status", "status", "{}"),
