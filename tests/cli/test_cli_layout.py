@@ -10,7 +10,18 @@ import pytest
 
 from basinscope.cli import _measure, _parser, _paths, _study, _train, build_parser, main
 
-COMMANDS = ["run", "train", "surface", "sharpness", "hessian", "volume", "path", "trajectory", "report", "plot"]
+COMMANDS = [
+    "run",
+    "train",
+    "surface",
+    "sharpness",
+    "hessian",
+    "volume",
+    "path",
+    "trajectory",
+    "report",
+    "plot",
+]
 
 
 def _python_m(*argv: str, cwd) -> subprocess.CompletedProcess:

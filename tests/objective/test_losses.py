@@ -300,3 +300,139 @@ def test_describe_states_the_unit_and_its_count():
     assert "target tokens" in text and f"hits over {tokens} counted targets" in text
     reg = Objective(nn.Linear(3, 1).double(), bs.MSE(), (torch.randn(7, 3), torch.randn(7, 1)))
     assert "accuracy: none" in reg.describe() and "count 7 over 7 examples" in reg.describe()
+
+
+class _Once(torch.autograd.Function):
+    """tanh with a once-differentiable backward: autograd's second derivative is wrong."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.tanh()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - x.tanh() ** 2)
+
+
+def test_wrong_second_derivatives_of_a_once_differentiable_function_are_refused():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.b(_Once.apply(self.a(x)))
+
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 4, (10,))
+    obj = Objective(Net().double(), bs.CrossEntropy(), (x, y))
+    match = "second derivatives from autograd are not symmetric"
+    with pytest.raises(bs.BasinscopeError, match=match):
+        obj.hvp(torch.ones(obj.n, dtype=torch.float64))
+    with pytest.raises(bs.BasinscopeError, match=match):
+        bs.hessian.eigenvalues(obj, k=1)
+    with pytest.raises(bs.BasinscopeError, match=match):
+        bs.hessian.eigenvalues(obj, k=1, curvature="ggn")
+
+
+def test_keys_follow_every_setting_of_a_loss_object():
+    torch.manual_seed(1)
+    model = nn.Linear(4, 60).double()
+    x, y = torch.randn(30, 4, dtype=torch.float64), torch.randint(0, 60, (30,))
+    w = torch.ones(60, dtype=torch.float64)
+    w2 = w.clone()
+    w2[-1] = 2.0  # beyond any shortened repr of the tensor
+
+    def key(loss):
+        return Objective(model, loss, (x, y)).fingerprint()["loss"]
+
+    assert key(bs.CrossEntropy(weight=w)) != key(bs.CrossEntropy(weight=w2))
+    assert key(bs.CrossEntropy()) != key(bs.CrossEntropy(label_smoothing=0.1))
+
+    def summed(o, t):
+        return F.cross_entropy(o, t, reduction="sum"), len(t)
+
+    def doubled(o, t):
+        return 2 * F.cross_entropy(o, t, reduction="sum"), len(t)
+
+    assert key(bs.SumLoss(summed)) != key(bs.SumLoss(doubled))
+    assert key(bs.SumLoss(summed)) != key(bs.SumLoss(summed, count=lambda t: 2 * len(t)))
+    assert key(bs.MeanLoss(F.cross_entropy)) == key(bs.MeanLoss(F.cross_entropy))
+    assert "0x" not in str(Objective(model, bs.MeanLoss(F.cross_entropy), (x, y)).fingerprint())
+
+
+def test_explicit_mean_and_sum_losses_and_their_accuracy():
+    torch.manual_seed(2)
+    model = nn.Linear(4, 3).double()
+    x, y = torch.randn(25, 4, dtype=torch.float64), torch.randint(0, 3, (25,))
+    with torch.no_grad():
+        want = float(F.cross_entropy(model(x), y))
+        acc = float((model(x).argmax(1) == y).double().mean())
+    for loss in (bs.MeanLoss(nn.CrossEntropyLoss()), bs.MeanLoss(F.cross_entropy)):
+        obj = Objective(model, loss, (x, y), batch_size=4)
+        assert obj.loss() == pytest.approx(want, rel=1e-12)
+
+    def hits(o, t):
+        return (o.argmax(1) == t).sum(), len(t)
+
+    def summed(o, t):
+        return F.cross_entropy(o, t, reduction="sum"), len(t)
+
+    for count in (None, lambda t: len(t)):
+        obj = Objective(model, bs.SumLoss(summed, accuracy=hits, count=count), (x, y), batch_size=6)
+        got = obj.evaluate(obj.theta0)
+        assert float(got[0][0]) == pytest.approx(want, rel=1e-12)
+        assert float(got[1][0]) == pytest.approx(acc, rel=1e-15)
+    with pytest.raises(bs.BasinscopeError, match="count\\(...\\) must return a number, got a str"):
+        Objective(model, bs.SumLoss(summed, count=lambda t: "many"), (x, y))
+
+
+def test_an_ambiguous_class_layout_is_refused_and_class_dim_decides():
+    torch.manual_seed(3)
+    out = torch.randn(16, 5, 5, dtype=torch.float64)
+    y = torch.randint(0, 5, (16, 5))
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = nn.Parameter(torch.ones((), dtype=torch.float64))
+
+        def forward(self, i):
+            return self.s * out[i]
+
+    idx = torch.arange(16)
+    with pytest.raises(bs.BasinscopeError, match="say which: CrossEntropy\\(class_dim=1\\)"):
+        Objective(Fixed(), bs.CrossEntropy(), (idx, y))
+    first = Objective(Fixed(), bs.CrossEntropy(class_dim=1), (idx, y), check_determinism=False)
+    last = Objective(Fixed(), bs.CrossEntropy(class_dim=-1), (idx, y), check_determinism=False)
+    assert first.loss() == pytest.approx(float(F.cross_entropy(out, y)), rel=1e-12)
+    assert last.loss() == pytest.approx(
+        float(F.cross_entropy(out.reshape(-1, 5), y.reshape(-1))), rel=1e-12
+    )
+
+
+def test_a_mean_of_means_over_dict_targets_is_refused():
+    class Keyed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = _LM(d=4, layers=1)
+
+        def forward(self, input_ids):
+            return self.lm(input_ids)
+
+    model = Keyed().double()
+    x, y = _padded()
+    data = {"input_ids": x, "labels": y}
+
+    def token_mean(out, t):
+        return F.cross_entropy(out.reshape(-1, V), t["labels"].reshape(-1))
+
+    with pytest.raises(bs.BasinscopeError, match="not a mean over examples"):
+        Objective(model, token_mean, data, batch_size=4)
+    with pytest.raises(bs.BasinscopeError, match="inputs= names the keys of dict data"):
+        Objective(model.lm, bs.CrossEntropy(), (x, y), inputs=["input_ids"])
+    one = Objective(model, bs.CrossEntropy(), data, inputs="input_ids")
+    assert one.loss() == pytest.approx(_token_mean(model.lm, x, y), rel=1e-12)

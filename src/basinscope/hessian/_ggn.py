@@ -44,7 +44,12 @@ import torch
 from torch import Tensor
 
 from ..errors import BasinscopeError
-from ..objective import Objective, double_backward_failure, twice_differentiable
+from ..objective import (
+    Objective,
+    double_backward_failure,
+    refuse_if_asymmetric,
+    twice_differentiable,
+)
 from ._operator import _CACHE_BYTES
 
 
@@ -264,3 +269,6 @@ class GGNOperator:
                 "zero at θ (a loss linear in the model's output, or an output that does not "
                 "depend on these parameters), so there is no curvature to measure"
             )
+        spent = self.n_products  # the check's two products are not the method's
+        refuse_if_asymmetric(self.matmat, self.n, self.dtype, self.device)
+        self.n_products = spent

@@ -34,7 +34,12 @@ import torch
 from torch import Tensor
 
 from ..errors import BasinscopeError
-from ..objective import Objective, double_backward_failure, twice_differentiable
+from ..objective import (
+    Objective,
+    double_backward_failure,
+    refuse_if_asymmetric,
+    twice_differentiable,
+)
 
 if TYPE_CHECKING:
     from ._ggn import GGNOperator
@@ -255,6 +260,9 @@ class HessianOperator:
                 "(a loss piecewise linear in these parameters, or a backward that autograd "
                 "cannot differentiate), so there is no curvature to measure"
             )
+        spent = self.n_products  # the check's two products are not the method's
+        refuse_if_asymmetric(self.matmat, self.n, self.dtype, self.device)
+        self.n_products = spent
 
 
 def _first_line(e: BaseException) -> str:

@@ -10,6 +10,7 @@ engines (``PlainEngine``, ``FirstLayerEngine``, ``ChainEngine``,
 ``Objective.plan`` say which engine runs and why faster ones were refused.
 """
 
+from ._autograd import refuse_if_asymmetric as refuse_if_asymmetric
 from ._backends import double_backward_failure as double_backward_failure
 from ._backends import twice_differentiable as twice_differentiable
 from ._batchnorm import BatchNormEngine as BatchNormEngine
@@ -59,5 +60,6 @@ __all__ = [
     "evaluate_points",
     "make_plan",
     "match",
+    "refuse_if_asymmetric",
     "twice_differentiable",
 ]

@@ -9,6 +9,8 @@ second derivative autograd forms (``_backends.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -46,3 +48,33 @@ def hessian_products(batches: Batches, theta: Tensor, vs: Tensor) -> Tensor:
                     raise BasinscopeError(double_backward_failure(err)) from err
                 total[k] += hv
     return total
+
+
+def refuse_if_asymmetric(
+    products: Callable[[Tensor], Tensor], n: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    """Refuse a curvature whose products are not symmetric: ``u·(Hv) = v·(Hu)``.
+
+    Autograd returns wrong second derivatives without an error through a custom
+    ``autograd.Function`` whose backward is ``@once_differentiable`` (or is not
+    differentiable as written); the products then break the symmetry every
+    Hessian and Gauss–Newton matrix has. Two products with fixed random vectors
+    (their own generator) test it; rounding stays far below the tolerance
+    (relative to ``|u||Hv| + |v||Hu|``: 1e-4 in float32 and lower precisions, 1e-10
+    in float64).
+    """
+    g = torch.Generator().manual_seed(0x5EED)
+    uv = torch.randn(2, n, generator=g, dtype=torch.float64).to(device, dtype)
+    hu, hv = products(uv).to(torch.float64)
+    u, v = uv.to(torch.float64)
+    gap = float((u @ hv - v @ hu).abs())
+    scale = float(u.norm() * hv.norm() + v.norm() * hu.norm())
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    if gap > tol * scale:
+        raise BasinscopeError(
+            "the loss's second derivatives from autograd are not symmetric "
+            f"(u·Hv − v·Hu = {gap:.3g} for random u, v), so they are wrong: the model uses "
+            "an operation whose backward autograd cannot differentiate correctly (a custom "
+            "autograd.Function with a @once_differentiable backward?); replace it by a "
+            "plain-PyTorch equivalent in the model's forward"
+        )

@@ -102,7 +102,7 @@ class Batches:
         """
         if self._totals is None:
             count, acc = self.loss.count(self.y), self.loss.accuracy_count(self.y)
-            if count is None:
+            if count is None or (acc is None and self.loss.has_accuracy()):
                 count, acc = self._counted_totals()
             total = float(count)
             if not total > 0:

@@ -38,6 +38,11 @@ def prepare(
     tensors; NaN/inf values are refused.
     """
     x, y, fresh = _as_tensors(data)
+    if y is not None and inputs is not None:
+        raise BasinscopeError(
+            "inputs= names the keys of dict data the model takes, but this data is "
+            "(inputs, targets) pairs: leave inputs out"
+        )
     whole = x if y is None else (x, y)
     source = leaves(whole)
     n = length(whole, "data")

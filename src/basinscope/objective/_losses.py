@@ -24,6 +24,7 @@ targets that count, as torch normalises them).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,6 +59,11 @@ class Loss:
     def accuracy_count(self, target: Any) -> Tensor | None:
         return None
 
+    def has_accuracy(self) -> bool:
+        """Whether :meth:`accuracy` can return hits when ``accuracy_count`` gives None
+        (the count then comes from one forward pass)."""
+        return False
+
     def check(self, output: Tensor, target: Any) -> None:
         """Refuse targets that do not fit the outputs (on the probe's outputs and every
         target), before any work."""
@@ -81,12 +87,22 @@ def _part(target: Any, key: str | None, what: str) -> Tensor:
     return target
 
 
-def _classes_last(output: Tensor, t: Tensor) -> Tensor:
+def _classes_last(output: Tensor, t: Tensor, class_dim: int | None = None) -> Tensor:
     """Class scores ``[M, C]`` from ``[..., C]`` (classes last, as a language model gives)
-    or torch's ``[N, C, d1, ...]`` layout, for targets ``t`` of shape ``[...]``."""
-    if output.ndim == t.ndim + 1 and output.shape[:-1] == t.shape:
+    or torch's ``[N, C, d1, ...]`` layout, for targets ``t`` of shape ``[...]``; an output
+    that fits both (``[N, C, C]``) needs ``class_dim``."""
+    last = output.ndim == t.ndim + 1 and output.shape[:-1] == t.shape
+    first = output.ndim == t.ndim + 1 and output.shape[:1] + output.shape[2:] == t.shape
+    if last and first and output.ndim > 2 and class_dim is None:
+        raise BasinscopeError(
+            f"the model's outputs of shape {list(output.shape)} fit targets "
+            f"{list(t.shape)} with the classes on dim 1 (torch's [N, C, T]) and on the last "
+            "dim (a language model's [N, T, C]); say which: CrossEntropy(class_dim=1) or "
+            "CrossEntropy(class_dim=-1)"
+        )
+    if last and class_dim in (None, -1, output.ndim - 1):
         return output.reshape(-1, output.shape[-1])
-    if output.ndim == t.ndim + 1 and output.shape[:1] + output.shape[2:] == t.shape:
+    if first and class_dim in (None, 1):
         return output.movedim(1, -1).reshape(-1, output.shape[1])
     raise BasinscopeError(
         f"the model's outputs of shape {list(output.shape)} do not fit targets of shape "
@@ -113,6 +129,8 @@ class CrossEntropy(Loss):
         target: for dict targets, the field holding the class indices
             (default ``"labels"``).
         mask: for dict targets, a field of per-target weights (an attention mask).
+        class_dim: where the class scores are, ``1`` (torch's ``[N, C, ...]``) or
+            ``-1`` (``[..., C]``); needed only when the outputs fit both.
     """
 
     def __init__(
@@ -122,12 +140,16 @@ class CrossEntropy(Loss):
         label_smoothing: float = 0.0,
         target: str | None = None,
         mask: str | None = None,
+        class_dim: int | None = None,
     ):
+        if class_dim not in (None, 1, -1):
+            raise BasinscopeError(f"class_dim must be 1 or -1, got {class_dim!r}")
         self.weight = weight
         self.ignore_index = int(ignore_index)
         self.label_smoothing = float(label_smoothing)
         self.target = target
         self.mask = mask
+        self.class_dim = class_dim
 
     def __repr__(self) -> str:
         extra = [
@@ -153,8 +175,8 @@ class CrossEntropy(Loss):
 
     def __call__(self, output: Tensor, target: Any) -> Pair:
         t, c = self._weights(target)
-        logits = _classes_last(output, _part(target, self.target, "target"))
-        weight = None if self.weight is None else self.weight.to(logits.dtype)
+        logits = _classes_last(output, _part(target, self.target, "target"), self.class_dim)
+        weight = None if self.weight is None else self.weight.to(logits.device, logits.dtype)
         per = F.cross_entropy(
             logits,
             t,
@@ -179,7 +201,7 @@ class CrossEntropy(Loss):
                 "pass integer labels (y.long())"
             )
         probe = _part(target, self.target, "target")[: len(output)]
-        logits = _classes_last(output, probe)
+        logits = _classes_last(output, probe, self.class_dim)
         classes = logits.shape[-1]
         bad = (t != self.ignore_index) & ((t < 0) | (t >= classes))
         if bool(bad.any()):
@@ -199,7 +221,7 @@ class CrossEntropy(Loss):
 
     def accuracy(self, output: Tensor, target: Any) -> Pair:
         t, counted = self._hit_mask(target)
-        logits = _classes_last(output, _part(target, self.target, "target"))
+        logits = _classes_last(output, _part(target, self.target, "target"), self.class_dim)
         hits = (logits.argmax(-1) == t) & counted
         return hits.sum().to(torch.float64), counted.sum().to(torch.float64)
 
@@ -310,7 +332,7 @@ class MeanLoss(Loss):
         return (hits & counted).sum().to(torch.float64), counted.sum().to(torch.float64)
 
     def accuracy_count(self, target: Any) -> Tensor | None:
-        if not torch.is_tensor(target) or target.ndim != 1:
+        if not torch.is_tensor(target) or target.ndim != 1 or target.is_floating_point():
             return None
         if self._spec is not None and not (target.is_floating_point() or target.is_complex()):
             return (target != self._spec[1]).sum().to(torch.float64)
@@ -345,7 +367,21 @@ class SumLoss(Loss):
     def count(self, target: Any) -> Tensor | None:
         if self._count is None:
             return None
-        return torch.as_tensor(self._count(target), dtype=torch.float64)
+        got = self._count(target)
+        try:
+            c = torch.as_tensor(got, dtype=torch.float64).cpu().reshape(())
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise BasinscopeError(
+                f"count(...) must return a number, got a {type(got).__name__}"
+            ) from err
+        if not (math.isfinite(float(c)) and float(c) >= 0):
+            raise BasinscopeError(
+                f"count(...) returns {float(c)}; a count must be finite and not negative"
+            )
+        return c
+
+    def has_accuracy(self) -> bool:
+        return self._accuracy is not None
 
     def accuracy(self, output: Tensor, target: Any) -> Pair | None:
         if self._accuracy is None:

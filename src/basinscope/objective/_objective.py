@@ -32,25 +32,19 @@ from torch import Tensor, nn
 
 from .._checks import check_device, check_int
 from ..errors import BasinscopeError
-from ._autograd import gradient, hessian_products
+from ._autograd import gradient, hessian_products, refuse_if_asymmetric
 from ._describe import describe_objective
 from ._engine import Batches, PlainEngine, evaluate_points
 from ._inputs import prepare
-from ._losses import Loss, MeanLoss, SumLoss, as_loss
+from ._losses import Loss, MeanLoss
 from ._plan import Plan, make_plan
 from ._probes import (
     _check_finite_model,
-    _check_pair,
     _describe_callable,
     _refuse_if_random,
-    check_loss,
-    check_mean,
-    check_output,
-    check_targets,
     forward_failure,
-    loss_failure,
-    probe_rows,
 )
+from ._resolve import probe_mean, resolve_loss
 from ._space import ParamSpace, match
 from ._tree import Tree, describe, functional, leaves, length, select_output, take
 
@@ -153,7 +147,13 @@ class Objective:
         _check_finite_model(self.model)
         self.loss_fn = loss_fn
         self.output = output
-        self.inputs = None if inputs is None else tuple(inputs)
+        self.inputs = (inputs,) if isinstance(inputs, str) else inputs
+        if self.inputs is not None:
+            self.inputs = tuple(self.inputs)
+            if not all(isinstance(k, str) for k in self.inputs) or not self.inputs:
+                raise BasinscopeError(
+                    f"inputs must name the data's keys the model takes, got {inputs!r}"
+                )
         self.space = space or ParamSpace(model, skip_bias_norm=skip_bias_norm)
         self.theta0 = self.space.flatten(self.model).clone()
         self.batch_size = batch_size
@@ -259,6 +259,8 @@ class Objective:
         other.x = self.x if x is None else x
         other.y = self.y if y is None else y
         other._batches = other._make_batches()
+        if x is None and y is None:  # the same data: the same counts (no forward pass)
+            other._batches._totals = self.batches._totals
         other._plan = None
         return other
 
@@ -289,6 +291,14 @@ class Objective:
                 f"points must have shape (K, {self.n}), got {tuple(points.shape)}"
             )
         return points.to(device=self.device, dtype=self.dtype)
+
+    def _vectors(self, v: Tensor) -> Tensor:
+        v = torch.as_tensor(v)
+        if v.shape[-1:] != (self.n,) or v.ndim not in (1, 2):
+            raise BasinscopeError(
+                f"v must have shape ({self.n},) or (k, {self.n}), got {tuple(v.shape)}"
+            )
+        return self._points(v)
 
     @torch.no_grad()
     def evaluate(self, points: Tensor) -> tuple[Tensor, Tensor]:
@@ -371,6 +381,10 @@ class Objective:
                 ]
             )
         loss = _describe_callable(self.loss_fn)
+        if isinstance(self.loss_fn, Loss):  # its settings, tensors and functions in full
+            kind = type(self.loss_fn)
+            loss = {"loss": f"{kind.__module__}.{kind.__qualname__}"}
+            loss["settings"] = _describe_callable(dict(vars(self.loss_fn)))
         if self.output is not None:
             loss = {"loss": loss, "output": _describe_callable(self.output)}
         return {
@@ -394,7 +408,13 @@ class Objective:
         attention runs on its math backend meanwhile (see ``_backends.py``).
         """
         theta = (self.theta0 if theta is None else self._points(theta)[0]).detach()
-        total = hessian_products(self.batches, theta, self._points(v))
+        b = self.batches
+        if not b.cache.get("symmetric"):  # once per data: autograd's second derivatives
+            refuse_if_asymmetric(
+                lambda uv: hessian_products(b, self.theta0, uv), self.n, self.dtype, self.device
+            )
+            b.cache["symmetric"] = True
+        total = hessian_products(b, theta, self._vectors(v))
         return total[0] if torch.as_tensor(v).ndim == 1 else total
 
     def _probe_data(self) -> tuple[Tree, Tree]:
@@ -410,29 +430,7 @@ class Objective:
         return select_output(out, self.output)
 
     def _resolve_loss(self) -> Loss:
-        """The :class:`Loss` of ``loss_fn``, decided on the probe's outputs (a pair: a sum
-        and a count; a scalar: a batch mean), with the targets and loss checked."""
-        x, y = self._probe_data()
-        with torch.no_grad():
-            out = self._raw_forward(self.space.unflatten(self.theta0), x)
-            check_output(out)
-            if torch.is_tensor(self.y) and not isinstance(self.loss_fn, Loss | SumLoss):
-                check_targets(self.loss_fn, self.y, out)
-            if isinstance(self.loss_fn, Loss):
-                loss: Loss = self.loss_fn
-            else:
-                try:
-                    loss = as_loss(self.loss_fn, out, y)
-                except BasinscopeError:
-                    raise
-                except Exception as err:
-                    raise BasinscopeError(loss_failure(out, y, err)) from err
-            loss.check(out, self.y)
-            if isinstance(loss, MeanLoss):
-                check_loss(self.loss_fn, out, y)
-            else:
-                _check_pair(loss, out, y)
-        return loss
+        return resolve_loss(self)
 
     def _probe(self, determinism: bool) -> None:
         """Before any work: the totals count something; a batch-mean loss is a mean over
@@ -443,25 +441,13 @@ class Objective:
         with torch.no_grad():
             out = self.batches.forward(params, x)
             self.batches.totals  # noqa: B018  (refuses data that counts nothing)
-            if isinstance(self.criterion, MeanLoss) and torch.is_tensor(self.y):
+            if isinstance(self.criterion, MeanLoss):
                 self._probe_mean(params, out)
             if determinism:
                 _refuse_if_random(out, self.batches.forward(params, x))
 
     def _probe_mean(self, params: dict[str, Tensor], out: Tensor) -> None:
-        """Is the loss a mean over examples: tried on the first examples, the first one
-        with an ignored target and the first ones of other labels (a few forwards)."""
-        classes = int(out.shape[1]) if out.ndim >= 2 else 0
-        rows = probe_rows(self.y, classes)
-        if max(rows) < len(out):
-            sample = out[rows]
-        else:
-            try:
-                sample = self.batches.forward(params, take(self.x, torch.tensor(rows)))
-            except Exception:  # a model that takes only some batch shapes: the first rows
-                rows = rows[:3]
-                sample = out[rows]
-        check_mean(self.loss_fn, sample, self.y[rows])
+        probe_mean(self, params, out)
 
     def check_determinism(self, theta: Tensor | None = None, *, advice: str | None = None) -> None:
         """Refuse a model whose evaluation is random (dropout or noise active in eval mode).

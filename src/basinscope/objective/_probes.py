@@ -176,18 +176,21 @@ def check_mean(loss_fn: Any, out: Tensor, y: Tensor) -> None:
     equal outputs do not hide a weighting); a loss that fails on one example gives
     no verdict.
     """
-    k = len(y)
+    from ._tree import length, take
+
+    k = length(y, "targets")
     if out.ndim == 0 or len(out) != k or k < 2:
         return
+    counts = _example_counts(loss_fn, y) if torch.is_tensor(y) else [1.0] * k
     for o in (out, out.roll(1, 0)):
         try:
             whole = float(loss_fn(o, y))
-            each = [float(loss_fn(o[i : i + 1], y[i : i + 1])) for i in range(k)]
+            each = [float(loss_fn(o[i : i + 1], take(y, slice(i, i + 1)))) for i in range(k)]
         except Exception:
             return  # a loss that needs more examples at once: nothing to tell
         if not math.isfinite(whole):
             return  # overflow: no verdict
-        _refuse_unless_mean(loss_fn, whole, each, _example_counts(loss_fn, y), out.dtype)
+        _refuse_unless_mean(loss_fn, whole, each, counts, out.dtype)
 
 
 def _refuse_unless_mean(
