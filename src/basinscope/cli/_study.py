@@ -181,13 +181,17 @@ def register_run(sub: argparse._SubParsersAction) -> None:
             "basinscope run --study poison --fractions 0 0.1 0.2 0.4\n"
             "basinscope run --study remedies          # SAM, ASAM, SWA, wd, dropout, warm-up\n"
             "basinscope run --study sam-vs-sgd        # does SAM help? (3 seeds each)\n"
-            "basinscope run --study lr-batch-grid     # which measure predicts the gap"
+            "basinscope run --study lr-batch-grid     # which measure predicts the gap\n"
+            "basinscope run --study grokking          # measures along a run that groks\n"
+            "basinscope run --study warmup            # warm-up against the 2/η stability line"
         ),
     )
+    from ..experiments._studies import STUDIES
+
     p.add_argument(
         "--study",
         default="lr-batch",
-        help="lr-batch (default), lr-batch-grid, remedies, sam-vs-sgd, dataset-size, poison",
+        help=", ".join(f"{n} (default)" if n == "lr-batch" else n for n in STUDIES),
     )
     p.add_argument("--dataset", help="dataset name or .npz path (default: the study's)")
     p.add_argument("--data-dir", help="where dataset files are (or are cached)")

@@ -12,7 +12,8 @@ A *study* is a named grid of training runs measured the same way
   al.'s granulated Ψ over the runs (``correlation.md``/``correlation.json``);
 * ``_along`` — :func:`measure_along`: every measure at every weight snapshot of a run;
 * ``_reparam`` — function-preserving rescaling and which measures notice it;
-* ``_lr_batch``, ``_remedies``, ``_dataset_size``, ``_poison`` — the built-in
+* ``_lr_batch``, ``_remedies``, ``_dataset_size``, ``_poison``, ``_grokking``,
+  ``_warmup`` — the built-in
   studies, one file a theme, named in :data:`STUDIES` (``_studies``).
 
 It may import every other wing; nothing below it imports it.
@@ -42,6 +43,7 @@ from ._correlation import excluded_measures as excluded_measures
 from ._correlation import rank_correlations as rank_correlations
 from ._correlation import read_summary as read_summary
 from ._dataset_size import dataset_size_study as dataset_size_study
+from ._grokking import grokking_study as grokking_study
 from ._lr_batch import lr_batch_grid as lr_batch_grid
 from ._lr_batch import lr_batch_grid_study as lr_batch_grid_study
 from ._measures import MEASURES as MEASURES
@@ -66,6 +68,7 @@ from ._studies import STUDIES as STUDIES
 from ._summary import RunReport as RunReport
 from ._summary import summary_markdown as summary_markdown
 from ._summary import write_report as write_report
+from ._warmup import warmup_study as warmup_study
 
 __all__ = [
     "ALONG_MEASURES",
@@ -96,6 +99,7 @@ __all__ = [
     "correlation_report",
     "dataset_size_study",
     "excluded_measures",
+    "grokking_study",
     "lr_batch_grid",
     "lr_batch_grid_study",
     "measure_along",
@@ -115,5 +119,6 @@ __all__ = [
     "suite_config",
     "summary_markdown",
     "train_objective",
+    "warmup_study",
     "write_report",
 ]

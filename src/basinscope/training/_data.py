@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import numbers
 import os
 import random
@@ -150,6 +151,46 @@ DATASETS: dict[str, Callable[[Path | None, bool], DataBundle]] = {
 }
 
 
+#: generated datasets that take options in their name: ``modular-add:p=31,train_fraction=0.5``.
+_OPTIONS: dict[str, Callable[..., DataBundle]] = {
+    "modular-add": functools.partial(modular_arithmetic, op="+"),
+    "modular-sub": functools.partial(modular_arithmetic, op="-"),
+    "modular-mul": functools.partial(modular_arithmetic, op="*"),
+    "modular-div": functools.partial(modular_arithmetic, op="/"),
+    "markov-lm": markov_language,
+}
+
+
+def _with_options(name: str) -> DataBundle | None:
+    """The generated dataset ``base:key=value,...`` (None when ``name`` is not one).
+
+    Values are read as integers, else floats; the keys are the generator's own
+    (:func:`modular_arithmetic`'s ``p``, ``train_fraction``, ``seed``;
+    :func:`markov_language`'s ``vocab_size``, ``seq_len``, ``n_train``, ...).
+    """
+    base, sep, rest = name.partition(":")
+    if not sep or base not in _OPTIONS:
+        return None
+    make = _OPTIONS[base]
+    accepted = [k for k in inspect.signature(make).parameters if k != "op"]
+    options: dict[str, int | float] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in accepted:
+            raise BasinscopeError(
+                f"dataset {name!r}: {part!r} is not an option of {base}; accepted: "
+                f"{', '.join(f'{k}=' for k in accepted)}"
+            )
+        try:
+            options[key] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError as err:
+            raise BasinscopeError(
+                f"dataset {name!r}: {key} must be a number, got {value!r}"
+            ) from err
+    return make(**options)
+
+
 def dataset_names() -> tuple[str, ...]:
     """The registered dataset names, in registry order."""
     return tuple(DATASETS)
@@ -236,7 +277,9 @@ def load_dataset(
 
     Args:
         name: one of :func:`dataset_names` or a path to an ``.npz`` file holding
-            ``x_train, y_train, x_test, y_test``.
+            ``x_train, y_train, x_test, y_test``; the generated sequence datasets take
+            options in the name, ``modular-add:p=31,train_fraction=0.5``,
+            ``markov-lm:vocab_size=8,seq_len=16``.
         data_dir: a directory holding the dataset's files (for ``mnist``,
             ``fashion-mnist``, ``cifar10``); searched instead of the cache and
             never downloaded into.
@@ -271,7 +314,10 @@ def load_dataset(
         )
     seed = check_seed("seed", seed)
     path = Path(name).expanduser()
-    if name in DATASETS:
+    generated = _with_options(name)
+    if generated is not None:
+        bundle = generated
+    elif name in DATASETS:
         directory = Path(data_dir).expanduser() if data_dir is not None else None
         bundle = DATASETS[name](directory, download)
     elif name.endswith(".npz") or path.exists():
