@@ -6,42 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _lm import LM as _LM
+from _lm import T, V
+from _lm import padded as _padded
 from torch import nn
 
 import basinscope as bs
 from basinscope import Objective
-
-V, T, D = 11, 6, 16
-
-
-class _LM(nn.Module):
-    """A 2-layer causal language model on nn.TransformerEncoder (fused attention)."""
-
-    def __init__(self, seed: int = 0, d: int = D, layers: int = 2):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.emb = nn.Embedding(V, d)
-        self.pos = nn.Parameter(torch.randn(T, d) * 0.1)
-        layer = nn.TransformerEncoderLayer(
-            d, 2, 2 * d, dropout=0.0, batch_first=True, norm_first=True
-        )
-        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.head = nn.Linear(d, V)
-
-    def forward(self, x):
-        h = self.emb(x) + self.pos[: x.shape[1]]
-        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
-        return self.head(self.enc(h, mask=mask, is_causal=True))
-
-
-def _padded(n: int = 13, seed: int = 1):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, V, (n, T), generator=g)
-    y = torch.randint(0, V, (n, T), generator=g)
-    lengths = torch.randint(1, T + 1, (n,), generator=g)
-    for i in range(n):
-        y[i, lengths[i] :] = -100
-    return x, y
 
 
 def _token_mean(model, x, y):

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,10 +46,9 @@ from ..errors import BasinscopeError
 from ..objective import (
     Objective,
     double_backward_failure,
-    refuse_if_asymmetric,
     twice_differentiable,
 )
-from ._operator import _CACHE_BYTES
+from ._operator import _CACHE_BYTES, _Products
 
 
 class _Chunk:
@@ -63,7 +61,7 @@ class _Chunk:
         self.leaf, self.out, self.w, self.jtw, self.o, self.dlo = leaf, out, w, jtw, o, dlo
 
 
-class GGNOperator:
+class GGNOperator(_Products):
     """The generalised Gauss–Newton matrix of an Objective's mean loss at θ, on ``[n]`` vectors.
 
     ``G v = Σ_c J_cᵀ H_c J_c v / Σ_c count_c`` (see the module docstring): ``J_c``
@@ -135,10 +133,6 @@ class GGNOperator:
 
     def __repr__(self) -> str:
         return f"GGNOperator(n={self.n}, products={self.n_products})"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n, self.n)
 
     # ------------------------------------------------------------------ graphs
     def _build(self, x: Any, y: Any, count: bool = False) -> tuple[_Chunk, int]:
@@ -217,58 +211,21 @@ class GGNOperator:
             rows.append(self._grad(c.out, c.leaf, hjv.to(c.out.dtype), keep=not last))
         return torch.stack(rows)
 
-    def matmat(self, vs: Tensor) -> Tensor:
-        """``[k, n] -> [k, n]``: the rows ``G v_i`` (k products)."""
-        vs = torch.as_tensor(vs)
-        if vs.ndim != 2 or vs.shape[1] != self.n:
-            raise BasinscopeError(f"vectors must have shape (k, {self.n}), got {tuple(vs.shape)}")
-        vs = vs.to(self.device, self.dtype)
+    _zero = (
+        "the Gauss–Newton matrix of the loss in this parameter space is identically "
+        "zero at θ (a loss linear in the model's output, or an output that does not "
+        "depend on these parameters), so there is no curvature to measure"
+    )
+    _nonfinite = (
+        "the Gauss–Newton-vector product is not finite at θ (NaN or inf); the loss "
+        "is not twice differentiable in the model's output there"
+    )
+
+    def _sum_products(self, vs: Tensor) -> Tensor:
         out = torch.zeros_like(vs)
         for c in self._graphs:
             out += self._products(c, vs, keep=True)
         for x, y in self._rest:
             chunk, _ = self._build(x, y)
             out += self._products(chunk, vs, keep=False)
-        out /= self._total
-        self.n_products += len(vs)
-        if not torch.isfinite(out).all():
-            raise BasinscopeError(
-                "the Gauss–Newton-vector product is not finite at θ (NaN or inf); the loss "
-                "is not twice differentiable in the model's output there"
-            )
-        if self._unchecked:
-            self._check_curvature(vs, out)
-        return out
-
-    def matvec(self, v: Tensor) -> Tensor:
-        """``[n] -> [n]``: ``G v`` (one product)."""
-        return self.matmat(torch.as_tensor(v).reshape(1, -1))[0]
-
-    def __matmul__(self, v: Tensor) -> Tensor:
-        v = torch.as_tensor(v)
-        return self.matvec(v) if v.ndim == 1 else self.matmat(v.T).T
-
-    def as_linear_operator(self) -> Any:
-        """A ``scipy.sparse.linalg.LinearOperator`` (float64 NumPy in and out)."""
-        from scipy.sparse.linalg import LinearOperator
-
-        def mv(x: np.ndarray) -> np.ndarray:
-            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-            return self.matvec(v).double().cpu().numpy()
-
-        return LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
-
-    def _check_curvature(self, vs: Tensor, out: Tensor) -> None:
-        dense = vs.ne(0).all(dim=1)
-        if not dense.any():
-            return
-        self._unchecked = False
-        if not out[dense].any(dim=1).all():
-            raise BasinscopeError(
-                "the Gauss–Newton matrix of the loss in this parameter space is identically "
-                "zero at θ (a loss linear in the model's output, or an output that does not "
-                "depend on these parameters), so there is no curvature to measure"
-            )
-        spent = self.n_products  # the check's two products are not the method's
-        refuse_if_asymmetric(self.matmat, self.n, self.dtype, self.device)
-        self.n_products = spent
+        return out / self._total

@@ -70,7 +70,70 @@ class SymmetricOperator(Protocol):
 
 
 # ------------------------------------------------------------------ operator
-class HessianOperator:
+class _Products:
+    """What the curvature operators share: the checked product loop, ``matvec``, ``@``,
+    SciPy's view, and the one-time checks of the first dense product (not identically
+    zero, symmetric). A subclass gives ``_sum_products(vs)`` and its two sentences."""
+
+    n: int
+    dtype: torch.dtype
+    device: torch.device
+    n_products: int
+    _unchecked: bool
+    _zero: str  # the sentence for a curvature that is identically zero
+    _nonfinite: str  # the sentence for a product that is not finite
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n, self.n)
+
+    def _sum_products(self, vs: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def matmat(self, vs: Tensor) -> Tensor:
+        """``[k, n] -> [k, n]``: the rows ``M v_i`` (k products)."""
+        vs = torch.as_tensor(vs)
+        if vs.ndim != 2 or vs.shape[1] != self.n:
+            raise BasinscopeError(f"vectors must have shape (k, {self.n}), got {tuple(vs.shape)}")
+        out = self._sum_products(vs.to(self.device, self.dtype))
+        self.n_products += len(vs)
+        if not torch.isfinite(out).all():
+            raise BasinscopeError(self._nonfinite)
+        if self._unchecked:
+            self._check_curvature(vs, out)
+        return out
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """``[n] -> [n]``: ``M v`` (one product)."""
+        return self.matmat(torch.as_tensor(v).reshape(1, -1))[0]
+
+    def __matmul__(self, v: Tensor) -> Tensor:
+        v = torch.as_tensor(v)
+        return self.matvec(v) if v.ndim == 1 else self.matmat(v.T).T
+
+    def as_linear_operator(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` (float64 NumPy in and out)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
+            return self.matvec(v).double().cpu().numpy()
+
+        return LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
+
+    def _check_curvature(self, vs: Tensor, out: Tensor) -> None:
+        dense = vs.ne(0).all(dim=1)
+        if not dense.any():
+            return
+        self._unchecked = False
+        if not out[dense].any(dim=1).all():
+            raise BasinscopeError(self._zero)
+        spent = self.n_products  # the check's two products are not the method's
+        refuse_if_asymmetric(self.matmat, self.n, self.dtype, self.device)
+        self.n_products = spent
+
+
+class HessianOperator(_Products):
     """The Hessian of an Objective's mean loss at θ, as a linear operator on ``[n]`` vectors.
 
     ``H v = Σ_c (N_c/N) ∇_θ (∇_θ ℓ_c(θ) · v)`` over data chunks ``c`` of the
@@ -136,10 +199,6 @@ class HessianOperator:
     def __repr__(self) -> str:
         return f"HessianOperator(n={self.n}, products={self.n_products})"
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n, self.n)
-
     def _gradient(self, x: Tensor, y: Tensor, count: bool = False) -> tuple[Tensor, Tensor, int]:
         """``(θ leaf, (N_c/N) ∇ℓ_c with its graph, bytes saved by the graph)``."""
         size = 0
@@ -202,45 +261,24 @@ class HessianOperator:
         except RuntimeError as e:
             raise BasinscopeError(double_backward_failure(e)) from e
 
-    def matmat(self, vs: Tensor) -> Tensor:
-        """``[k, n] -> [k, n]``: the rows ``H v_i`` (k products)."""
-        vs = torch.as_tensor(vs)
-        if vs.ndim != 2 or vs.shape[1] != self.n:
-            raise BasinscopeError(f"vectors must have shape (k, {self.n}), got {tuple(vs.shape)}")
-        vs = vs.to(self.device, self.dtype)
+    _zero = (
+        "the Hessian of the loss in this parameter space is identically zero at θ "
+        "(a loss piecewise linear in these parameters, or a backward that autograd "
+        "cannot differentiate), so there is no curvature to measure"
+    )
+    _nonfinite = (
+        "the Hessian-vector product is not finite at θ (NaN or inf); "
+        "the loss is not twice differentiable there"
+    )
+
+    def _sum_products(self, vs: Tensor) -> Tensor:
         out = torch.zeros_like(vs)
         for leaf, g in self._graphs:
             out += self._double_backward(leaf, g, vs, keep=True)
         for x, y in self._rest:
             leaf, g, _ = self._gradient(x, y)
             out += self._double_backward(leaf, g, vs, keep=False)
-        self.n_products += len(vs)
-        if not torch.isfinite(out).all():
-            raise BasinscopeError(
-                "the Hessian-vector product is not finite at θ (NaN or inf); "
-                "the loss is not twice differentiable there"
-            )
-        if self._unchecked:
-            self._check_curvature(vs, out)
         return out
-
-    def matvec(self, v: Tensor) -> Tensor:
-        """``[n] -> [n]``: ``H v`` (one product)."""
-        return self.matmat(torch.as_tensor(v).reshape(1, -1))[0]
-
-    def __matmul__(self, v: Tensor) -> Tensor:
-        v = torch.as_tensor(v)
-        return self.matvec(v) if v.ndim == 1 else self.matmat(v.T).T
-
-    def as_linear_operator(self) -> Any:
-        """A ``scipy.sparse.linalg.LinearOperator`` (float64 NumPy in and out)."""
-        from scipy.sparse.linalg import LinearOperator
-
-        def mv(x: np.ndarray) -> np.ndarray:
-            v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))
-            return self.matvec(v).double().cpu().numpy()
-
-        return LinearOperator((self.n, self.n), matvec=mv, dtype=np.float64)
 
     # ----------------------------------------------------------------- checks
     def _check_deterministic(self) -> None:
@@ -248,21 +286,6 @@ class HessianOperator:
             self.theta,
             advice="its Hessian is undefined: disable dropout and noise layers in eval mode",
         )
-
-    def _check_curvature(self, vs: Tensor, out: Tensor) -> None:
-        dense = vs.ne(0).all(dim=1)
-        if not dense.any():
-            return
-        self._unchecked = False
-        if not out[dense].any(dim=1).all():
-            raise BasinscopeError(
-                "the Hessian of the loss in this parameter space is identically zero at θ "
-                "(a loss piecewise linear in these parameters, or a backward that autograd "
-                "cannot differentiate), so there is no curvature to measure"
-            )
-        spent = self.n_products  # the check's two products are not the method's
-        refuse_if_asymmetric(self.matmat, self.n, self.dtype, self.device)
-        self.n_products = spent
 
 
 def _first_line(e: BaseException) -> str:
