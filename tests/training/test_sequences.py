@@ -272,3 +272,34 @@ def test_token_files_refusals(tmp_path):
     (npy / "train.npy").write_bytes(b"not numpy")
     with pytest.raises(BasinscopeError, match="is not a readable .npy file"):
         token_files(npy, 4)
+
+
+def test_token_files_by_name_from_the_data_dir_and_trained_from_a_config(tmp_path):
+    train, val = _stream(2001, 40, 2), _stream(401, 40, 3)
+    train.astype(np.uint16).tofile(tmp_path / "train.bin")
+    val.astype(np.uint16).tofile(tmp_path / "val.bin")
+    named = load_dataset("tokens:block_size=8,vocab_size=64", data_dir=tmp_path)
+    direct = token_files(tmp_path, 8, vocab_size=64)
+    assert torch.equal(named.x_train, direct.x_train) and torch.equal(named.y_test, direct.y_test)
+    assert named.n_classes == 64
+    with pytest.raises(BasinscopeError, match="reads your token files from data_dir"):
+        load_dataset("tokens:block_size=8")
+    with pytest.raises(BasinscopeError, match="needs a block size"):
+        load_dataset("tokens:", data_dir=tmp_path)
+    with pytest.raises(BasinscopeError, match="'path=x' is not an option of tokens"):
+        load_dataset("tokens:block_size=8,path=x", data_dir=tmp_path)
+    from basinscope.training import TrainConfig
+    from basinscope.training import train as train_run
+
+    cfg = TrainConfig(
+        dataset="tokens:block_size=8",
+        data_dir=str(tmp_path),
+        model="transformer",
+        model_kwargs={"d_model": 8, "n_heads": 2, "n_layers": 1},
+        optimizer="adamw",
+        lr=1e-2,
+        steps=3,
+        batch_size=16,
+    )
+    result = train_run(cfg, progress=False)
+    assert result.model(named.x_train[:2]).shape == (2, 8, token_files(tmp_path, 8).n_classes)

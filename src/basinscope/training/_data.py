@@ -37,6 +37,7 @@ import os
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,7 @@ from ..errors import BasinscopeError
 from ._bundle import DataBundle, _bundle
 from ._downloads import _CIFAR10_DIR, _CIFAR10_TARBALL, _IDX_STEMS, _locate
 from ._formats import _CIFAR10_BATCHES, _NPZ_ARRAYS, _load_npz, _read_cifar10, read_idx
-from ._sequences import markov_language, modular_arithmetic
+from ._sequences import markov_language, modular_arithmetic, token_files
 
 # --------------------------------------------------------------------------- #
 # Loaders: each returns the full, raw dataset
@@ -158,22 +159,34 @@ _OPTIONS: dict[str, Callable[..., DataBundle]] = {
     "modular-mul": functools.partial(modular_arithmetic, op="*"),
     "modular-div": functools.partial(modular_arithmetic, op="/"),
     "markov-lm": markov_language,
+    "tokens": token_files,
 }
 
 
-def _with_options(name: str) -> DataBundle | None:
-    """The generated dataset ``base:key=value,...`` (None when ``name`` is not one).
+def _with_options(name: str, data_dir: str | Path | None = None) -> DataBundle | None:
+    """The dataset ``base:key=value,...`` (None when ``name`` is not one).
 
     Values are read as integers, else floats; the keys are the generator's own
     (:func:`modular_arithmetic`'s ``p``, ``train_fraction``, ``seed``;
-    :func:`markov_language`'s ``vocab_size``, ``seq_len``, ``n_train``, ...).
+    :func:`markov_language`'s ``vocab_size``, ``seq_len``, ``n_train``, ...). A user's
+    token files: ``tokens:block_size=64`` reads :func:`token_files` from ``data_dir``
+    (``--data-dir``).
     """
     base, sep, rest = name.partition(":")
     if not sep or base not in _OPTIONS:
         return None
+    if base == "tokens":
+        if data_dir is None:
+            raise BasinscopeError(
+                f"dataset {name!r} reads your token files from data_dir (--data-dir): give "
+                "the directory holding train.bin and val.bin (or train.npy and val.npy)"
+            )
+        if not rest.strip():
+            raise BasinscopeError(f"dataset {name!r} needs a block size: tokens:block_size=64")
+
     make = _OPTIONS[base]
-    accepted = [k for k in inspect.signature(make).parameters if k != "op"]
-    options: dict[str, int | float] = {}
+    accepted = [k for k in inspect.signature(make).parameters if k not in ("op", "path")]
+    options: dict[str, Any] = {"path": data_dir} if base == "tokens" else {}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         key = key.strip()
@@ -314,7 +327,7 @@ def load_dataset(
         )
     seed = check_seed("seed", seed)
     path = Path(name).expanduser()
-    generated = _with_options(name)
+    generated = _with_options(name, data_dir)
     if generated is not None:
         bundle = generated
     elif name in DATASETS:
