@@ -211,8 +211,12 @@ def test_attention_hessian_matches_dense_float64_and_the_backend_setting_is_rest
         dense = torch.autograd.functional.hessian(loss_of, full.theta0)
         want = torch.linalg.eigvalsh(dense).flip(0)[:3].numpy()
         assert top.values == pytest.approx(want, rel=1e-6, abs=1e-9)
-        assert names  # the space is the model's trainable parameters
-        assert obj.hvp(torch.ones(obj.n, dtype=torch.float64)).shape == (obj.n,)
+        # the restricted Objective's Hessian is the dense Hessian's block of the head
+        pieces = full.space.unflatten(torch.arange(full.n, dtype=torch.float64))
+        head = torch.cat([pieces[n].reshape(-1) for n in names if n.startswith("head")]).long()
+        ones = torch.ones(obj.n, dtype=torch.float64)
+        want_block = dense[head][:, head] @ ones
+        assert torch.allclose(obj.hvp(ones), want_block, rtol=1e-8, atol=1e-11)
         assert torch.backends.cuda.mem_efficient_sdp_enabled() is False
         assert torch.backends.cuda.flash_sdp_enabled() is before[0]
         assert torch.backends.cuda.math_sdp_enabled() is before[2]

@@ -100,36 +100,12 @@ class GGNOperator(_Products):
         batched: bool = False,
         check: bool = True,
     ):
-        if not isinstance(obj, Objective):
-            raise BasinscopeError(f"expected a basinscope Objective, got {type(obj).__name__}")
-        self.obj = obj
-        self.n, self.dtype, self.device = obj.n, obj.dtype, obj.device
-        self.batched = batched
-        self.n_products = 0
-        th = obj.theta0 if theta is None else torch.as_tensor(theta)
-        if th.shape != (self.n,):
-            raise BasinscopeError(f"theta must have shape ({self.n},), got {tuple(th.shape)}")
-        self.theta = th.detach().to(self.device, self.dtype)
-        if check:
-            obj.check_determinism(
-                self.theta,
-                advice="its curvature is undefined: disable dropout and noise layers in eval mode",
-            )
+        self._start(obj, theta, batched, check)
         self._total = obj.batches.totals[0]
-        self._graphs: list[_Chunk] = []
-        self._rest: list[tuple[Any, Any]] = []  # chunks rebuilt for each call
-        used = 0
-        for x, y in obj.batches.chunks():
-            if used > cache_bytes:
-                self._rest.append((x, y))
-                continue
-            chunk, size = self._build(x, y, count=True)
-            used += size
-            if used <= cache_bytes:
-                self._graphs.append(chunk)
-            else:
-                self._rest.append((x, y))
-        self._unchecked = check
+        # the kept chunks' graphs; the others rebuilt for each call
+        self._graphs, self._rest = self._keep(
+            lambda x, y: self._build(x, y, count=True), cache_bytes
+        )
 
     def __repr__(self) -> str:
         return f"GGNOperator(n={self.n}, products={self.n_products})"
@@ -211,6 +187,7 @@ class GGNOperator(_Products):
             rows.append(self._grad(c.out, c.leaf, hjv.to(c.out.dtype), keep=not last))
         return torch.stack(rows)
 
+    _undefined = "curvature"
     _zero = (
         "the Gauss–Newton matrix of the loss in this parameter space is identically "
         "zero at θ (a loss linear in the model's output, or an output that does not "

@@ -82,6 +82,46 @@ class _Products:
     _unchecked: bool
     _zero: str  # the sentence for a curvature that is identically zero
     _nonfinite: str  # the sentence for a product that is not finite
+    _undefined: str  # what a random model's evaluation leaves undefined
+
+    def _start(self, obj: Objective, theta: Tensor | None, batched: bool, check: bool) -> None:
+        """The Objective and the point θ, checked; with ``check`` the model's evaluation
+        must be deterministic (and the first dense product is checked later)."""
+        if not isinstance(obj, Objective):
+            raise BasinscopeError(f"expected a basinscope Objective, got {type(obj).__name__}")
+        self.obj = obj
+        self.n, self.dtype, self.device = obj.n, obj.dtype, obj.device
+        self.batched = batched
+        self.n_products = 0
+        th = obj.theta0 if theta is None else torch.as_tensor(theta)
+        if th.shape != (self.n,):
+            raise BasinscopeError(f"theta must have shape ({self.n},), got {tuple(th.shape)}")
+        self.theta = th.detach().to(self.device, self.dtype)
+        if check:
+            obj.check_determinism(
+                self.theta,
+                advice=f"its {self._undefined} is undefined: disable dropout and noise "
+                "layers in eval mode",
+            )
+        self._unchecked = check  # until a dense vector has been multiplied
+
+    def _keep(self, build: Any, cache_bytes: int) -> tuple[list[Any], list[tuple[Any, Any]]]:
+        """Each chunk's graph ``build(x, y) -> (graph, bytes)`` kept while they fit in
+        ``cache_bytes``; the chunks beyond are rebuilt at every product."""
+        graphs: list[Any] = []
+        rest: list[tuple[Any, Any]] = []
+        used = 0
+        for x, y in self.obj.batches.chunks():
+            if used > cache_bytes:
+                rest.append((x, y))
+                continue
+            graph, size = build(x, y)
+            used += size
+            if used <= cache_bytes:
+                graphs.append(graph)
+            else:
+                rest.append((x, y))
+        return graphs, rest
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -167,34 +207,14 @@ class HessianOperator(_Products):
         batched: bool = False,
         check: bool = True,
     ):
-        if not isinstance(obj, Objective):
-            raise BasinscopeError(f"expected a basinscope Objective, got {type(obj).__name__}")
-        self.obj = obj
-        self.n = obj.n
-        self.dtype = obj.dtype
-        self.device = obj.device
-        self.batched = batched
-        self.n_products = 0
-        th = obj.theta0 if theta is None else torch.as_tensor(theta)
-        if th.shape != (self.n,):
-            raise BasinscopeError(f"theta must have shape ({self.n},), got {tuple(th.shape)}")
-        self.theta = th.detach().to(self.device, self.dtype)
-        if check:
-            self._check_deterministic()
-        self._graphs: list[tuple[Tensor, Tensor]] = []  # (θ leaf, weighted gradient)
-        self._rest: list[tuple[Tensor, Tensor]] = []  # chunks recomputed per call
-        used = 0
-        for x, y in obj.batches.chunks():
-            if used > cache_bytes:
-                self._rest.append((x, y))
-                continue
+        self._start(obj, theta, batched, check)
+
+        def build(x: Any, y: Any) -> tuple[tuple[Tensor, Tensor], int]:
             leaf, g, size = self._gradient(x, y, count=True)
-            used += size
-            if used <= cache_bytes:
-                self._graphs.append((leaf, g))
-            else:
-                self._rest.append((x, y))
-        self._unchecked = check  # until a dense vector has been multiplied
+            return (leaf, g), size
+
+        # (θ leaf, weighted gradient) per kept chunk; the others recomputed per call
+        self._graphs, self._rest = self._keep(build, cache_bytes)
 
     def __repr__(self) -> str:
         return f"HessianOperator(n={self.n}, products={self.n_products})"
@@ -261,6 +281,7 @@ class HessianOperator(_Products):
         except RuntimeError as e:
             raise BasinscopeError(double_backward_failure(e)) from e
 
+    _undefined = "Hessian"
     _zero = (
         "the Hessian of the loss in this parameter space is identically zero at θ "
         "(a loss piecewise linear in these parameters, or a backward that autograd "
@@ -279,13 +300,6 @@ class HessianOperator(_Products):
             leaf, g, _ = self._gradient(x, y)
             out += self._double_backward(leaf, g, vs, keep=False)
         return out
-
-    # ----------------------------------------------------------------- checks
-    def _check_deterministic(self) -> None:
-        self.obj.check_determinism(
-            self.theta,
-            advice="its Hessian is undefined: disable dropout and noise layers in eval mode",
-        )
 
 
 def _first_line(e: BaseException) -> str:
