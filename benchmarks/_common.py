@@ -31,3 +31,25 @@ def best_time(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
         result = fn()
         best = min(best, time.perf_counter() - t)
     return best, result
+
+
+# Hessian-vector products PyHessian has made (reset it before a run).
+PYH_PRODUCTS = [0]
+
+
+def counting_pyhessian() -> Any:
+    """PyHessian's ``pyhessian.hessian`` module with its product function wrapped to count
+    calls in :data:`PYH_PRODUCTS` (the same function otherwise; patched once)."""
+    import importlib
+
+    pyh = importlib.import_module("pyhessian.hessian")  # the module (the package exports the class)
+    if not hasattr(pyh.hessian_vector_product, "counting"):
+        original = pyh.hessian_vector_product
+
+        def counted(gradsH, params, v):
+            PYH_PRODUCTS[0] += 1
+            return original(gradsH, params, v)
+
+        counted.counting = True
+        pyh.hessian_vector_product = counted
+    return pyh

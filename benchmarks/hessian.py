@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import os
 import time
 import warnings
@@ -43,7 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import best_time, seed_tool_mlp  # noqa: E402
+from _common import PYH_PRODUCTS, best_time, counting_pyhessian, seed_tool_mlp  # noqa: E402
 from torch import nn  # noqa: E402
 
 import basinscope as bs  # noqa: E402
@@ -86,7 +85,6 @@ def rel_err(values: Any, reference: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------ PyHessian
-PYH_PRODUCTS = [0]
 
 
 def pyhessian_top(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, tol: float):
@@ -94,18 +92,7 @@ def pyhessian_top(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, to
     # PyHessian 0.1 runs unchanged on torch 2.13 for eigenvalues(). It writes .grad
     # (with a graph) into the model and sets eval mode, so it gets a copy; its
     # `loss.backward(create_graph=True)` warns about a reference cycle (silenced).
-    pyh = importlib.import_module("pyhessian.hessian")  # the module (the package exports the class)
-
-    if not hasattr(pyh.hessian_vector_product, "counting"):
-        # Monkeypatch for counting products only: the same function, wrapped.
-        original = pyh.hessian_vector_product
-
-        def counted(gradsH, params, v):
-            PYH_PRODUCTS[0] += 1
-            return original(gradsH, params, v)
-
-        counted.counting = True
-        pyh.hessian_vector_product = counted
+    pyh = counting_pyhessian()
     torch.manual_seed(0)  # its start vectors come from the global RNG
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

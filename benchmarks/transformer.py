@@ -35,18 +35,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import os
 import time
 import warnings
-from typing import Any
 
 # Idle OpenMP threads sleep instead of spinning (see benchmarks/hessian.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import best_time  # noqa: E402
+from _common import PYH_PRODUCTS, best_time, counting_pyhessian  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
@@ -99,27 +97,11 @@ def rel_err(value: float, reference: float) -> float:
 
 
 # ------------------------------------------------------------------ PyHessian
-PYH_PRODUCTS = [0]
-
-
-def _pyh_module() -> Any:
-    pyh = importlib.import_module("pyhessian.hessian")  # the module (the package exports the class)
-    if not hasattr(pyh.hessian_vector_product, "counting"):
-        # Monkeypatch for counting products only: the same function, wrapped.
-        original = pyh.hessian_vector_product
-
-        def counted(gradsH, params, v):
-            PYH_PRODUCTS[0] += 1
-            return original(gradsH, params, v)
-
-        counted.counting = True
-        pyh.hessian_vector_product = counted
-    return pyh
 
 
 def pyhessian_top(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tol: float) -> float:
     """PyHessian's λ_max (power iteration) on one batch, as shipped (no backend chosen)."""
-    pyh = _pyh_module()
+    pyh = counting_pyhessian()
     torch.manual_seed(0)  # its start vector comes from the global RNG
     with warnings.catch_warnings():  # its backward(create_graph=True) warns of a cycle
         warnings.simplefilter("ignore", UserWarning)
