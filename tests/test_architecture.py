@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "basinscope"
-GROUND = {"errors", "_version", "_rng", "_io", "_checks", "_results", "_keys", "_lock", "_partial"}
+GROUND = {
+    "errors", "_version", "_rng", "_io", "_checks", "_results", "_keys", "_lock", "_partial", "_dist",
+}  # fmt: skip
 WINGS = (
     "objective",
     "landscape",

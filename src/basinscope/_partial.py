@@ -42,6 +42,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from . import _dist
 from ._checks import check_output_file
 from ._io import atomic_write_json
 from ._keys import check_key, normalise, warn_soft
@@ -129,7 +130,7 @@ def _load(path: Path, key: Mapping[str, Any], what: str) -> tuple[dict, dict[str
 
 @contextlib.contextmanager
 def open_partial(
-    path: str | Path | None, key: Mapping[str, Any], *, what: str
+    path: str | Path | None, key: Mapping[str, Any], *, what: str, dist: Any = None
 ) -> Iterator[PartialResults]:
     """The partial results of one computation, locked for the duration of the block.
 
@@ -139,6 +140,9 @@ def open_partial(
         key: everything an item's value depends on (JSON scalars).
         what: what the items are ("basin-volume rays"); a file of another kind
             is refused.
+        dist: the process group (:class:`basinscope._dist.Dist`, an Objective's
+            ``dist``): rank 0 alone locks, reads and writes the file, and every rank
+            gets its items; every rank must then make the same updates.
 
     Raises:
         BasinscopeError: the file cannot be written, is unreadable, holds
@@ -148,6 +152,12 @@ def open_partial(
         yield PartialResults(None, normalise(key), what, {})
         return
     path = check_output_file(path, f"the partial-results file for the {what}")
-    with output_lock(path, what=f"the partial-results file for the {what}"):
-        saved, items = _load(path, key, what)
-        yield PartialResults(path, saved or normalise(key), what, items)
+    with contextlib.ExitStack() as stack:
+
+        def begin() -> tuple[dict, dict[str, Any]]:
+            stack.enter_context(output_lock(path, what=f"the partial-results file for the {what}"))
+            return _load(path, key, what)
+
+        saved, items = _dist.agree(dist, begin)
+        mine = path if _dist.is_writer(dist) else None
+        yield PartialResults(mine, saved or normalise(key), what, items)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _dist
 from ..objective import BatchNormEngine, batchnorm_layers
 from ._directions import check_independent
 from ._surface import Surface, _write_attrs, _write_chunk
@@ -237,7 +238,8 @@ def _compute(
     args = (obj, test_obj, dirs, coords, theta, origin, coef_map, bn, shortcut)
     if path is None:
         return _evaluate_grid(*args, None, chunk, progress, meta)
-    with output_lock(_lock_target(path), "the surface file"):
+    # In a process group rank 0 alone locks, reads and writes the file (_dist).
+    with _dist.on_writer(obj.dist, lambda: output_lock(_lock_target(path), "the surface file")):
         return _evaluate_grid(*args, path, chunk, progress, meta)
 
 
@@ -349,8 +351,11 @@ def _evaluate_grid(
         mesh = offset + mesh @ matrix
     dirs_np = dirs.detach().to("cpu", torch.float32).numpy()
 
-    surface = _resume(path, shape, test_obj is not None, meta) if path else None
-    if surface is None:
+    def begin() -> Surface:  # on rank 0 alone in a process group, shared with the others
+        surface = _resume(path, shape, test_obj is not None, meta) if path else None
+        if surface is not None:
+            return surface
+
         empty = lambda: np.full(shape, np.nan)  # noqa: E731
         surface = Surface(
             xcoordinates=coords[0],
@@ -371,12 +376,16 @@ def _evaluate_grid(
                 surface.attrs.update(origin_test_loss=float(tl[0]), origin_test_acc=float(ta[0]))
         if path:
             surface.save(path)
+        return surface
 
+    surface = _dist.agree(obj.dist, begin)
+    d = _dist.active(obj.dist)
     done = surface.computed.reshape(-1)
     # Chunks are aligned to global indices so a resumed run evaluates exactly
     # the same batches as an uninterrupted one.
     todo = [s for s in range(0, len(mesh), chunk) if not done[s : s + chunk].all()]
-    bar = tqdm(total=int((~done).sum()), disable=not progress, desc="surface", unit="pt")
+    shown = progress and _dist.is_writer(d)
+    bar = tqdm(total=int((~done).sum()), disable=not shown, desc="surface", unit="pt")
     directions = dirs.to(device=obj.device, dtype=obj.dtype)
     with bar:
         for start in todo:
@@ -387,7 +396,7 @@ def _evaluate_grid(
             for key, value in updates.items():
                 getattr(surface, key).reshape(-1)[idx] = value.numpy()
             done[idx] = True
-            if path:
+            if path and _dist.is_writer(d):
                 _write_chunk(path, surface, idx, list(updates))
             bar.update(len(idx))
     return surface
@@ -410,15 +419,25 @@ def _evaluate_chunk(
     if bn is not None:
         objs = {"train": obj} | ({"test": test_obj} if test_obj is not None else {})
         each = [o.batches for o in objs.values()]
-        for key, result in zip(objs, bn.evaluate_each(each, coef, directions, theta), strict=True):
-            updates[f"{key}_loss"], updates[f"{key}_acc"] = result
+        d = _dist.active(obj.dist)
+        rows = slice(None) if d is None else _dist.share(len(coef), d.rank, d.size)
+        parts = _dist.gather(
+            d,
+            lambda: (
+                bn.evaluate_each(each, coef[rows], directions, theta) if len(coef[rows]) else None
+            ),
+        )  # each rank re-estimates the statistics of its share of the points
+        for i, key in enumerate(objs):
+            done = [p[i] for p in parts if p is not None]
+            updates[f"{key}_loss"] = torch.cat([r[0] for r in done])
+            updates[f"{key}_acc"] = torch.cat([r[1] for r in done])
     else:
         updates["train_loss"], updates["train_acc"] = obj.evaluate_affine(
-            coef, directions, origin=theta, shortcut=shortcut
+            coef, directions, origin=theta, shortcut=shortcut, split="points"
         )
         if test_obj is not None:
             updates["test_loss"], updates["test_acc"] = test_obj.evaluate_affine(
-                coef, directions, origin=theta, shortcut=shortcut
+                coef, directions, origin=theta, shortcut=shortcut, split="points"
             )
     for key in [k for k in updates if k.endswith("_loss")]:  # overflowed outputs: their
         acc = key[: -len("loss")] + "acc"  # argmax is no accuracy, stored as NaN

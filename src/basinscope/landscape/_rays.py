@@ -97,11 +97,16 @@ def _check_precondition(obj: Objective, precondition: Any) -> Tensor | None:
 
 
 def _losses(obj: Objective, dirs: Tensor, radii: np.ndarray, which: np.ndarray) -> np.ndarray:
-    """Loss at ``θ0 + r_k u_k`` for the rays ``which`` (one point each)."""
+    """Loss at ``θ0 + r_k u_k`` for the rays ``which`` (one point each).
+
+    In a process group the rays still searching are dealt out afresh at every step
+    (an even share of these points to each rank), so rays that need more steps
+    leave no rank idle, and each radius is the one a single process finds.
+    """
     sel = torch.as_tensor(np.flatnonzero(which))
     coef = torch.zeros(len(sel), len(sel), dtype=torch.float64)
     coef[torch.arange(len(sel)), torch.arange(len(sel))] = torch.as_tensor(radii[which])
-    loss, _ = obj.evaluate_affine(coef, dirs[sel])
+    loss, _ = obj.evaluate_affine(coef, dirs[sel], split="points")
     return np.nan_to_num(loss.numpy(), nan=np.inf)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils import _pytree
 
 from .._checks import check_int
@@ -403,3 +403,21 @@ def _shares_memory(t: Tensor, source: Tensor) -> bool:
     return t.device == source.device and (
         t.untyped_storage().data_ptr() == source.untyped_storage().data_ptr()
     )
+
+
+def _check_dtype(dtype: Any) -> torch.dtype:
+    """``dtype`` as a floating-point ``torch.dtype`` (what a model's weights can take)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise BasinscopeError(
+            f"dtype must be a floating-point torch dtype (torch.float32, torch.float64, "
+            f"torch.bfloat16, torch.float16), got {dtype!r}"
+        )
+    return dtype
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")

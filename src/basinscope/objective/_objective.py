@@ -30,14 +30,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import _dist
 from .._checks import check_device, check_int
 from ..errors import BasinscopeError
-from ._autograd import gradient, hessian_products, refuse_if_asymmetric
+from . import _parallel
+from ._autograd import hessian_products, refuse_if_asymmetric
 from ._describe import describe_objective
-from ._engine import Batches, PlainEngine, evaluate_points
-from ._inputs import prepare
+from ._engine import Batches, PlainEngine
+from ._inputs import _check_dtype, _model_device, prepare
 from ._losses import Loss, MeanLoss
-from ._plan import Plan, make_plan
+from ._plan import Plan
 from ._probes import (
     _check_finite_model,
     _describe_callable,
@@ -89,6 +91,11 @@ class Objective:
             of the return value.
         inputs: for dict data, the keys passed to the model (default: every key
             but ``"labels"``).
+        group: the ``torch.distributed`` process group the work is shared over
+            (:mod:`basinscope._dist`): ``"auto"`` (default) uses the initialised default
+            group, as under ``torchrun``; ``None`` works alone. Every rank must build
+            the Objective from the same model and data and make the same calls. With
+            ``device="cuda"`` each rank uses ``cuda:LOCAL_RANK``.
 
     Checked before any work, each refused with one sentence: NaN/inf in the
     model's weights or buffers (a diverged run), in the inputs or float
@@ -117,6 +124,7 @@ class Objective:
         check_determinism: bool = True,
         output: str | int | Callable[[Any], Tensor] | None = None,
         inputs: Sequence[str] | None = None,
+        group: Any = "auto",
     ):
         if not isinstance(model, nn.Module):
             raise BasinscopeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -135,7 +143,12 @@ class Objective:
                 "(reduction='mean') to form exact dataset means"
             )
         first = next(iter(model.parameters()), None)
-        self.device = check_device(device) if device is not None else _model_device(model)
+        self.dist = _dist.resolve(group)
+        self.device = (
+            check_device(_parallel.rank_device(device, self.dist))
+            if device is not None
+            else _model_device(model)
+        )
         self.dtype = (
             _check_dtype(dtype)
             if dtype is not None
@@ -203,7 +216,7 @@ class Objective:
         """
         batches = self.batches
         if self._plan is None or self._plan[0] is not batches:
-            self._plan = (batches, make_plan(batches))
+            self._plan = (batches, _parallel.agreed_plan(batches, _dist.active(self.dist)))
         return self._plan[1]
 
     def with_data(self, data: Any, *, subset: int | None = None) -> Objective:
@@ -311,7 +324,7 @@ class Objective:
             ``(loss[K], accuracy[K])`` in float64; accuracy is NaN when the
             outputs are not class scores.
         """
-        return evaluate_points(self.batches, self._points(points))
+        return _parallel.evaluate(self.batches, _dist.active(self.dist), self._points(points))
 
     @torch.no_grad()
     def evaluate_affine(
@@ -321,6 +334,7 @@ class Objective:
         origin: Tensor | None = None,
         *,
         shortcut: bool = True,
+        split: str = "auto",
     ) -> tuple[Tensor, Tensor]:
         """Loss and accuracy at ``origin + Σ_j c[k, j] · directions[j]`` for each row ``k``.
 
@@ -330,10 +344,16 @@ class Objective:
             origin: ``[n]``, default ``θ0``.
             shortcut: use the engine of :attr:`plan` (the first-layer shortcut or
                 the batched chain, where they apply); False: the plain engine.
+            split: in a process group, ``"auto"`` shares the points over the ranks
+                (data-parallel when there are fewer points than ranks); ``"points"``
+                always shares the points, ranks without one idle, so every value is
+                bit-identical to one process's (how surfaces and rays are computed).
 
         Returns:
             ``(loss[K], accuracy[K])`` in float64, as :meth:`evaluate`.
         """
+        if split not in ("auto", "points"):
+            raise BasinscopeError(f"split must be 'auto' or 'points', got {split!r}")
         coefficients = torch.as_tensor(coefficients)
         if coefficients.ndim == 1:
             coefficients = coefficients[:, None]
@@ -345,7 +365,9 @@ class Objective:
         origin = self.theta0 if origin is None else self._points(origin)[0]
         coefficients = coefficients.to(device=self.device, dtype=self.dtype)
         engine = self.plan.engine if shortcut and len(directions) else PlainEngine()
-        return engine.evaluate(self.batches, coefficients, directions, origin)
+        return _parallel.evaluate_affine(
+            self.batches, _dist.active(self.dist), engine, coefficients, directions, origin, split
+        )
 
     def loss(self, theta: Tensor | None = None) -> float:
         """``L(θ)`` as a Python float (default θ = θ0)."""
@@ -399,7 +421,7 @@ class Objective:
     def grad(self, theta: Tensor | None = None) -> Tensor:
         """``∇L(θ)``, ``[n]``, exact over the whole evaluation set."""
         theta = (self.theta0 if theta is None else self._points(theta)[0]).detach()
-        return gradient(self.batches, theta)
+        return _parallel.grad(self.batches, _dist.active(self.dist), theta)
 
     def hvp(self, v: Tensor, theta: Tensor | None = None) -> Tensor:
         """Hessian-vector product ``∇²L(θ) v`` for ``v`` of shape ``[n]`` or ``[k, n]``.
@@ -414,7 +436,7 @@ class Objective:
                 lambda uv: hessian_products(b, self.theta0, uv), self.n, self.dtype, self.device
             )
             b.cache["symmetric"] = True
-        total = hessian_products(b, theta, self._vectors(v))
+        total = _parallel.hvp(b, _dist.active(self.dist), theta, self._vectors(v))
         return total[0] if torch.as_tensor(v).ndim == 1 else total
 
     def _probe_data(self) -> tuple[Tree, Tree]:
@@ -463,21 +485,3 @@ class Objective:
             _refuse_if_random(
                 self.batches.forward(params, x), self.batches.forward(params, x), advice
             )
-
-
-def _check_dtype(dtype: Any) -> torch.dtype:
-    """``dtype`` as a floating-point ``torch.dtype`` (what a model's weights can take)."""
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise BasinscopeError(
-            f"dtype must be a floating-point torch dtype (torch.float32, torch.float64, "
-            f"torch.bfloat16, torch.float16), got {dtype!r}"
-        )
-    return dtype
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")

@@ -1,0 +1,86 @@
+"""Two gloo ranks on 127.0.0.1 give one process's numbers (issue 13).
+
+Each test starts the ranks itself (``_ranks.run_ranks``: bounded in time, killed on
+a hang) and compares with the same scenario run here in one process with one thread.
+Bit-identical: everything point-parallel (surfaces, paths, rays, probes, restarts,
+draws) and the files written. To rounding (float64, 1e-12 relative): data-parallel
+results (an evaluation with fewer points than ranks, gradients, Hessian products and
+what Lanczos builds from them).
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import scenarios
+import torch
+from _ranks import run_ranks
+
+import basinscope as bs
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _same(a, b) -> None:
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (a, b)
+
+
+def _close(a, b, rtol=1e-12) -> None:
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    assert torch.allclose(a, b, rtol=rtol, atol=rtol * float(a.abs().max())), (a, b)
+
+
+def test_evaluations_split_points_exactly_and_data_to_rounding(tmp_path, one_thread):
+    ranks = run_ranks("evaluations", tmp_path)
+    ref = scenarios.evaluations(tmp_path)
+    for got in ranks:
+        _same(got["points"], ref["points"])  # 5 points on 2 ranks: 3 + 2
+        _same(got["affine"], ref["affine"])
+        _same(got["affine_one_points"], ref["affine_one_points"])  # one rank idles
+        for key in ("one", "affine_one"):  # one point on 2 ranks: the data is split
+            _close(got[key][0], ref[key][0], 1e-14)
+            assert torch.equal(got[key][1], ref[key][1])  # accuracy: exact counts
+        _close(got["grad"], ref["grad"])
+        _close(got["hvp"], ref["hvp"])
+        assert got["plan"] == ref["plan"] == "chain"
+    assert torch.equal(ranks[0]["grad"], ranks[1]["grad"])  # the ranks agree exactly
+
+
+def test_surfaces_volumes_and_their_files_are_one_process_s(tmp_path, one_thread):
+    ranks = run_ranks("landscape", tmp_path)
+    here = tmp_path / "one"
+    here.mkdir()
+    ref = scenarios.landscape(here)
+    for got in ranks:
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert np.array_equal(getattr(got["plane"], key), getattr(ref["plane"], key))
+        assert np.array_equal(got["line"].train_loss, ref["line"].train_loss)
+        assert np.array_equal(got["volume"].radii, ref["volume"].radii)
+        assert got["volume"].log_volume == ref["volume"].log_volume
+        assert got["volume"].evaluations == ref["volume"].evaluations
+    # rank 0 wrote the files: the same arrays and attributes as one process's
+    with h5py.File(tmp_path / "plane.h5") as a, h5py.File(here / "plane.h5") as b:
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "xcoordinates"):
+            assert np.array_equal(a[key][()], b[key][()]), key
+    a, b = bs.Surface.load(tmp_path / "plane.h5"), bs.Surface.load(here / "plane.h5")
+    assert a.attrs["origin_train_loss"] == b.attrs["origin_train_loss"]
+    assert a.attrs["origin_test_acc"] == b.attrs["origin_test_acc"]
+    assert a.attrs["key"] == b.attrs["key"]
+    assert (tmp_path / "rays.json").read_text() == (here / "rays.json").read_text()
+    # the run killed on 2 ranks resumes in one process and gives the uninterrupted file
+    partial = bs.Surface.load(tmp_path / "killed.h5")
+    assert 0 < partial.computed.sum() < partial.computed.size
+    obj = scenarios.objective()
+    d = bs.random_directions(obj, 2, norm="filter", seed=1)
+    done = bs.plane(
+        obj, d[0], d[1], steps=9, test=scenarios._test_data(), path=tmp_path / "killed.h5", chunk=16
+    )
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert np.array_equal(getattr(done, key), getattr(ref["plane"], key))
