@@ -111,6 +111,39 @@ def test_sam_swa_snapshots_from_the_cli_and_trajectory_plane(capsys, tmp_path):
     assert (tmp_path / "traj_contour.png").is_file()
 
 
+def test_a_trajectory_of_another_model_blames_the_model(capsys, tmp_path, monkeypatch):
+    """``path FILE --trajectory`` reads the trajectory of FILE's run directory; a model
+    given with other parameter names is refused as the model, not as a bad file."""
+    import torch
+
+    run = tmp_path / "run"
+    code, _, err = _run(
+        capsys, "train", "--dataset", "digits", "--train-size", "120", "--epochs", "2",
+        "--widths", "8", "--snapshot-every", "1", "--out", run, "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = _run(capsys, "path", run / "model.pt", "--trajectory", "--steps", 2,
+                        "--data", "train", "--out", tmp_path / "own.h5", "--quiet")  # fmt: skip
+    assert code == 0, err  # the run's own weights file: its directory's trajectory
+    (tmp_path / "linear_nets.py").write_text(
+        "import torch.nn as nn\n"
+        "def make(input_shape, n_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, n_classes))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    torch.save({"1.weight": torch.zeros(10, 64), "1.bias": torch.zeros(10)}, run / "w.pt")
+    out = tmp_path / "other.h5"
+    code, text, err = _run(capsys, "path", run / "w.pt", "--model", "linear_nets:make",
+                           "--dataset", "digits", "--trajectory", "--out", out, "--quiet")  # fmt: skip
+    assert code == 2 and text == ""
+    assert err == (
+        "basinscope: error: the model given does not match the trajectory's parameter names: "
+        "the trajectory records 'net.1.weight' (and 3 more), which the model lacks; measure "
+        "the model the trajectory was recorded from\n"
+    )
+    assert not out.exists()
+
+
 def test_sharpness_suite_and_rescale_from_the_cli(capsys, runs, tmp_path):
     run = runs / "s0"
     out = tmp_path / "sharp.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -352,8 +353,9 @@ def _interrupt(*args, **kwargs):
         (["path", "R", "R", "--out", "p.h5"], "basinscope.landscape.interpolate",
          "saved in p.h5"),
         (["sharpness", "R", "--samples", "2"], "basinscope.sharpness.epsilon",
-         "nothing was saved"),
-        (["hessian", "R", "--k", "1"], "basinscope.hessian.summary", "nothing was saved"),
+         "nothing is saved: the sharpness command writes its results only when it finishes"),
+        (["hessian", "R", "--k", "1"], "basinscope.hessian.summary",
+         "nothing is saved: the hessian command writes its results only when it finishes"),
         (["train", "--dataset", "digits", "--out", "t"], "basinscope.training.train",
          "finished epochs are saved in t; rerun the same command to resume from the last one"),
         (["run", "--out", "res"], "basinscope.experiments.run_study",
@@ -372,6 +374,31 @@ def test_ctrl_c_says_what_is_saved(capsys, run, tmp_path, monkeypatch, argv, tar
     assert err.startswith("basinscope: interrupted; ") and err.count("\n") == 1
     assert said in err
     assert "finished work is saved and a rerun resumes" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, target",
+    [
+        (["sharpness", "--samples", "2"], "basinscope.sharpness.average_case"),
+        (["sharpness", "--rescale", "net.1", "2"], "basinscope.experiments.compare_measures"),
+        (["hessian", "--k", "1"], "basinscope.hessian.summary"),
+        (["hessian", "--k", "1", "--density", "d.png"], "basinscope.hessian.density"),
+    ],
+)
+def test_ctrl_c_of_a_command_that_writes_at_its_end_says_nothing_is_saved(
+    capsys, run, tmp_path, monkeypatch, argv, target
+):
+    """``sharpness`` and ``hessian`` write --json (and --density) only when they finish:
+    interrupted in any of their measures, nothing is on disk, and Ctrl-C says so."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(target, _interrupt)
+    code, _, err = _run(capsys, argv[0], run, *argv[1:], "--json", "r.json", "--quiet")
+    assert code == 130, err
+    assert err == (
+        f"basinscope: interrupted; nothing is saved: the {argv[0]} command writes its "
+        "results only when it finishes; rerun it\n"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------ environment (class 7)
@@ -425,6 +452,26 @@ def test_volume_killed_between_ray_batches_resumes_to_the_same_result(
     whole, resumed = (json.loads((tmp_path / n).read_text()) for n in ("a", "b"))
     assert resumed == whole  # bit for bit: every radius, the volume and its interval
     assert f"rays recorded in {part}" in out
+
+
+def test_volume_names_its_flags_when_the_basin_would_be_empty(capsys, run, tmp_path, monkeypatch):
+    """The library's refusal names ``rule='relative'``; the command names its flags."""
+    from basinscope.landscape import _volume as volume
+
+    monkeypatch.setattr(volume, "_search", _interrupt)  # no ray is searched
+    rays = tmp_path / "rays.json"
+    code, out, err = _run(
+        capsys, "volume", run, "--threshold", "0.001", "--directions", 2, "--out", rays, "--quiet"
+    )
+    assert code == 2 and out == ""
+    _one_sentence(err)
+    m = re.fullmatch(
+        r"basinscope: error: --threshold 0\.001 is below the loss at the minimum \((\S+)\); "
+        r"the basin would be empty: raise --threshold or use --rule relative\n",
+        err,
+    )
+    assert m and float(m.group(1)) > 0.001, err
+    assert not rays.exists()
 
 
 def test_volume_default_record_lives_in_the_run_directory(capsys, run, monkeypatch):

@@ -34,7 +34,26 @@ def evaluations(tmp: Path) -> dict[str, Any]:
         "grad": obj.grad(),
         "hvp": obj.hvp(v),
         "plan": obj.plan.name,
+        "vmap": _vmap_points(),
     }
+
+
+def _vmap_points() -> tuple[torch.Tensor, torch.Tensor]:
+    """11 points of the zoo's conv net through the vmap engine (blocks of 4), shared
+    over the ranks in whole blocks: its last bits depend on a point's place in a block."""
+    from _zoo import ZOO
+
+    from basinscope import _dist
+    from basinscope.objective import VmapEngine
+    from basinscope.objective._parallel import evaluate_affine
+
+    case = next(c for c in ZOO if c.name == "cnn")
+    obj = bs.Objective(case.model(), torch.nn.CrossEntropyLoss(), case.data(), batch_size=16)
+    g = torch.Generator().manual_seed(1)
+    dirs = torch.randn(2, obj.n, generator=g, dtype=torch.float64)
+    coef = torch.randn(11, 2, generator=g, dtype=torch.float64)
+    d = _dist.active(obj.dist)
+    return evaluate_affine(obj.batches, d, VmapEngine(block=4), coef, dirs, obj.theta0)
 
 
 def _test_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,3 +92,63 @@ def landscape(tmp: Path) -> dict[str, Any]:
         obj, 0.5, rule="relative", n_directions=12, batch=5, path=tmp / "rays.json"
     )
     return {"plane": plane, "line": line, "volume": vol}
+
+
+def tiny_study():
+    from basinscope.experiments import MeasureConfig, Study
+    from basinscope.training import TrainConfig
+
+    base = dict(dataset="digits", train_size=120, epochs=1, model_kwargs={"widths": (8,)})
+    runs = {
+        name: TrainConfig(lr=0.1, batch_size=batch, **base)
+        for name, batch in (("a", 20), ("b", 60), ("c", 120))
+    }
+    measure = MeasureConfig(grid_size=3, noise_samples=3, radius=0.5)
+    return Study("tiny", runs, measure, measures=("surface", "hessian"))
+
+
+def study(tmp: Path) -> dict[str, Any]:
+    """A three-run study: the runs dealt out over the ranks, the report written once."""
+    from basinscope.experiments import run_study
+
+    reports = run_study(tiny_study(), tmp, progress=False)
+    return {"rows": [r.row() for r in reports]}
+
+
+def hessian(tmp: Path) -> dict[str, Any]:
+    """Curvature of the float64 MLP: Lanczos eigenvalues at both ends and the GGN's
+    (data-parallel products), Hutchinson probes into a partial file, Hutch++ and SLQ
+    runs into a partial file (point-parallel), a summary per layer, and a trace on a
+    data-parallel operator given as such (every rank makes every product)."""
+    from basinscope import hessian as hs
+
+    obj = objective()
+    top, bottom = hs.extremes(obj, 3, 2, tol=1e-9)
+    hutch = hs.trace(obj, rtol=0.3, max_products=41, path=tmp / "probes.json")
+    hpp = hs.trace(obj, method="hutch++", sketch=5, rtol=0.05, max_products=41)
+    dens = hs.density(obj, runs=5, steps=12, points=201, path=tmp / "slq.json")
+    summary = hs.summary(obj, k=2, per_layer=True, trace_rtol=0.2)
+    ggn = hs.eigenvalues(obj, 2, tol=1e-9, curvature="ggn")
+    shared = hs.trace(hs.operator(obj), rtol=0.05, max_products=23, path=tmp / "shared.json")
+    return {
+        "top": top.values, "bottom": bottom.values, "residuals": top.residuals,
+        "products": top.n_products, "hutchinson": hutch, "hutch++": hpp, "density": dens,
+        "summary": summary.to_dict(), "ggn": ggn.values, "shared": shared,
+    }  # fmt: skip
+
+
+def sharpness(tmp: Path) -> dict[str, Any]:
+    """Noise samples, PAC-Bayes draws, worst-case restarts (also m-sharpness), the
+    direct ε-sharpness and Keskar's L-BFGS-B (sequential: data-parallel)."""
+    obj = objective()
+    d = bs.random_directions(obj, 2, norm="filter", seed=5)
+    return {
+        "noise": bs.sharpness.average_case(
+            obj, 0.05, samples=7, chunk=3, seed=2, path=tmp / "noise.json"
+        ),
+        "pac": bs.sharpness.pac_bayes(obj, target=0.05, samples=5, tol=0.2, chunk=2),
+        "worst": bs.sharpness.worst_case(obj, 0.1, steps=3, restarts=3),
+        "worst_m": bs.sharpness.worst_case(obj, 0.1, norm="linf", steps=2, restarts=2, m=16),
+        "eps": bs.sharpness.epsilon(obj, d, radius=0.2),
+        "keskar": bs.sharpness.keskar(obj, epsilon=1e-3),
+    }

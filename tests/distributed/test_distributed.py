@@ -44,6 +44,7 @@ def test_evaluations_split_points_exactly_and_data_to_rounding(tmp_path, one_thr
         _same(got["points"], ref["points"])  # 5 points on 2 ranks: 3 + 2
         _same(got["affine"], ref["affine"])
         _same(got["affine_one_points"], ref["affine_one_points"])  # one rank idles
+        _same(got["vmap"], ref["vmap"])  # whole blocks of 4 per rank: 8 + 3 points
         for key in ("one", "affine_one"):  # one point on 2 ranks: the data is split
             _close(got[key][0], ref[key][0], 1e-14)
             assert torch.equal(got[key][1], ref[key][1])  # accuracy: exact counts
@@ -84,3 +85,22 @@ def test_surfaces_volumes_and_their_files_are_one_process_s(tmp_path, one_thread
     )
     for key in ("train_loss", "test_loss", "test_acc"):
         assert np.array_equal(getattr(done, key), getattr(ref["plane"], key))
+
+
+def test_sharpness_measures_on_two_ranks(tmp_path, one_thread):
+    ranks = run_ranks("sharpness", tmp_path)
+    here = tmp_path / "one"
+    here.mkdir()
+    ref = scenarios.sharpness(here)
+    for got in ranks:  # point-parallel: the same bits as one process
+        assert np.array_equal(got["noise"].increases, ref["noise"].increases)
+        assert got["pac"].sigmas == ref["pac"].sigmas
+        assert got["pac"].increases == ref["pac"].increases
+        for key in ("worst", "worst_m"):
+            assert got[key].value == ref[key].value
+            assert got[key].restart_values == ref[key].restart_values
+            assert got[key].evaluations == ref[key].evaluations
+        assert got["eps"].value == ref["eps"].value
+        # sequential L-BFGS-B on data-parallel gradients: the same to rounding
+        assert got["keskar"].value == pytest.approx(ref["keskar"].value, rel=1e-9, abs=1e-12)
+    assert (tmp_path / "noise.json").read_text() == (here / "noise.json").read_text()

@@ -226,6 +226,31 @@ def test_a_file_of_other_settings_or_another_run_is_refused(run, tmp_path):
         measure_along(tmp_path / "other", ["loss"], out=out)
 
 
+def test_a_model_that_trains_other_parameters_than_the_trajectory_is_blamed(
+    run, tmp_path, monkeypatch
+):
+    """The run's model (its code now freezes the first layer) is named, not the file."""
+    import basinscope.training as training
+
+    real = training.load_checkpoint
+
+    def frozen_first_layer(*args, **kwargs):
+        ckpt = real(*args, **kwargs)
+        ckpt.model.net[1].requires_grad_(False)
+        return ckpt
+
+    monkeypatch.setattr(training, "load_checkpoint", frozen_first_layer)
+    out = tmp_path / "along"
+    with pytest.raises(BasinscopeError) as info:
+        measure_along(run, ["loss"], out=out)
+    assert str(info.value) == (
+        f"the model that run {str(run)!r} builds does not match the trajectory's parameter "
+        "names: the trajectory records 'net.1.weight' (and 1 more), which the model does "
+        "not train (requires_grad=False); train it again"
+    )
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------- bad input
 def test_bad_input_is_one_sentence(run, tmp_path):
     with pytest.raises(BasinscopeError, match="does not exist"):

@@ -174,6 +174,49 @@ def test_trajectory_plane_contains_the_trajectory(tmp_path, mlp):
     plot_contour(s, tmp_path / "t.png")
 
 
+def _recorded(models: list[nn.Module], names: list[str] | None = None):
+    """A training ``Trajectory`` of ``models``: all their parameters, or only ``names``."""
+    from basinscope.training import Trajectory
+
+    named = [dict(m.named_parameters()) for m in models]
+    names = names or list(named[0])
+    rows = [torch.cat([d[n].detach().reshape(-1) for n in names]) for d in named]
+    return Trajectory(
+        epochs=tuple(range(len(models))),
+        params=torch.stack(rows).float(),
+        names=tuple(names),
+        shapes=tuple(tuple(named[0][n].shape) for n in names),
+    )
+
+
+def test_a_trajectory_of_another_model_is_blamed_on_the_model(mlp):
+    model, X, y = mlp
+    snaps = [_perturbed(model, 40 + i, scale=0.1) for i in range(2)] + [model]
+    own = bs.Objective(model, nn.CrossEntropyLoss(), (X, y), skip_bias_norm=True)
+    assert trajectory_plane(own, _recorded(snaps), steps=2).complete  # biases not measured
+    names = "the model given does not match the trajectory's parameter names: "
+    fix = "; measure the model the trajectory was recorded from"
+    wrapped = nn.Sequential()
+    wrapped.add_module("net", model)  # the same network, named 'net.1.weight', ...
+    full = bs.Objective(model, nn.CrossEntropyLoss(), (X, y))
+    wide = nn.Sequential(
+        nn.Flatten(), nn.Linear(6, 9), nn.Tanh(), nn.Linear(9, 7), nn.ReLU(), nn.Linear(7, 3)
+    ).double()
+    cases = [
+        (bs.Objective(wrapped, nn.CrossEntropyLoss(), (X, y)), _recorded(snaps),
+         f"{names}the trajectory records '1.weight' (and 5 more), which the model lacks"),
+        (full, _recorded(snaps, ["1.weight", "3.weight", "5.weight"]),
+         f"{names}the trajectory does not record the model's '1.bias' (and 2 more)"),
+        (bs.Objective(wide, nn.CrossEntropyLoss(), (X, y)), _recorded(snaps),
+         "the model given does not match the trajectory's parameter shapes: the model's "
+         "'1.weight' has shape [9, 6], the trajectory records [8, 6]"),
+    ]  # fmt: skip
+    for obj, trajectory, said in cases:
+        with pytest.raises(BasinscopeError) as info:
+            trajectory_plane(obj, trajectory, steps=2)
+        assert str(info.value) == said + fix
+
+
 class _BNNet(nn.Module):
     def __init__(self):
         super().__init__()

@@ -162,6 +162,20 @@ def test_volume_refuses_bad_input_before_any_search(kwargs, match, monkeypatch):
         basin_volume(obj, args.pop("threshold"), **args)
 
 
+def test_an_empty_basin_is_refused_naming_the_keyword_not_a_cli_flag(monkeypatch):
+    bowl = Bowl(np.array([1.0, 2.0]))
+    obj = bs.Objective(bowl.model, bowl.loss_fn, (bowl.X, bowl.y))
+    _no_search(monkeypatch)
+    loss0 = obj.loss()
+    with pytest.raises(bs.BasinscopeError) as info:
+        basin_volume(obj, -0.5, n_directions=4)
+    assert str(info.value) == (
+        f"the threshold -0.5 is below the loss at the minimum ({loss0:.6g}); the basin "
+        "would be empty: raise it or use rule='relative'"
+    )
+    assert "--" not in str(info.value)
+
+
 def test_volume_accepts_numpy_integers_and_a_positive_precondition():
     bowl = Bowl(np.array([1.0, 2.0]))
     obj = bs.Objective(bowl.model, bowl.loss_fn, (bowl.X, bowl.y))

@@ -365,6 +365,22 @@ def test_explicit_mean_and_sum_losses_and_their_accuracy():
         Objective(model, bs.SumLoss(summed, count=lambda t: "many"), (x, y))
 
 
+@pytest.mark.parametrize("batch_size", [1, 7, 23])
+def test_kl_divergence_batchmean_is_the_datasets_mean_for_every_batch_size(batch_size):
+    """``batchmean`` is Σ over every element / batch size: a mean over examples of each
+    example's sum over its non-batch dimensions, so the dataset's loss is Σ / N."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 12), nn.Unflatten(1, (3, 4)), nn.LogSoftmax(-1))
+    model = model.double()
+    x = torch.randn(23, 5, dtype=torch.float64)
+    y = torch.softmax(torch.randn(23, 3, 4, dtype=torch.float64), -1)
+    with torch.no_grad():
+        want = float(F.kl_div(model(x), y, reduction="sum")) / 23
+    obj = Objective(model, nn.KLDivLoss(reduction="batchmean"), (x, y), batch_size=batch_size)
+    assert isinstance(obj.criterion, bs.MeanLoss) and obj.count == 23
+    assert obj.loss() == pytest.approx(want, rel=1e-12, abs=0)
+
+
 def test_an_ambiguous_class_layout_is_refused_and_class_dim_decides():
     torch.manual_seed(3)
     out = torch.randn(16, 5, 5, dtype=torch.float64)

@@ -156,8 +156,14 @@ def test_dropout_in_user_train_mode_is_evaluated_in_eval_mode():
 
 def test_sum_reduction_refused(mlp):
     model, X, y = mlp
-    with pytest.raises(bs.BasinscopeError, match="reduction"):
-        Objective(model, nn.CrossEntropyLoss(reduction="sum"), (X, y))
+    for loss in (nn.CrossEntropyLoss(reduction="sum"), nn.KLDivLoss(reduction="sum")):
+        with pytest.raises(bs.BasinscopeError) as info:
+            Objective(model, loss, (X, y))
+        assert str(info.value) == (
+            "loss_fn has reduction='sum'; basinscope needs a batch-mean loss "
+            "(reduction='mean', or reduction='batchmean' of nn.KLDivLoss) to form exact "
+            "dataset means"
+        )
 
 
 def test_paramspace_selection_and_views(mlp):

@@ -27,12 +27,12 @@ def obj():
         (lambda o: sharpness.average_case(o, 1e39, samples=2, adaptive=True), "sigma = 1e+39"),
         (lambda o: sharpness.noise_error_increase(o, 1e300, samples=2), "sigma = 1e+300"),
         (lambda o: sharpness.pac_bayes(o, sigma_max=1e300, samples=2), "sigma_max = 1e+300"),
-        (lambda o: sharpness.worst_case(o, 1e300, steps=1), "the radius = 1e+300"),
+        (lambda o: sharpness.worst_case(o, 1e300, steps=1), "radius = 1e+300"),
         (lambda o: sharpness.keskar(o, 1e300), "epsilon = 1e+300"),
         (lambda o: sharpness.keskar(o, 1e300, subspace_dim=2), "epsilon = 1e+300"),
         (
             lambda o: sharpness.epsilon(o, bs.random_directions(o, 2, seed=0), 1e300),
-            "the radius = 1e+300",
+            "radius = 1e+300",
         ),
     ],
 )
@@ -44,7 +44,9 @@ def test_an_overflowing_perturbation_is_refused_before_evaluating(obj, monkeypat
     calls = []
     real = obj.evaluate
     monkeypatch.setattr(
-        obj, "evaluate", lambda p: calls.append(p.reshape(-1, obj.n).shape[0]) or real(p)
+        obj,
+        "evaluate",
+        lambda p, **kw: calls.append(p.reshape(-1, obj.n).shape[0]) or real(p, **kw),
     )
     with pytest.raises(bs.BasinscopeError, match="is too large") as info:
         measure(obj)
@@ -55,3 +57,20 @@ def test_an_overflowing_perturbation_is_refused_before_evaluating(obj, monkeypat
 def test_a_large_but_representable_sigma_is_still_measured(obj):
     res = sharpness.average_case(obj, 1.0, samples=2)
     assert res.value == res.value and res.sigma == 1.0  # finite, not refused
+
+
+@pytest.mark.parametrize(
+    "measure, keyword",
+    [
+        (lambda o: sharpness.average_case(o, 1e300, samples=2), "sigma"),
+        (lambda o: sharpness.worst_case(o, 1e300, steps=1), "radius"),
+    ],
+)
+def test_the_refusal_names_the_keyword_not_a_cli_flag(obj, measure, keyword):
+    """The library names its own setting (``sigma``, ``radius``), never ``--sigma``."""
+    with pytest.raises(bs.BasinscopeError) as info:
+        measure(obj)
+    message = str(info.value)
+    assert message.startswith(f"{keyword} = 1e+300 is too large: the perturbed weights")
+    assert message.endswith(f"; choose a smaller {keyword}")
+    assert "--" not in message

@@ -395,7 +395,7 @@ def test_offline_download_names_files_and_cache_path(cache, monkeypatch):
     message = str(err.value)
     assert str(cache / "fashion-mnist") in message
     assert all(stem + ".gz" in message for stem in IDX_STEMS)
-    assert "--data-dir" in message
+    assert "pass data_dir=DIR (CLI: --data-dir DIR)" in message  # the keyword first
     assert not (cache / "fashion-mnist").exists() or os.listdir(cache / "fashion-mnist") == []
 
 

@@ -33,6 +33,14 @@ _MODEL_HELP = (
 NOTHING_SAVED = "nothing was saved; rerun the command to start again"
 
 
+def saved_when_finished(command: str) -> str:
+    """The Ctrl-C message of a command that writes its results only at its end."""
+    return (
+        f"nothing is saved: the {command} command writes its results only when it "
+        "finishes; rerun it"
+    )
+
+
 class _UsageError(Exception):
     """A command line argparse refused (reported by :func:`main` as one sentence)."""
 
@@ -132,8 +140,9 @@ def _write_json(args: argparse.Namespace, payload: dict[str, Any], obj: Any) -> 
     """
     from .._io import atomic_write_json
     from .._keys import environment
+    from ._processes import is_writer
 
-    if args.json:
+    if args.json and is_writer():
         payload = {**payload, "environment": environment(obj.device, obj.dtype)}
         try:
             atomic_write_json(args.json, payload)
@@ -357,8 +366,13 @@ def _os_error(exc: OSError) -> str:
     return f"{verb} {name!r}: {reason}" if name else f"{verb} a file: {reason}"
 
 
-def _fail(message: str) -> int:
-    print(f"basinscope: error: {' '.join(message.split())}", file=sys.stderr)
+def _fail(message: str, exc: BaseException | None = None) -> int:
+    from ._processes import error_stream
+
+    message = " ".join(message.split())
+    stream = error_stream(message, exc)  # under torchrun: rank 0 says what all ranks raised
+    if stream is not None:
+        print(f"basinscope: error: {message}", file=stream)
     return 2
 
 
@@ -373,7 +387,7 @@ def _call(args: argparse.Namespace) -> int:
             check_device(args.device, "--device")
         args.func(args)
     except BasinscopeError as exc:
-        return _fail(str(exc))
+        return _fail(str(exc), exc)
     except OSError as exc:
         return _fail(_os_error(exc))
     except MemoryError:

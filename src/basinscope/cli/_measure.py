@@ -29,7 +29,9 @@ from ._common import (
     _load,
     _objective,
     _write_json,
+    saved_when_finished,
 )
+from ._processes import is_writer
 
 
 # ----------------------------------------------------------------- surface
@@ -71,7 +73,9 @@ def _cmd_surface(args: argparse.Namespace) -> None:
         },
     }
     surf = line(obj, d[0], **common) if args.dim == 1 else plane(obj, d[0], d[1], **common)
-    if args.dim == 1:
+    if not is_writer():  # under torchrun rank 0 draws
+        written = figures
+    elif args.dim == 1:
         written = [plots.plot_line(surf, figures[0])]
     else:
         written = [plots.plot_contour(surf, figures[0]), plots.plot_surface_3d(surf, figures[1])]
@@ -111,7 +115,7 @@ def _cmd_hessian(args: argparse.Namespace) -> None:
             )
     if args.density:
         dens = hessian.density(obj, seed=args.seed)
-        png = hessian.plot_density(dens, args.density)
+        png = hessian.plot_density(dens, args.density) if is_writer() else args.density
         out["density"] = dens.to_dict()
         print(f"spectral density drawn in {png}")
     _write_json(args, out, obj)
@@ -130,6 +134,12 @@ def _cmd_volume(args: argparse.Namespace) -> None:
     )
     model, data = _load(args)
     obj = _objective(args, model, data, skip_bias_norm=False)
+    # basin_volume refuses an empty basin too, naming its keywords; here, the flags
+    if args.rule == "absolute" and (loss0 := obj.loss()) >= args.threshold:
+        raise BasinscopeError(
+            f"--threshold {args.threshold:g} is below the loss at the minimum ({loss0:.6g}); "
+            "the basin would be empty: raise --threshold or use --rule relative"
+        )
     res = basin_volume(
         obj,
         args.threshold,
@@ -257,7 +267,7 @@ def _register_hessian(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", nargs="+", help="blocks to measure: module names or patterns")
     p.add_argument("--density", help="draw the spectral density (SLQ) into this PNG")
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.set_defaults(func=_cmd_hessian)
+    p.set_defaults(func=_cmd_hessian, interrupted=saved_when_finished("hessian"))
 
 
 def _register_volume(sub: argparse._SubParsersAction) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from ..errors import BasinscopeError
 from . import _measure, _paths, _study, _train, _trajectory
 from ._common import _FORMATTER, _call, _example, _fail, _Parser, _UsageError
+from ._processes import processes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,4 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except _UsageError as exc:
         return _fail(str(exc))
-    return _call(args)
+    try:
+        with processes(args):  # under torchrun: every rank runs the command together
+            return _call(args)
+    except BasinscopeError as exc:
+        return _fail(str(exc), exc)

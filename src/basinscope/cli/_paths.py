@@ -23,6 +23,7 @@ from ._common import (
     _objective,
     _trust_arg,
 )
+from ._processes import is_writer
 
 
 # -------------------------------------------------------------------- path
@@ -69,18 +70,19 @@ def _cmd_path(args: argparse.Namespace) -> None:
     if args.trajectory:
         from ..training import load_trajectory
 
-        surf = trajectory_plane(
-            obj, load_trajectory(args.checkpoints[0]), margin=args.margin, **common
-        )
-        written = [plots.plot_contour(surf, figures[0], title="training trajectory")]
+        run = Path(args.checkpoints[0])  # a run directory, or a weights file in one
+        trajectory = load_trajectory(run if run.is_dir() else run.parent)
+        surf = trajectory_plane(obj, trajectory, margin=args.margin, **common)
+        draw = lambda: plots.plot_contour(surf, figures[0], title="training trajectory")  # noqa: E731
     elif two:
         surf = interpolate(obj, loaded[1][0], span=tuple(args.span), labels=tuple(labels), **common)
-        written = [plots.plot_line(surf, figures[0])]
+        draw = lambda: plots.plot_line(surf, figures[0])  # noqa: E731
     else:
         surf = three_model_plane(
             obj, tuple(m for m, _ in loaded), labels=tuple(labels), margin=args.margin, **common
         )
-        written = [plots.plot_contour(surf, figures[0], title="plane of three models")]
+        draw = lambda: plots.plot_contour(surf, figures[0], title="plane of three models")  # noqa: E731
+    written = [draw()] if is_writer() else figures  # under torchrun rank 0 draws
     print(f"path written to {args.out}; figures: {', '.join(str(p) for p in written)}")
 
 

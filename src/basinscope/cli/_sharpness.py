@@ -25,6 +25,7 @@ from ._common import (
     _load,
     _objective,
     _write_json,
+    saved_when_finished,
 )
 
 
@@ -282,4 +283,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compare measures before/after the function-preserving α, 1/α rescaling",
     )
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.set_defaults(func=_cmd_sharpness)
+    p.set_defaults(func=_cmd_sharpness, interrupted=saved_when_finished("sharpness"))

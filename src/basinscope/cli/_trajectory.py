@@ -24,6 +24,7 @@ from ._common import (
     _integer,
     _trust_arg,
 )
+from ._processes import is_writer
 
 _MEASURES = ("loss", "accuracy", "lambda_max", "hessian_trace", "epsilon", "volume")
 
@@ -103,7 +104,8 @@ def _cmd_trajectory(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     _print_table(result)
-    plots.plot_along(result.to_dict(), figure)
+    if is_writer():
+        plots.plot_along(result.to_dict(), figure)
     print(f"numbers written to {out / 'along.json'}; figure: {figure}")
 
 

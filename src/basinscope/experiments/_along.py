@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import hessian, landscape, sharpness
+from .. import _dist, hessian, landscape, sharpness
 from .._checks import check_int, check_output_dir, check_positive
 from .._io import atomic_write_json
 from .._keys import environment, normalise, tensor_digest, value_digest
@@ -219,12 +219,13 @@ def _open_run(run_dir: Any, data: Any, device: str, dtype: Any, trust_code: bool
     ckpt = load_checkpoint(path, device=device, trust_code=trust_code)
     traj = load_trajectory(path)
     sealed = ckpt.metrics.get("trajectory_digest")
-    trainable = tuple(n for n, p in ckpt.model.named_parameters() if p.requires_grad)
-    if (sealed is not None and sealed != tensor_digest(traj.params)) or traj.names != trainable:
+    if sealed is not None and sealed != tensor_digest(traj.params):
         raise BasinscopeError(
-            f"run {str(path)!r} holds a trajectory.pt that is not the one of its model and "
+            f"run {str(path)!r} holds a trajectory.pt that is not the one of its "
             "metrics.json; train the run again"
         )
+    if (differs := traj.mismatch(ckpt.model)) is not None:  # the model's code changed
+        raise BasinscopeError(f"the model that run {str(path)!r} builds {differs}; train it again")
     config = ckpt.config.to_dict() | {"device": None}
     return _Run(
         path=path,
@@ -442,9 +443,11 @@ def measure_along(
         )
     run = _open_run(run_dir, data, device, dtype, trust_code)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with output_lock(out_dir, "the along-training directory", is_dir=True):
+    lock = lambda: output_lock(out_dir, "the along-training directory", is_dir=True)  # noqa: E731
+    with _dist.on_writer(_dist.resolve("auto"), lock):  # under torchrun: rank 0 writes
         result = _measure(run, names, settings, out_dir, progress)
-        atomic_write_json(out_dir / ALONG_FILE, result.to_dict())
+        if _dist.is_writer(_dist.resolve("auto")):
+            atomic_write_json(out_dir / ALONG_FILE, result.to_dict())
     return result
 
 
@@ -463,6 +466,7 @@ def _measure(run: _Run, names: tuple, settings: Any, out: Path | None, bar: bool
         **env,
     }
     items = [f"{e}:{tensor_digest(run.params[i])}" for i, e in enumerate(run.epochs)]
+    group, bar = _dist.resolve("auto"), bar and _dist.is_writer(_dist.resolve("auto"))
     with contextlib.ExitStack() as stack:
         done = {
             m: stack.enter_context(
@@ -470,6 +474,7 @@ def _measure(run: _Run, names: tuple, settings: Any, out: Path | None, bar: bool
                     None if out is None else out / f"{m}.partial.json",
                     key | {"measure": m, **settings.of(m)},
                     what=f"{m} along training",
+                    dist=group,
                 )
             )
             for m in names

@@ -219,7 +219,8 @@ def rank_correlations(
     if len(ok) < 3:
         raise BasinscopeError(
             f"a rank correlation needs at least 3 finished runs, got {len(ok)}; "
-            "run a study with more runs (e.g. --study lr-batch-grid)"
+            "run a study with more runs (e.g. STUDIES['lr-batch-grid']; CLI: --study "
+            "lr-batch-grid)"
         )
     if measures is None:
         measures = [m for m in MEASURE_COLUMNS if any(math.isfinite(_number(r.get(m))) for r in ok)]

@@ -351,7 +351,8 @@ def _remedy_volumes(rows: dict[str, dict[str, Any]], m: MeasureConfig) -> str:
     if base.get("log_volume") is None:
         return (
             f"\nBasin volume: the base minimum's basin {_basin(m)} is empty (its training "
-            "loss is above the level); nothing to compare. Raise --threshold.\n"
+            "loss is above the level); nothing to compare. Raise volume_threshold "
+            "(CLI: --threshold).\n"
         )
     moved: dict[str, list[str]] = {"larger": [], "smaller": [], "empty": []}
     for name, row in rows.items():

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import _dist
 from .._checks import check_output_dir
 from .._io import atomic_write_json
 from .._lock import output_lock
@@ -79,45 +80,89 @@ def run_study(
     Every setting is checked before any work, and the study directory is locked for
     the whole study: a second ``run_study`` (another process) on the same directory
     stops with one sentence instead of interleaving its files with this one's.
+
+    Inside a ``torch.distributed`` process group (``torchrun``) every rank calls it
+    alike: the runs are dealt out over the ranks (each trained and measured where it
+    lands), and rank 0 writes ``study.json``, the comparisons and the report once.
     """
     study.measure.validate()
     for cfg in study.runs.values():
         cfg.validate()
     root = check_output_dir(Path(out) / study.name, "the study directory")
     root.mkdir(parents=True, exist_ok=True)
-    with output_lock(root, "the study directory"):
-        return _run_locked(study, root, progress)
+    d = _dist.resolve("auto")  # under torchrun: the runs are shared over the ranks
+    with _dist.on_writer(d, lambda: output_lock(root, "the study directory")):
+        return _run_locked(study, root, progress, d)
 
 
-def _run_locked(study: Study, root: Path, progress: bool) -> list[RunReport]:
+def _run_locked(study: Study, root: Path, progress: bool, d: _dist.Dist | None) -> list[RunReport]:
     # Every run's data is loaded and every run directory asked whether it accepts its
     # configuration before study.json is written: a refused study leaves it as it was.
-    datas = _check_runs(study, root)
-    atomic_write_json(root / "study.json", study.to_dict())
-    reports = []
-    for name, cfg in study.runs.items():
-        data = datas[name]
-        if progress:
-            print(f"[{study.name}] {name}: training", flush=True)
-        result = train(cfg, data, out_dir=root / name, progress=progress)
-        report = RunReport(name, cfg, result.final, result.diverged, result.message)
-        report.model, report.data = result.model, data
-        # ‖θ‖₂, the baseline every sharpness measure is compared with (Jiang et al. 2019).
-        report.values["param_norm"] = float(
-            sum(p.detach().double().pow(2).sum() for p in result.model.parameters()) ** 0.5
-        )
-        if result.diverged:
-            print(f"[{study.name}] {name}: {result.message}", flush=True)
-        else:
-            for measure in study.measures:
-                if progress:
-                    print(f"[{study.name}] {name}: {measure}", flush=True)
-                MEASURES[measure](report, study.measure, root / name, progress)
-        reports.append(report)
-    extra = study.finish(study, reports, root) if study.finish else ""
-    extra += _correlations(reports, root)
-    write_report(reports, root, extra)
+    datas = _dist.check(d, lambda: _check_runs(study, root))
+    if _dist.is_writer(d):
+        atomic_write_json(root / "study.json", study.to_dict())
+    reports = _runs(study, root, datas, progress, d)
+
+    def finish() -> None:  # once, on rank 0 (the others wait for it)
+        extra = study.finish(study, reports, root) if study.finish else ""
+        extra += _correlations(reports, root)
+        write_report(reports, root, extra)
+
+    _dist.agree(d, finish)
     return reports
+
+
+def _runs(
+    study: Study,
+    root: Path,
+    datas: dict[str, DataBundle],
+    progress: bool,
+    d: _dist.Dist | None,
+) -> list[RunReport]:
+    """Every run trained and measured, in the study's order.
+
+    In a process group run ``i`` is trained and measured by rank ``i mod R`` alone
+    (its own run directory, nothing shared), and the reports, with their models,
+    are gathered on every rank; an error in any run stops every rank.
+    """
+    names = list(study.runs)
+    if d is None:
+        return [_one_run(study, root, name, datas[name], progress) for name in names]
+
+    def mine() -> dict[str, RunReport]:
+        reports = {}
+        for name in names[d.rank :: d.size]:
+            report = _one_run(study, root, name, datas[name], progress)
+            report.data = None  # every rank has the data: only the rest travels
+            reports[name] = report
+        return reports
+
+    shared = {k: v for part in _dist.gather(d, mine) for k, v in part.items()}
+    for name, report in shared.items():
+        report.data = datas[name]
+    return [shared[name] for name in names]
+
+
+def _one_run(study: Study, root: Path, name: str, data: DataBundle, progress: bool) -> RunReport:
+    """Train run ``name`` (or reuse its finished checkpoint) and compute its measures."""
+    cfg = study.runs[name]
+    if progress:
+        print(f"[{study.name}] {name}: training", flush=True)
+    result = train(cfg, data, out_dir=root / name, progress=progress)
+    report = RunReport(name, cfg, result.final, result.diverged, result.message)
+    report.model, report.data = result.model, data
+    # ‖θ‖₂, the baseline every sharpness measure is compared with (Jiang et al. 2019).
+    report.values["param_norm"] = float(
+        sum(p.detach().double().pow(2).sum() for p in result.model.parameters()) ** 0.5
+    )
+    if result.diverged:
+        print(f"[{study.name}] {name}: {result.message}", flush=True)
+    else:
+        for measure in study.measures:
+            if progress:
+                print(f"[{study.name}] {name}: {measure}", flush=True)
+            MEASURES[measure](report, study.measure, root / name, progress)
+    return report
 
 
 def _check_runs(study: Study, root: Path) -> dict[str, DataBundle]:

@@ -31,6 +31,15 @@ The estimators take any :class:`SymmetricOperator` (``n``, ``dtype``,
 matrix in a test. Every random vector (Lanczos start, probe, sketch column,
 SLQ start) is drawn from ``(seed, index)`` alone (``_random``), in a stream of
 its own per purpose, so work can be split or resumed and give the same numbers.
+
+In a ``torch.distributed`` process group (an Objective's ``dist``; ``_split``):
+the operators are **data-parallel** (each rank keeps the graphs of its data shard
+only, a product is the all-reduced float64 sum of the shards' products, the same
+on every rank), so Lanczos, :func:`summary` and a measure given an operator run on
+every rank alike and agree with one process to rounding; :func:`trace` and
+:func:`density` given an Objective are **point-parallel** (probes, sketch rows and
+SLQ runs shared by global index over the ranks, each computed on the whole data:
+bit-identical to one process, partial-results files written by rank 0).
 """
 
 from ._density import Density as Density

@@ -7,7 +7,12 @@ Lanczos matrix and ``w_j`` the squared first components of its
 eigenvectors; averaged over runs and broadened by Gaussians.
 
 The quadrature reads only a :class:`~basinscope.hessian.SymmetricOperator`
-(``n``, ``dtype``, ``device``, ``matvec``).
+(``n``, ``dtype``, ``device``, ``matvec``). In a process group, given an
+Objective, the runs are point-parallel (``_split``): each rank runs its share of
+each round of runs (one run per rank) on the whole data's operator alone and the
+nodes and weights are gathered in run order, stored by rank 0 as each round ends:
+bit-identical to one process's (the partial-results file too). Given an operator
+(data-parallel), every rank makes every run together.
 """
 
 from __future__ import annotations
@@ -21,12 +26,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _dist
 from .._checks import check_int, check_number, check_positive
 from .._io import atomic_write
 from .._partial import open_partial
 from ._lanczos import _eigh
-from ._operator import Curvature, SymmetricOperator, _key, check_curvature, operator
+from ._operator import Curvature, SymmetricOperator, _key, check_curvature
 from ._random import _SLQ, _rademacher
+from ._split import operator_alone, point_group, split_map, writer_group
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,42 @@ def _slq_run(op: SymmetricOperator, steps: int, v: Tensor) -> tuple[np.ndarray, 
     return tau, U[0] ** 2
 
 
+def _slq_start(op: SymmetricOperator, steps: int, seed: int, r: int) -> list[list[float]]:
+    """Run ``r``'s ``[nodes, weights]``, from the Rademacher start ``(seed, r)``."""
+    v = _rademacher(op.n, seed, _SLQ, r).to(op.device, op.dtype)
+    tau, w = _slq_run(op, steps, v)
+    return [tau.tolist(), w.tolist()]
+
+
+def _runs(
+    op: SymmetricOperator,
+    runs: int,
+    m: int,
+    seed: int,
+    path: str | Path | None,
+    split: _dist.Dist | None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(nodes, weights, products)`` of runs ``0 … runs−1`` (``m`` steps each): those
+    the partial results lack computed in rounds (one run per rank of ``split``),
+    stored as each round ends; stored runs count with the products they took."""
+    key = _key(op, steps=m, seed=seed) if path is not None else {}
+    what = "spectral-density Lanczos runs"
+    with open_partial(path, key, what=what, dist=writer_group(op)) as done:
+        todo = done.missing(range(runs))
+        width = 1 if split is None else split.size
+        for s in range(0, len(todo), width):
+            rows = split_map(split, todo[s : s + width], lambda r: _slq_start(op, m, seed, r))
+            done.update({r: row for r, row in zip(todo[s : s + width], rows, strict=True)})
+    nodes = np.full((runs, m), np.nan)
+    weights = np.zeros((runs, m))
+    products = 0  # one per Lanczos step
+    for r in range(runs):
+        tau, w = (np.asarray(a, dtype=np.float64) for a in done.get(r))
+        products += len(tau)
+        nodes[r, : len(tau)], weights[r, : len(w)] = tau, w
+    return nodes, weights, products
+
+
 def _broaden(
     nodes: np.ndarray, weights: np.ndarray, sigma: float | None, points: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -169,6 +212,9 @@ def density(
     only the missing runs, giving the same density bit for bit. Keyed by the
     Objective's fingerprint, θ, ``steps``, ``seed`` and the operator's
     ``batched`` (not ``runs``: a rerun with more runs reuses the stored ones).
+    In a process group, an Objective's runs are shared over the ranks, each on the
+    whole data (bit-identical to one process; rank 0 writes the file); an
+    operator's products are data-parallel, every rank making every run.
 
     ``curvature="ggn"``: the density of the generalised Gauss–Newton matrix
     (:class:`GGNOperator`); no negative mass for a loss convex in the output.
@@ -185,22 +231,9 @@ def density(
     if sigma is not None:
         sigma = check_number("sigma", sigma, positive=True)
     zero_tol = check_positive("zero_tol", zero_tol, zero=True)
-    op = operator(obj, curvature=curvature)
-    m = min(steps, op.n)
-    nodes = np.full((runs, m), np.nan)
-    weights = np.zeros((runs, m))
-    products = 0  # one per Lanczos step, stored runs included
-    key = _key(op, steps=m, seed=seed) if path is not None else {}
-    with open_partial(path, key, what="spectral-density Lanczos runs") as done:
-        for r in range(runs):
-            if r in done:
-                tau, w = (np.asarray(a, dtype=np.float64) for a in done.get(r))
-            else:
-                v = _rademacher(op.n, seed, _SLQ, r).to(op.device, op.dtype)
-                tau, w = _slq_run(op, m, v)
-                done.update({r: [tau.tolist(), w.tolist()]})
-            products += len(tau)
-            nodes[r, : len(tau)], weights[r, : len(w)] = tau, w
+    split = point_group(obj)
+    op = operator_alone(obj, split, curvature)
+    nodes, weights, products = _runs(op, runs, min(steps, op.n), seed, path, split)
     grid, dens, sigma = _broaden(nodes, weights, sigma, points)
     cut = -zero_tol * float(np.nanmax(np.abs(nodes)))
     neg = np.where(nodes < cut, weights, 0.0).sum(axis=1)

@@ -28,6 +28,10 @@ and kept (within ``cache_bytes``), nothing dense ever formed:
    (a detached copy of ``f``; for cross-entropy a softmax, cheap).
 3. ``Jᵀ(H_c u)`` by a vjp through the kept forward graph.
 
+In a process group the chunks are those of the rank's data shard and the products
+are summed over the ranks, as :class:`~basinscope.hessian.HessianOperator`'s
+(``Σ_r Σ_{c ∈ shard r} J_cᵀ H_c J_c v / Σ count``, the whole data's count).
+
 Reverse-over-reverse for ``J v`` rather than ``torch.func.jvp``: the graphs are
 kept between products as :class:`~basinscope.hessian.HessianOperator` keeps its
 gradient graphs, so no forward pass is repeated. Attention runs on its math
@@ -100,12 +104,10 @@ class GGNOperator(_Products):
         batched: bool = False,
         check: bool = True,
     ):
-        self._start(obj, theta, batched, check)
-        self._total = obj.batches.totals[0]
-        # the kept chunks' graphs; the others rebuilt for each call
-        self._graphs, self._rest = self._keep(
-            lambda x, y: self._build(x, y, count=True), cache_bytes
-        )
+        self._start(obj, theta, batched)
+        self._total = obj.batches.totals[0]  # the whole data's, in a group too
+        # the kept chunks' graphs (a group: of this rank's shard); the others rebuilt per call
+        self._prepare(lambda x, y: self._build(x, y, count=True), cache_bytes, check)
 
     def __repr__(self) -> str:
         return f"GGNOperator(n={self.n}, products={self.n_products})"
@@ -130,7 +132,7 @@ class GGNOperator(_Products):
         return chunk, size
 
     def _graphs_of(self, x: Any, y: Any) -> _Chunk:
-        batches = self.obj.batches
+        batches = self._batches
         leaf = self.theta.clone().requires_grad_(True)
         out = batches.forward(batches.space.unflatten(leaf), x)
         o = out.detach().requires_grad_(True)

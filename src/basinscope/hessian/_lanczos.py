@@ -9,7 +9,13 @@ found directly, not by shifting. A pair is accepted when its residual
 and typically within ``‖Hv − λv‖²/gap``.
 
 The run reads only a :class:`~basinscope.hessian.SymmetricOperator` (``n``,
-``dtype``, ``device``, ``matvec``).
+``dtype``, ``device``, ``matvec``). In a process group it runs unchanged on every
+rank on the data-parallel operator: the start vector comes from ``seed`` alone and
+every product is the same all-reduced tensor on every rank, so the ranks make the
+same arithmetic (same device kind and thread count) and every decision (convergence,
+restart, invariant subspace, budget) alike; the values agree with one process's to
+rounding (with the same number of products, unless a stopping test sits at rounding
+distance from its threshold, as for a tight ``tol`` on a degenerate eigenvalue).
 """
 
 from __future__ import annotations

@@ -22,6 +22,14 @@ examples, float32; ms per product, minimum of repeated runs; machine quiet / bus
     ``torch.func.linearize(grad(L))`` after 0.4 s tracing      12 / 60 / 45
 
 so products are reverse-over-reverse on the kept graph, one vector at a time.
+
+In a process group (the Objective's ``dist``, outside :func:`basinscope._dist.local`)
+both operators are data-parallel: each rank keeps the graphs of its contiguous data
+shard alone (``shard_of``: memory divided by the ranks), and :meth:`matmat`
+all-reduces the shards' float64 sums, ``H v = Σ_r Σ_{c ∈ shard r} (N_c/N) ∇²ℓ_c v``,
+so every rank gets the same product (one process's to rounding) and the checks of a
+product (finite, not identically zero, symmetric) see the whole of it. A failure
+while building or multiplying on one rank is raised on every rank.
 """
 
 from __future__ import annotations
@@ -33,11 +41,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _dist
 from ..errors import BasinscopeError
 from ..objective import (
+    Batches,
     Objective,
     double_backward_failure,
     refuse_if_asymmetric,
+    shard_of,
     twice_differentiable,
 )
 
@@ -84,9 +95,9 @@ class _Products:
     _nonfinite: str  # the sentence for a product that is not finite
     _undefined: str  # what a random model's evaluation leaves undefined
 
-    def _start(self, obj: Objective, theta: Tensor | None, batched: bool, check: bool) -> None:
-        """The Objective and the point θ, checked; with ``check`` the model's evaluation
-        must be deterministic (and the first dense product is checked later)."""
+    def _start(self, obj: Objective, theta: Tensor | None, batched: bool) -> None:
+        """The Objective and the point θ, checked; in a process group (outside
+        :func:`basinscope._dist.local`) the operator's data is this rank's shard."""
         if not isinstance(obj, Objective):
             raise BasinscopeError(f"expected a basinscope Objective, got {type(obj).__name__}")
         self.obj = obj
@@ -97,21 +108,36 @@ class _Products:
         if th.shape != (self.n,):
             raise BasinscopeError(f"theta must have shape ({self.n},), got {tuple(th.shape)}")
         self.theta = th.detach().to(self.device, self.dtype)
-        if check:
-            obj.check_determinism(
-                self.theta,
-                advice=f"its {self._undefined} is undefined: disable dropout and noise "
-                "layers in eval mode",
-            )
+        self.dist = _dist.active(obj.dist)
+        self._batches: Batches = (
+            obj.batches if self.dist is None else shard_of(obj.batches, self.dist)
+        )
+
+    def _prepare(self, build: Any, cache_bytes: int, check: bool) -> None:
+        """With ``check`` the model's evaluation must be deterministic (and the first
+        dense product is checked later); then the chunks' graphs (:meth:`_keep`). A
+        failure on one rank of a group is raised on every rank."""
+
+        def prepare() -> tuple[list[Any], list[tuple[Any, Any]]]:
+            if check:
+                self.obj.check_determinism(
+                    self.theta,
+                    advice=f"its {self._undefined} is undefined: disable dropout and noise "
+                    "layers in eval mode",
+                )
+            return self._keep(build, cache_bytes)
+
+        self._graphs, self._rest = _dist.check(self.dist, prepare)
         self._unchecked = check  # until a dense vector has been multiplied
 
     def _keep(self, build: Any, cache_bytes: int) -> tuple[list[Any], list[tuple[Any, Any]]]:
         """Each chunk's graph ``build(x, y) -> (graph, bytes)`` kept while they fit in
-        ``cache_bytes``; the chunks beyond are rebuilt at every product."""
+        ``cache_bytes``; the chunks beyond are rebuilt at every product. In a group:
+        the chunks of this rank's data shard alone."""
         graphs: list[Any] = []
         rest: list[tuple[Any, Any]] = []
         used = 0
-        for x, y in self.obj.batches.chunks():
+        for x, y in self._batches.chunks():
             if used > cache_bytes:
                 rest.append((x, y))
                 continue
@@ -135,7 +161,14 @@ class _Products:
         vs = torch.as_tensor(vs)
         if vs.ndim != 2 or vs.shape[1] != self.n:
             raise BasinscopeError(f"vectors must have shape (k, {self.n}), got {tuple(vs.shape)}")
-        out = self._sum_products(vs.to(self.device, self.dtype))
+        vs = vs.to(self.device, self.dtype)
+        if self.dist is not None and _dist.active(self.dist) is None:
+            raise BasinscopeError(
+                "this curvature operator shares its products over the ranks of a process "
+                "group, so it cannot be used inside one rank's share of point-parallel work"
+            )
+        # In a group: this rank's shard's sums, all-reduced (float64): every rank gets H v.
+        out = _dist.reduce_sum(self.dist, lambda: (self._sum_products(vs),))[0]
         self.n_products += len(vs)
         if not torch.isfinite(out).all():
             raise BasinscopeError(self._nonfinite)
@@ -179,7 +212,9 @@ class HessianOperator(_Products):
     ``H v = Σ_c (N_c/N) ∇_θ (∇_θ ℓ_c(θ) · v)`` over data chunks ``c`` of the
     Objective (``ℓ_c`` the chunk's batch-mean loss), by double backward. The
     gradient graph of a chunk is built once and kept while the tensors it saves
-    fit in ``cache_bytes``; further chunks are recomputed for each call.
+    fit in ``cache_bytes``; further chunks are recomputed for each call. In a
+    process group each rank keeps its data shard's chunks only, and the products
+    are summed over the ranks (see the module docstring).
 
     Args:
         obj: the Objective (its ParamSpace chooses the block of ``H``).
@@ -207,14 +242,14 @@ class HessianOperator(_Products):
         batched: bool = False,
         check: bool = True,
     ):
-        self._start(obj, theta, batched, check)
+        self._start(obj, theta, batched)
 
         def build(x: Any, y: Any) -> tuple[tuple[Tensor, Tensor], int]:
             leaf, g, size = self._gradient(x, y, count=True)
             return (leaf, g), size
 
         # (θ leaf, weighted gradient) per kept chunk; the others recomputed per call
-        self._graphs, self._rest = self._keep(build, cache_bytes)
+        self._prepare(build, cache_bytes, check)
 
     def __repr__(self) -> str:
         return f"HessianOperator(n={self.n}, products={self.n_products})"
@@ -238,11 +273,11 @@ class HessianOperator(_Products):
         return leaf, g, size
 
     def _chunk_gradient(self, leaf: Tensor, x: Any, y: Any) -> Tensor:
-        obj = self.obj
+        batches = self._batches  # in a group: the shard's (the whole data's totals)
         # Attention's fused kernels have no second derivative; the graph is recorded
         # on its math backend (the user's setting is restored on exit).
         with twice_differentiable():
-            loss = obj.batches.chunk_loss(obj.space.unflatten(leaf), x, y)
+            loss = batches.chunk_loss(batches.space.unflatten(leaf), x, y)
         if not bool(torch.isfinite(loss.detach()).all()):
             raise BasinscopeError(
                 f"the loss at θ is {float(loss.detach().sum())} (not finite) on the evaluation "

@@ -2,6 +2,11 @@
 
 :func:`summary` — λ_max, λ_min, top-k, trace ± SE, and per-layer λ_max and
 trace, as one printable dataclass.
+
+In a process group everything runs on the data-parallel operator (and each block's,
+built from the restricted Objective, also data-parallel): the Lanczos runs and the
+deflated Hutchinson probes alike, every rank making every product together; the
+numbers agree with one process's to rounding, the same on every rank.
 """
 
 from __future__ import annotations

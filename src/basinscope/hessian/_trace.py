@@ -7,6 +7,15 @@ the standard error and stop when it is ≤ ``rtol·|tr H|``.
 
 The estimators read only a :class:`~basinscope.hessian.SymmetricOperator`
 (``n``, ``dtype``, ``device``, ``matmat``).
+
+In a process group, given an Objective, the work is point-parallel (``_split``):
+each rank builds the whole data's operator alone; Hutch++'s sketch products
+(``HS``, then ``HQ``) are shared by rows, and each round of probe blocks (one probe
+per rank) by block index, the values gathered in order; the stopping rule then reads
+them one by one as one process does, and the probes computed past the stopping one
+are neither stored nor counted. Each value is one process's bit for bit, and so are
+the estimate and the partial-results file (rank 0 writes it). Given an operator
+(data-parallel), every rank makes every product together.
 """
 
 from __future__ import annotations
@@ -20,11 +29,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import _dist
 from .._checks import check_int, check_positive
 from .._partial import PartialResults, open_partial
 from ..errors import BasinscopeError
-from ._operator import Curvature, SymmetricOperator, _key, check_curvature, operator
+from ._operator import Curvature, SymmetricOperator, _key, check_curvature
 from ._random import _PROBE, _SKETCH, _rademacher
+from ._split import operator_alone, point_group, split_map, writer_group
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,30 @@ class TraceEstimate:
         return d
 
 
+def _probe_values(op: SymmetricOperator, Q: Tensor | None, seed: int, idx: range) -> list[float]:
+    """``zᵀ(PHP)z`` of the probes ``idx`` (one ``matmat`` call, as a block is in one
+    process, so that the values are one process's bit for bit)."""
+    Z = torch.stack([_rademacher(op.n, seed, _PROBE, i) for i in idx]).to(op.device, op.dtype)
+    if Q is not None and len(Q):
+        Z = Z - (Z @ Q.T) @ Q
+    return (Z * op.matmat(Z)).sum(dim=1).double().cpu().tolist()
+
+
+def _take(samples: list[float], values: list[float], exact: float, rule: tuple) -> bool:
+    """Add ``values`` to ``samples`` one at a time until the stopping rule
+    ``SE ≤ max(rtol·|value|, atol)`` (after ``min_probes``) is met; whether it was."""
+    rtol, atol, min_probes = rule
+    for value in values:
+        samples.append(value)
+        s = len(samples)
+        if s >= min_probes:
+            arr = np.asarray(samples)
+            se = arr.std(ddof=1) / math.sqrt(s)
+            if se <= max(rtol * abs(exact + arr.mean()), atol):
+                return True
+    return False
+
+
 def _hutchinson(
     op: SymmetricOperator,
     Q: Tensor | None,
@@ -77,6 +112,7 @@ def _hutchinson(
     seed: int,
     spent: int,
     done: PartialResults | None = None,
+    split: _dist.Dist | None = None,
 ) -> TraceEstimate:
     """``exact`` + Hutchinson on ``PHP`` (``P = I − QᵀQ``, ``Q`` orthonormal rows).
 
@@ -84,51 +120,65 @@ def _hutchinson(
     added until ``SE ≤ max(rtol·|value|, atol)`` (checked after every probe, so
     the result does not depend on how many products a call makes). Probe values
     already in ``done`` are reused (and counted in ``n_products``, the products
-    the estimate is made of); new ones are stored there.
+    the estimate is made of); new ones are stored there. A block is one probe
+    (8 for a batched operator); with ``split`` (a point group, ``op`` each rank's
+    own) each round's blocks are shared over the ranks, and the blocks after the
+    stopping probe are neither stored nor counted, as one process never makes them.
     """
-    used = 0
-    reused = 0
+    used = reused = 0
     done = done if done is not None else PartialResults(None, {}, "trace probes", {})
     rank = 0 if Q is None else len(Q)
     samples: list[float] = []
     converged = rank == op.n
     block = 8 if getattr(op, "batched", False) else 1
+    width = block * (1 if split is None else split.size)
     while not converged and len(samples) < max_probes:
         first = len(samples)
-        count = min(block, max_probes - first)
-        idx = range(first, first + count)
-        if done.missing(idx):
-            Z = torch.stack([_rademacher(op.n, seed, _PROBE, i) for i in idx])
-            Z = Z.to(op.device, op.dtype)
-            if rank:
-                Z = Z - (Z @ Q.T) @ Q
-            values = (Z * op.matmat(Z)).sum(dim=1).double().cpu().tolist()
-            used += len(Z)
-            done.update(dict(zip(idx, values, strict=True)))
-        else:
-            values = [float(done.get(i)) for i in idx]
-            reused += count
-        for value in values:
-            samples.append(value)
-            s = len(samples)
-            if s >= min_probes:
-                arr = np.asarray(samples)
-                se = arr.std(ddof=1) / math.sqrt(s)
-                if se <= max(rtol * abs(exact + arr.mean()), atol):
-                    converged = True
-                    break
+        blocks = [
+            range(s, min(s + block, max_probes))
+            for s in range(first, min(first + width, max_probes), block)
+        ]
+        todo = [b for b in blocks if done.missing(b)]
+        found = split_map(split, todo, lambda b: _probe_values(op, Q, seed, b))
+        fresh = {b.start: values for b, values in zip(todo, found, strict=True)}
+        for b in blocks:
+            if b.start in fresh:
+                values = fresh[b.start]
+                used += len(b)
+                done.update(dict(zip(b, values, strict=True)))
+            else:
+                values = [float(done.get(i)) for i in b]
+                reused += len(b)
+            converged = _take(samples, values, exact, (rtol, atol, min_probes))
+            if converged:
+                break
+    return _estimate(
+        samples, exact, rank, op.n, method, rtol, atol, converged, seed, spent + used + reused
+    )
+
+
+def _estimate(
+    samples: list[float],
+    exact: float,
+    rank: int,
+    n: int,
+    method: str,
+    rtol: float,
+    atol: float,
+    converged: bool,
+    seed: int,
+    n_products: int,
+) -> TraceEstimate:
     arr = np.asarray(samples, dtype=np.float64)
     s = len(arr)
     return TraceEstimate(
         value=exact + (float(arr.mean()) if s else 0.0),
-        stderr=float(arr.std(ddof=1) / math.sqrt(s))
-        if s > 1
-        else (0.0 if rank == op.n else math.inf),
+        stderr=float(arr.std(ddof=1) / math.sqrt(s)) if s > 1 else (0.0 if rank == n else math.inf),
         method=method,
         exact=exact,
         rank=rank,
         samples=arr,
-        n_products=spent + used + reused,
+        n_products=n_products,
         rtol=rtol,
         atol=atol,
         converged=converged,
@@ -136,13 +186,40 @@ def _hutchinson(
     )
 
 
-def _sketch(op: SymmetricOperator, sketch: int, seed: int) -> tuple[Tensor, float]:
+def _rows(op: SymmetricOperator, vs: Tensor, split: _dist.Dist | None) -> Tensor:
+    """``op.matmat(vs)``; with a point group the rows are shared over the ranks and
+    gathered in order. The group's operator (:func:`operator_alone`) is unbatched:
+    each row's product is made alone, so its value does not depend on the others."""
+    if split is None:
+        return op.matmat(vs)
+
+    def mine() -> Tensor:
+        part = vs[_dist.share(len(vs), split.rank, split.size)]
+        return (op.matmat(part) if len(part) else part.clone()).cpu()
+
+    return torch.cat(_dist.gather(split, mine)).to(op.device)
+
+
+def _sketch(
+    op: SymmetricOperator, sketch: int, seed: int, split: _dist.Dist | None = None
+) -> tuple[Tensor, float]:
     """Hutch++'s ``Q = orth(HS)`` (``[sketch, n]``, orthonormal rows) and ``tr(QᵀHQ)``:
     ``2·sketch`` products, sketch column ``i`` from ``(seed, i)`` in a stream of its own."""
     S = torch.stack([_rademacher(op.n, seed, _SKETCH, i) for i in range(sketch)])
-    Y = op.matmat(S.to(op.device, op.dtype))
+    Y = _rows(op, S.to(op.device, op.dtype), split)
     Q = torch.linalg.qr(Y.T.double()).Q.T.to(op.dtype)  # [sketch, n], orthonormal rows
-    return Q, float((Q * op.matmat(Q)).sum(dtype=torch.float64))
+    return Q, float((Q * _rows(op, Q, split)).sum(dtype=torch.float64))
+
+
+def _sketch_size(sketch: int, n: int, min_probes: int, max_products: int) -> int:
+    """The sketch's columns (at most ``n``), refused when the budget lacks room."""
+    sketch = min(sketch, n)
+    if 2 * sketch + min_probes > max_products:
+        raise BasinscopeError(
+            f"max_products={max_products} is too small for {2 * sketch} sketch products "
+            f"and {min_probes} probes"
+        )
+    return sketch
 
 
 def trace(
@@ -191,6 +268,10 @@ def trace(
 
     ``curvature="ggn"`` estimates the trace of the generalised Gauss–Newton matrix
     of an Objective instead (:class:`GGNOperator`; its file is keyed by that too).
+
+    In a process group an Objective's probes and sketch rows are shared over the
+    ranks (one process's estimate and file bit for bit; rank 0 writes the file); an
+    operator's products are data-parallel, every rank making every probe.
     """
     check_curvature(curvature)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol, zero=True)
@@ -200,16 +281,12 @@ def trace(
     sketch = check_int("sketch", sketch, minimum=1)
     max_products = check_int("max_products", max_products, minimum=1)
     seed = check_int("seed", seed, minimum=0)
-    sketch = min(sketch, obj.n) if method == "hutch++" else 0
-    if 2 * sketch + min_probes > max_products:
-        raise BasinscopeError(
-            f"max_products={max_products} is too small for {2 * sketch} sketch products "
-            f"and {min_probes} probes"
-        )
-    op = operator(obj, curvature=curvature)
+    sketch = _sketch_size(sketch if method == "hutch++" else 0, obj.n, min_probes, max_products)
+    split = point_group(obj)
+    op = operator_alone(obj, split, curvature)
     key = _key(op, method=method, sketch=sketch, seed=seed) if path is not None else {}
-    with open_partial(path, key, what="Hessian trace probes") as done:
-        Q, exact = _sketch(op, sketch, seed) if sketch else (None, 0.0)
+    with open_partial(path, key, what="Hessian trace probes", dist=writer_group(op)) as done:
+        Q, exact = _sketch(op, sketch, seed, split) if sketch else (None, 0.0)
         return _hutchinson(
             op,
             Q,
@@ -222,4 +299,5 @@ def trace(
             seed=seed,
             spent=2 * sketch,
             done=done,
+            split=split,
         )

@@ -212,6 +212,19 @@ def three_model_plane(
     )
 
 
+def _check_model(obj: Objective, trajectory: Any) -> None:
+    """Refuse an Objective whose model is not the one ``trajectory`` recorded (a name one
+    of them lacks, another shape), blaming the model: the trajectory is what it is."""
+    from ..errors import BasinscopeError
+
+    mismatch = getattr(trajectory, "mismatch", None)  # a Trajectory of basinscope.training
+    differs = None if mismatch is None else mismatch(obj.model, obj.space.names)
+    if differs is not None:
+        raise BasinscopeError(
+            f"the model given {differs}; measure the model the trajectory was recorded from"
+        )
+
+
 def trajectory_plane(
     obj: Objective,
     snapshots: Any,
@@ -230,7 +243,9 @@ def trajectory_plane(
 
     ``snapshots``: a training ``Trajectory`` (``load_trajectory(run)``
     or ``TrainResult.trajectory``), a ``[T, n]`` tensor in ``obj.space``, or a list
-    of models / state dicts; the last one should be ``obj``'s model.
+    of models / state dicts; the last one should be ``obj``'s model. A ``Trajectory``
+    whose parameters are not ``obj``'s model's (a name either lacks, another shape) is
+    refused, naming one.
     Directions come from :func:`basinscope.landscape.pca_directions`; the grid
     covers the projected trajectory plus ``margin`` times its extent. The
     trajectory's coordinates and the explained variance are stored in
@@ -243,6 +258,7 @@ def trajectory_plane(
     _grids([((0.0, 1.0), steps), ((0.0, 1.0), steps)], "a trajectory plane")  # before the PCA
     epochs = None
     if hasattr(snapshots, "unflatten") and hasattr(snapshots, "epochs"):  # a training Trajectory
+        _check_model(obj, snapshots)
         epochs = [int(e) for e in snapshots.epochs]
         snapshots = [snapshots.unflatten(i) for i in range(len(epochs))]
     rows = (

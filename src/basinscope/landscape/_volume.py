@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import _dist
 from .._checks import check_int, check_number
 from .._partial import open_partial
 from ..errors import BasinscopeError
@@ -247,7 +248,7 @@ def _level(obj: Objective, threshold: float, rule: str) -> tuple[float, float]:
     if loss0 >= level:
         raise BasinscopeError(
             f"the threshold {threshold:g} is below the loss at the minimum ({loss0:.6g}); "
-            "the basin would be empty: raise it or use --rule relative"
+            "the basin would be empty: raise it or use rule='relative'"
         )
     return loss0, level
 
@@ -268,7 +269,8 @@ def _search_rays(
     seed, norm = settings["seed"], settings["norm"]
     r0, r_max, tolerance = settings["r0"], settings["r_max"], settings["tolerance"]
     todo = done.missing(range(n_directions))
-    with tqdm(total=n_directions, disable=not progress, desc="rays", unit="ray") as bar:
+    shown = progress and _dist.is_writer(obj.dist)
+    with tqdm(total=n_directions, disable=not shown, desc="rays", unit="ray") as bar:
         bar.update(n_directions - len(todo))
         for s in range(0, len(todo), batch):
             idx = todo[s : s + batch]
@@ -338,7 +340,7 @@ def basin_volume(
     r_max, tolerance = settings["r_max"], settings["tolerance"]
     loss0, level = _level(obj, threshold, rule)
     key = _volume_key(obj, settings, precondition) if path is not None else {}
-    with open_partial(path, key, what="basin-volume rays") as done:
+    with open_partial(path, key, what="basin-volume rays", dist=obj.dist) as done:
         rays = _search_rays(obj, done, n_directions, batch, progress, level, settings, precondition)
     radii = np.array([ray[0] for ray in rays], dtype=np.float64)
     crossed = np.array([ray[1] for ray in rays], dtype=bool)

@@ -5,9 +5,10 @@ counted units (``CrossEntropy``, ``MSE``, ``MeanLoss`` around any batch-mean los
 ``SumLoss`` around a user's ``(sum, count)`` function); ``Objective`` holds the
 private model copy and the data and evaluates ``L(θ)`` exactly; ``Batches`` is
 what every engine reads (model, space, loss, data chunks, float64 reduction);
-engines (``PlainEngine``, ``FirstLayerEngine``, ``ChainEngine``,
-``BatchNormEngine``) evaluate lines, planes and rays; ``make_plan`` and
-``Objective.plan`` say which engine runs and why faster ones were refused.
+engines (``PlainEngine``, ``FirstLayerEngine``, ``ChainEngine``, ``VmapEngine``
+(any model, points batched by ``torch.func.vmap``), ``BatchNormEngine``) evaluate
+lines, planes and rays; ``make_plan`` and ``Objective.plan`` say which engine runs
+and why faster ones were refused (``make_plan(batches, engine=...)`` names one).
 """
 
 from ._autograd import refuse_if_asymmetric as refuse_if_asymmetric
@@ -30,11 +31,13 @@ from ._losses import SumLoss as SumLoss
 from ._losses import classification_loss as classification_loss
 from ._objective import LossFn as LossFn
 from ._objective import Objective as Objective
+from ._parallel import shard_of as shard_of
 from ._plan import Plan as Plan
 from ._plan import make_plan as make_plan
 from ._space import Include as Include
 from ._space import ParamSpace as ParamSpace
 from ._space import match as match
+from ._vmap import VmapEngine as VmapEngine
 
 __all__ = [
     "MSE",
@@ -53,6 +56,7 @@ __all__ = [
     "ParamSpace",
     "PlainEngine",
     "Plan",
+    "VmapEngine",
     "batchnorm_layers",
     "classification_loss",
     "combine",

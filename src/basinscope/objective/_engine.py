@@ -173,7 +173,9 @@ class Engine(Protocol):
 
     ``evaluate(batches, coef[K, m], dirs[m, n], origin[n]) -> (loss[K], acc[K])``,
     float64 on the CPU, the same numbers as :class:`PlainEngine` gives (to
-    rounding), and each point's value independent of the other points asked for.
+    rounding), and each point's value independent of the other points asked for (the
+    vmap engine: independent of them at the same place in its block of ``block``
+    points, which is how a process group splits its points).
     """
 
     name: str

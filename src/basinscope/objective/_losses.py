@@ -269,14 +269,36 @@ class MSE(Loss):
         return torch.tensor(float(len(t)), dtype=torch.float64)
 
 
+def check_reduction(loss_fn: Any) -> None:
+    """Refuse a torch loss whose ``reduction`` is not a mean over the batch's examples.
+
+    Accepted: ``"mean"`` and :class:`torch.nn.KLDivLoss`'s ``"batchmean"`` (the sum
+    over every element divided by the batch size ``B``: the mean over the batch of each
+    example's sum over its non-batch dimensions), which :class:`MeanLoss` turns into the
+    batch's sum ``B · value`` and count ``B``, so that the dataset's loss ``Σ sum / N``
+    is exact for every batch size. Refused in one sentence: ``"sum"``, ``"none"`` and
+    any other. A :class:`Loss` gives its own sum and count and is never refused.
+    """
+    reduction = getattr(loss_fn, "reduction", "mean")
+    if isinstance(loss_fn, Loss) or reduction in ("mean", "batchmean"):
+        return
+    raise BasinscopeError(
+        f"loss_fn has reduction={reduction!r}; basinscope needs a batch-mean loss "
+        "(reduction='mean', or reduction='batchmean' of nn.KLDivLoss) to form exact "
+        "dataset means"
+    )
+
+
 class MeanLoss(Loss):
     """A batch-mean loss ``loss_fn(output, target) -> scalar`` as a sum and a count.
 
     ``Σ value = count · loss_fn(output, target)``, ``Σ count`` = the number of
     examples, or for torch's cross-entropy and NLL losses with class weights ``w`` or
     ignored targets ``Σ_i w_{y_i}`` over the targets not ignored (torch's own
-    denominator). Accuracy: argmax hits for class scores ``[N, C]`` and integer
-    targets ``[N]`` (ignored targets not counted); none otherwise.
+    denominator). ``nn.KLDivLoss(reduction="batchmean")`` divides by the number of
+    examples too, so ``Σ value`` is its sum over every element. Accuracy: argmax hits
+    for class scores ``[N, C]`` and integer targets ``[N]`` (ignored targets not
+    counted); none otherwise.
     """
 
     def __init__(self, loss_fn: Callable[[Tensor, Tensor], Tensor]):

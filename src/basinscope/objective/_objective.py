@@ -38,7 +38,7 @@ from ._autograd import hessian_products, refuse_if_asymmetric
 from ._describe import describe_objective
 from ._engine import Batches, PlainEngine
 from ._inputs import _check_dtype, _model_device, prepare
-from ._losses import Loss, MeanLoss
+from ._losses import Loss, MeanLoss, check_reduction
 from ._plan import Plan
 from ._probes import (
     _check_finite_model,
@@ -63,7 +63,8 @@ class Objective:
             ``bs.MSE()``), a function ``fn(outputs, targets) -> (sum, count)`` (a sum
             over counted units, see :mod:`basinscope.objective._losses`), or any
             batch-mean loss ``loss_fn(outputs, targets) -> scalar`` (every torch
-            loss with ``reduction="mean"``; its count is the batch's examples).
+            loss with ``reduction="mean"``, and ``nn.KLDivLoss(reduction="batchmean")``;
+            its count is the batch's examples).
         data: ``(X, y)``, a ``Dataset`` (of ``(x, y)`` items) or a ``DataLoader``;
             inputs and targets may be tensors (or arrays), tuples or dicts of
             tensors (a tuple is passed as ``model(*x)``, a dict as
@@ -136,12 +137,7 @@ class Objective:
         if subset is not None:
             subset = check_int("subset", subset, minimum=1)
         seed = check_int("seed", seed)
-        reduction = getattr(loss_fn, "reduction", "mean")
-        if reduction != "mean" and not isinstance(loss_fn, Loss):
-            raise BasinscopeError(
-                f"loss_fn has reduction={reduction!r}; basinscope needs a batch-mean loss "
-                "(reduction='mean') to form exact dataset means"
-            )
+        check_reduction(loss_fn)
         first = next(iter(model.parameters()), None)
         self.dist = _dist.resolve(group)
         self.device = (
@@ -314,17 +310,19 @@ class Objective:
         return self._points(v)
 
     @torch.no_grad()
-    def evaluate(self, points: Tensor) -> tuple[Tensor, Tensor]:
+    def evaluate(self, points: Tensor, *, split: str = "auto") -> tuple[Tensor, Tensor]:
         """Exact dataset-mean loss and accuracy at each point.
 
         Args:
             points: ``[K, n]`` (or ``[n]``) flat parameter vectors.
+            split: how a process group shares the points (see :meth:`evaluate_affine`).
 
         Returns:
             ``(loss[K], accuracy[K])`` in float64; accuracy is NaN when the
             outputs are not class scores.
         """
-        return _parallel.evaluate(self.batches, _dist.active(self.dist), self._points(points))
+        d = _dist.active(self.dist)
+        return _parallel.evaluate(self.batches, d, self._points(points), _split(split))
 
     @torch.no_grad()
     def evaluate_affine(
@@ -352,8 +350,7 @@ class Objective:
         Returns:
             ``(loss[K], accuracy[K])`` in float64, as :meth:`evaluate`.
         """
-        if split not in ("auto", "points"):
-            raise BasinscopeError(f"split must be 'auto' or 'points', got {split!r}")
+        split = _split(split)
         coefficients = torch.as_tensor(coefficients)
         if coefficients.ndim == 1:
             coefficients = coefficients[:, None]
@@ -370,8 +367,9 @@ class Objective:
         )
 
     def loss(self, theta: Tensor | None = None) -> float:
-        """``L(θ)`` as a Python float (default θ = θ0)."""
-        return float(self.evaluate(self.theta0 if theta is None else theta)[0][0])
+        """``L(θ)`` as a Python float (default θ = θ0); in a process group one rank
+        computes it whole, so it has the bits of one process (what measures compare with)."""
+        return float(self.evaluate(self.theta0 if theta is None else theta, split="points")[0][0])
 
     def describe(self) -> str:
         """What this Objective's numbers mean, in a few lines: the loss and the unit it
@@ -485,3 +483,9 @@ class Objective:
             _refuse_if_random(
                 self.batches.forward(params, x), self.batches.forward(params, x), advice
             )
+
+
+def _split(split: Any) -> str:
+    if split not in ("auto", "points"):
+        raise BasinscopeError(f"split must be 'auto' or 'points', got {split!r}")
+    return split

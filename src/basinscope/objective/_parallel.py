@@ -36,9 +36,12 @@ def shard_of(batches: Batches, d: _dist.Dist) -> Batches:
     return batches.cache[key]
 
 
-def mine(rows: Tensor, d: _dist.Dist) -> Tensor:
-    """This rank's contiguous share of the rows (points) of a point-parallel call."""
-    return rows[_dist.share(len(rows), d.rank, d.size)]
+def mine(rows: Tensor, d: _dist.Dist, block: int = 1) -> Tensor:
+    """This rank's contiguous share of the rows (points) of a point-parallel call, in
+    whole blocks of ``block`` rows: an engine that evaluates points in blocks (vmap)
+    gives a point's last bits by its place in its block, which whole blocks keep."""
+    blocks = _dist.share(-(-len(rows) // block), d.rank, d.size)
+    return rows[blocks.start * block : blocks.stop * block]
 
 
 def cat(parts: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
@@ -53,6 +56,11 @@ def _share(fn: Any, batches: Batches, rows: Tensor, *args: Any) -> tuple[Tensor,
         empty = torch.zeros(0, dtype=torch.float64)
         return empty, empty.clone()
     return fn(batches, rows, *args)
+
+
+def _block(engine: Engine) -> int:
+    """Points an engine evaluates together with place-dependent rounding (1: none)."""
+    return int(getattr(engine, "block", 1)) if engine.name == "vmap" else 1
 
 
 def rank_device(device: Any, d: _dist.Dist | None) -> Any:
@@ -73,11 +81,14 @@ def agreed_plan(batches: Batches, d: _dist.Dist | None) -> Plan:
     return plan if plan.name == name else make_plan(batches, engine=name)
 
 
-def evaluate(batches: Batches, d: _dist.Dist | None, points: Tensor) -> tuple[Tensor, Tensor]:
-    """``(loss[K], accuracy[K])`` at the rows of ``points``, shared over ``d``'s ranks."""
+def evaluate(
+    batches: Batches, d: _dist.Dist | None, points: Tensor, split: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """``(loss[K], accuracy[K])`` at the rows of ``points``, shared over ``d``'s ranks
+    (data-parallel for fewer points than ranks unless ``split="points"``)."""
     if d is None:
         return evaluate_points(batches, points)
-    if len(points) < d.size:
+    if len(points) < d.size and split == "auto":
         shard = shard_of(batches, d)
         return _dist.reduce_sum(d, lambda: evaluate_points(shard, points))
     return cat(_dist.gather(d, lambda: _share(evaluate_points, batches, mine(points, d))))
@@ -103,7 +114,9 @@ def evaluate_affine(
         shard = shard_of(batches, d)
         return _dist.reduce_sum(d, lambda: PlainEngine().evaluate(shard, coef, dirs, origin))
     return cat(
-        _dist.gather(d, lambda: _share(engine.evaluate, batches, mine(coef, d), dirs, origin))
+        _dist.gather(
+            d, lambda: _share(engine.evaluate, batches, mine(coef, d, _block(engine)), dirs, origin)
+        )
     )
 
 

@@ -3,8 +3,14 @@
 The model is probed once (a forward with hooks): is its first parametrised layer
 one the first-layer shortcut applies to, and is the rest of it a chain the
 batched chain executor runs? Each candidate engine is then checked against the
-plain engine by one verifier (:func:`_verify`) before it is chosen. The result,
-``obj.plan``, names the engine that runs and, for each faster one refused, why.
+plain engine by one verifier (:func:`_verify`) before it is chosen. Where the
+chain is refused, the vmap engine (any model, points batched by
+``torch.func.vmap``) is verified too and timed against the engine the plan would
+otherwise choose, on the first examples: it is chosen only when clearly faster
+(``_vmap.faster``). The result, ``obj.plan``, names the engine that runs and, for
+each faster one refused, why. Timings differ between processes, so
+``make_plan(batches, engine=name)`` uses the named engine when it verifies, untimed:
+every process of a distributed run uses rank 0's choice.
 """
 
 from __future__ import annotations
@@ -17,15 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import BasinscopeError
 from ._chain import ChainEngine, _Chain, _chain_step, _Step
 from ._engine import Batches, Engine, PlainEngine
 from ._first_layer import _LINEAR_LAYERS, FirstLayerEngine, _FirstLayer
 from ._losses import CrossEntropy
 from ._probes import _error_line
 from ._tree import call, functional, take, tree_map
+from ._vmap import faster, vmap_engine
 
-# The engines a plan considers, fastest first.
-_CANDIDATES = ("chain", "first_layer")
+# The engines a plan considers, fastest first (vmap: when timed faster than the
+# first-layer shortcut or the plain engine).
+_CANDIDATES = ("chain", "vmap", "first_layer", "plain")
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,8 @@ class Plan:
         engine: the :class:`~basinscope.objective.Engine` that runs.
         refused: for each faster engine not used, the reason (``"tied weights"``,
             ``"residual or custom forward ..."``, ``"loss is not a plain
-            cross-entropy"``, ...), fastest first.
+            cross-entropy"``, ``"verified but not faster here (0.80× the
+            first_layer engine)"``, ...), fastest first.
     """
 
     engine: Engine
@@ -45,7 +55,7 @@ class Plan:
 
     @property
     def name(self) -> str:
-        """The engine's name: ``"chain"``, ``"first_layer"`` or ``"plain"``."""
+        """The engine's name: ``"chain"``, ``"vmap"``, ``"first_layer"`` or ``"plain"``."""
         return self.engine.name
 
     def __str__(self) -> str:
@@ -53,29 +63,114 @@ class Plan:
         return f"engine {self.name}{why}"
 
 
-def make_plan(batches: Batches) -> Plan:
-    """Probe the model once, verify each candidate engine, choose the fastest that holds."""
+def make_plan(batches: Batches, *, engine: str | None = None) -> Plan:
+    """Probe the model once, verify each candidate engine, choose the fastest that holds.
+
+    The chain engine when it applies; else the vmap engine when it verifies and its
+    timing shows it clearly faster than the first-layer shortcut (or, where that is
+    refused, the plain engine); else that one. Where that one is too quick to time
+    (under 50 ms for 8 points on a chunk), vmap is not tried against it and goes
+    unmentioned: the plans of small models do not depend on a timing.
+
+    Args:
+        engine: ``"chain"``, ``"vmap"``, ``"first_layer"`` or ``"plain"``: that engine
+            when it verifies, nothing timed (the faster ones are "not tried"); when it
+            does not, the chain, the first-layer shortcut or the plain engine as
+            usual (untimed: vmap only runs when timed or named), with its reason.
+    """
+    if engine is not None:
+        return _asked(batches, engine)
+    refused: dict[str, str] = {}
+    usual = _untimed(batches, refused)
+    if usual.name == "chain":
+        return Plan(usual, refused)
+    vm = vmap_engine(batches)
+    if isinstance(vm, str):
+        refused["vmap"] = vm
+        return _ordered(usual, refused)
+    why = _verify(vm, batches)
+    if why is None:
+        why = faster(vm, usual, batches, _verification(batches)[1])
+        if why is None:
+            return _ordered(vm, refused)
+    if why:  # "": the usual engine is too quick to time, vmap is no faster one refused
+        refused["vmap"] = why
+    return _ordered(usual, refused)
+
+
+def _ordered(engine: Engine, refused: dict[str, str]) -> Plan:
+    """The plan of ``engine`` with the reasons of the candidates before it, fastest first."""
+    before = _CANDIDATES[: _CANDIDATES.index(engine.name)]
+    return Plan(engine, {k: refused[k] for k in before if k in refused})
+
+
+def _asked(batches: Batches, engine: str) -> Plan:
+    """The plan of the engine named ``engine`` when it applies and verifies (the faster
+    ones "not tried"), else of the untimed choice with why the named one was refused."""
+    if engine not in _CANDIDATES:
+        raise BasinscopeError(
+            f"engine must be one of {', '.join(map(repr, _CANDIDATES))}, got {engine!r}"
+        )
+    asked = f"not tried (engine={engine!r} was asked for)"
+    before = {k: asked for k in _CANDIDATES[: _CANDIDATES.index(engine)]}
+    if engine == "plain":
+        return Plan(PlainEngine(), before)
+    found: dict[str, str] = {}
+    if engine == "vmap":
+        vm = vmap_engine(batches)
+        why = vm if isinstance(vm, str) else _verify(vm, batches)
+        if not isinstance(vm, str) and why is None:
+            return Plan(vm, before)
+        usual = _untimed(batches, found)
+        found = dict(_ordered(usual, found).refused) | {"vmap": why}
+    else:  # the chain falls back to the shortcut, the shortcut to the plain engine
+        usual = _untimed(batches, found, chain=engine == "chain")
+        if usual.name == engine:
+            return Plan(usual, before)
+    return Plan(usual, {k: found[k] for k in _CANDIDATES if k in found})
+
+
+def _untimed(batches: Batches, refused: dict[str, str], chain: bool = True) -> Engine:
+    """The chain engine, else the first-layer shortcut, else the plain engine: the first
+    that applies and verifies (nothing timed), with why not the others in ``refused``.
+    ``chain=False``: the chain is not tried."""
     first = _find_first_layer(batches)
     if isinstance(first, str):
-        return Plan(
-            PlainEngine(), {"chain": "needs the first-layer shortcut", "first_layer": first}
-        )
+        refused.update(chain="needs the first-layer shortcut", first_layer=first)
+        return PlainEngine()
     shortcut = FirstLayerEngine(first)
     wrong = _verify(shortcut, batches)
     if wrong is not None:
-        return Plan(
-            PlainEngine(), {"chain": "needs the first-layer shortcut", "first_layer": wrong}
-        )
-    chain = _find_chain(batches, first)
-    if isinstance(chain, str):
-        return Plan(shortcut, {"chain": chain})
-    wrong = _targets_fit(batches, chain.classes)
-    batched = ChainEngine(first, chain)
+        refused.update(chain="needs the first-layer shortcut", first_layer=wrong)
+        return PlainEngine()
+    if not chain:
+        return shortcut
+    found = _find_chain(batches, first)
+    if isinstance(found, str):
+        refused["chain"] = found
+        return shortcut
+    wrong = _targets_fit(batches, found.classes)
+    batched = ChainEngine(first, found)
     if wrong is None:
-        wrong = _verify(batched, batches, classes=chain.classes)
+        wrong = _verify(batched, batches, classes=found.classes)
     if wrong is not None:
-        return Plan(shortcut, {"chain": wrong})
-    return Plan(batched)
+        refused["chain"] = wrong
+        return shortcut
+    return batched
+
+
+def _verification(batches: Batches, classes: int | None = None) -> tuple[Batches, Tensor]:
+    """The verification data (the first 64 examples; with ``classes`` the targets are
+    ``0, 1, 2, ...``, so every class occurs) and two directions of a tenth of ``|θ0|``."""
+    g = torch.Generator().manual_seed(12345)
+    theta0 = batches.theta0
+    d = torch.randn(2, batches.space.n, generator=g).to(batches.device, batches.dtype)
+    d *= theta0.norm() / (d.norm(dim=1, keepdim=True) * 10 + 1e-12)
+    n = min(64, batches.n_examples)
+    x = take(batches.x, slice(0, n))
+    y = take(batches.y, slice(0, n)) if classes is None else torch.arange(n) % classes
+    y = tree_map(lambda t: t.to(batches.device), y)
+    return batches.on(x, y), d
 
 
 def _verify(engine: Engine, batches: Batches, classes: int | None = None) -> str | None:
@@ -85,20 +180,12 @@ def _verify(engine: Engine, batches: Batches, classes: int | None = None) -> str
     With ``classes`` the targets are ``0, 1, 2, ...`` (every class occurs), else the
     examples' own.
     """
-    g = torch.Generator().manual_seed(12345)
-    theta0 = batches.theta0
-    d = torch.randn(2, batches.space.n, generator=g).to(batches.device, batches.dtype)
-    d *= theta0.norm() / (d.norm(dim=1, keepdim=True) * 10 + 1e-12)
     coef = torch.tensor([[0.3, -0.7], [-0.5, 0.0], [0.0, 0.0]], dtype=batches.dtype)
     coef = coef.to(batches.device)
-    n = min(64, batches.n_examples)
-    x = take(batches.x, slice(0, n))
-    y = take(batches.y, slice(0, n)) if classes is None else torch.arange(n) % classes
-    y = tree_map(lambda t: t.to(batches.device), y)
     try:
-        sub = batches.on(x, y)
-        fast = engine.evaluate(sub, coef, d, theta0)[0]
-        plain = PlainEngine().evaluate(sub, coef, d, theta0)[0]
+        sub, d = _verification(batches, classes)
+        fast = engine.evaluate(sub, coef, d, batches.theta0)[0]
+        plain = PlainEngine().evaluate(sub, coef, d, batches.theta0)[0]
     except Exception as err:
         return f"fails on the verification points ({_error_line(err)})"
     low = batches.dtype in (torch.float16, torch.bfloat16, torch.float32)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import _dist
 from .._checks import check_int, check_number, check_positive
 from .._partial import open_partial
 from .._rng import item_generator
@@ -108,14 +109,15 @@ def average_case(
     _check_reach(obj, "sigma", sigma, sigma * float(scale.max()) * GAUSSIAN_REACH)
     settings = {"sigma": sigma, "seed": seed, "adaptive": bool(adaptive)}
     key = {**obj.fingerprint(), **settings} if path is not None else {}
-    with open_partial(path, key, what="average-case noise samples") as done:
+    with open_partial(path, key, what="average-case noise samples", dist=obj.dist) as done:
         todo = done.missing(range(samples))
-        with tqdm(total=samples, disable=not progress, desc="noise", unit="sample") as bar:
+        shown = progress and _dist.is_writer(obj.dist)
+        with tqdm(total=samples, disable=not shown, desc="noise", unit="sample") as bar:
             bar.update(samples - len(todo))
             for start in range(0, len(todo), chunk):
                 idx = todo[start : start + chunk]
                 z = _gaussian_rows(obj, seed, idx)
-                losses, _ = obj.evaluate(obj.theta0 + sigma * scale * z)
+                losses, _ = obj.evaluate(obj.theta0 + sigma * scale * z, split="points")
                 done.update(dict(zip(idx, losses.tolist(), strict=True)))
                 bar.update(len(idx))
         losses = np.array([done.get(i) for i in range(samples)], dtype=np.float64)
@@ -179,7 +181,7 @@ class PacBayes:
 
 def _accuracy0(obj: Objective, measure: str) -> float:
     """The accuracy at θ0, after refusing a non-finite loss there (a diverged model)."""
-    loss, acc = obj.evaluate(obj.theta0)
+    loss, acc = obj.evaluate(obj.theta0, split="points")
     if not math.isfinite(float(loss[0])):
         raise BasinscopeError(
             f"the loss at the weights is {float(loss[0])} (not finite), so {measure} is "
@@ -246,7 +248,7 @@ def _error_increase(
     total = 0.0
     for start in range(0, samples, chunk):
         z = _gaussian_rows(obj, seed, range(start, min(start + chunk, samples)))
-        _, acc = obj.evaluate(theta0 + std * z)
+        _, acc = obj.evaluate(theta0 + std * z, split="points")
         total += float((1 - acc).sum())
     return total / samples
 
@@ -350,8 +352,13 @@ def pac_bayes(
 
     total = 2 + math.ceil(math.log2(max(math.log(hi / lo) / math.log1p(tol), 1.0)))
     with (
-        open_partial(path, key, what="PAC-Bayes noise evaluations") as done,
-        tqdm(total=total, disable=not progress, desc="σ search", unit="σ") as bar,
+        open_partial(path, key, what="PAC-Bayes noise evaluations", dist=obj.dist) as done,
+        tqdm(
+            total=total,
+            disable=not (progress and _dist.is_writer(obj.dist)),
+            desc="σ search",
+            unit="σ",
+        ) as bar,
     ):
         sigma, inc, bracketed = _search(increase, lo, hi, target, tol)
     bound, w2 = _bound(obj, sigma, magnitude_aware, eps)

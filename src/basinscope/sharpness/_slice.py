@@ -140,7 +140,7 @@ def epsilon(
     n_radii = check_int("n_radii", n_radii, minimum=1)
     n_angles = check_int("n_angles", n_angles, minimum=1)
     d = _check_directions(obj, directions)
-    _check_reach(obj, "the radius", radius, radius * float(d.double().abs().sum(0).max()))
+    _check_reach(obj, "radius", radius, radius * float(d.double().abs().sum(0).max()))
     if len(d) == 1:
         coef = torch.linspace(-radius, radius, 2 * n_radii + 1, dtype=torch.float64)[:, None]
     elif len(d) == 2:
@@ -151,7 +151,7 @@ def epsilon(
     else:
         raise BasinscopeError(f"ε-sharpness takes 1 or 2 directions, got {len(d)}")
     loss0 = finite_loss0(obj, "its ε-sharpness")
-    losses, _ = obj.evaluate_affine(coef, d)
+    losses, _ = obj.evaluate_affine(coef, d, split="points")
     losses = torch.where(torch.isnan(losses), torch.inf, losses)
     k = int(torch.argmax(losses))
     return EpsilonSharpness(

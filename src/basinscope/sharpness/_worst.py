@@ -3,7 +3,7 @@
 **Worst-case sharpness** (:func:`worst_case`) — ``max_{‖δ‖≤ρ} L(θ0 + δ) − L(θ0)``
 in the L2 or L∞ ball, optionally adaptive (``δ = (|θ0| + η) ⊙ u``, ``‖u‖ ≤ ρ``;
 Kwon et al. 2021) and per batch of ``m`` examples (m-sharpness; Foret et al.
-2021, Andriushchenko et al. 2023), by projected gradient ascent (:func:`_ascend`).
+2021, Andriushchenko et al. 2023), by projected gradient ascent (:func:`_restart`).
 For ``L = ½θᵀAθ`` at ``θ0 = 0`` the L2 value is ``½ρ²·λ_max(A)``.
 """
 
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import _dist
 from .._checks import check_int, check_positive
 from .._rng import item_generator
 from ..errors import BasinscopeError
@@ -104,40 +105,38 @@ def _random_start(
     return ((2 * torch.rand(obj.n, generator=g, dtype=torch.float32) - 1) * radius).to(theta0)
 
 
-def _ascend(
+def _restart(
     obj: Objective,
     radius: float,
     norm: str,
     scale: Tensor,
     steps: int,
-    restarts: int,
     seed: int,
     batch: int,
-    loss0: float | None = None,
-) -> _Ascent:
-    """Projected gradient ascent on ``F(u) = L(θ0 + scale⊙u)`` over ``‖u‖ ≤ radius``.
+    r: int,
+) -> tuple[Tensor, float, int, int]:
+    """Restart ``r`` of projected gradient ascent on ``F(u) = L(θ0 + scale⊙u)`` over
+    ``‖u‖ ≤ radius``: ``(its best u, F(u) (−inf when no step was taken), evaluations,
+    gradients)``; it depends on ``(seed, batch, r)`` alone.
 
     Steps go along the steepest-ascent direction of the ball's norm (``∇F/‖∇F‖₂``
     for L2, ``sign(∇F)`` for L∞) with step size ``s``, starting at ``2ρ`` as in
     APGD (Croce & Hein 2020); a step is kept only when it raises ``F`` (every
     candidate is evaluated exactly), otherwise ``s`` is halved and the search
     stays at the best point. Momentum is left out: the ascent is then monotone,
-    and its first step from ``u = 0`` is SAM's ascent step.
+    and the first step of restart 0 (from ``u = 0``) is SAM's ascent step.
     """
     theta0 = obj.theta0
-    loss0 = finite_loss0(obj, "its worst-case sharpness") if loss0 is None else loss0
-    out = _Ascent(u=torch.zeros_like(theta0), loss=-math.inf, loss0=loss0, evaluations=1)
+    count = [0, 0]  # evaluations, gradients
 
     def value(u: Tensor) -> float:
-        out.evaluations += 1
+        count[0] += 1
         v = float(obj.evaluate(theta0 + scale * u)[0][0])
         return math.inf if math.isnan(v) else v  # a diverged point is as sharp as it gets
 
-    def grad(u: Tensor) -> Tensor:
-        out.gradients += 1
-        return scale * obj.grad(theta0 + scale * u)
-
-    def direction(g: Tensor) -> Tensor | None:
+    def direction(u: Tensor) -> Tensor | None:
+        count[1] += 1
+        g = scale * obj.grad(theta0 + scale * u)
         if norm == "l2":
             size = g.norm()
             return g / size if size > 0 and torch.isfinite(size) else None
@@ -150,27 +149,36 @@ def _ascend(
             return u * (radius / size) if size > radius else u
         return u.clamp(-radius, radius)
 
-    for r in range(restarts):
-        if r == 0:
-            u, f = torch.zeros_like(theta0), -math.inf  # θ0 itself is not a candidate
-        else:
-            u = _random_start(obj, radius, norm, seed, batch, r)
-            f = value(u)
-        step = 2 * radius
-        d = direction(grad(u)) if math.isfinite(f) or r == 0 else None
-        for k in range(steps):
-            if d is None:
+    if r == 0:
+        u, f = torch.zeros_like(theta0), -math.inf  # θ0 itself is not a candidate
+    else:
+        u = _random_start(obj, radius, norm, seed, batch, r)
+        f = value(u)
+    step = 2 * radius
+    d = direction(u) if math.isfinite(f) or r == 0 else None
+    for k in range(steps):
+        if d is None:
+            break
+        cand = project(u + step * d)
+        fc = value(cand)
+        if fc > f:
+            u, f = cand, fc
+            if not math.isfinite(f):
                 break
-            cand = project(u + step * d)
-            fc = value(cand)
-            if fc > f:
-                u, f = cand, fc
-                if not math.isfinite(f):
-                    break
-                if k < steps - 1:
-                    d = direction(grad(u))
-            else:
-                step /= 2
+            if k < steps - 1:
+                d = direction(u)
+        else:
+            step /= 2
+    return u, f, count[0], count[1]
+
+
+def _best(loss0: float, theta0: Tensor, runs: list[tuple[Tensor, float, int, int]]) -> _Ascent:
+    """The ascent of a batch from its restarts' results, in restart order (the first
+    of equal bests wins)."""
+    out = _Ascent(u=torch.zeros_like(theta0), loss=-math.inf, loss0=loss0, evaluations=1)
+    for u, f, evaluations, gradients in runs:
+        out.evaluations += evaluations
+        out.gradients += gradients
         out.restart_values.append(f - loss0 if f > -math.inf else math.nan)  # nan: no step
         if f > out.loss:
             out.u, out.loss = u, f
@@ -179,8 +187,43 @@ def _ascend(
     return out
 
 
+def _ascents(
+    parts: list[tuple[int, Objective, float]],
+    radius: float,
+    norm: str,
+    scale: Tensor,
+    steps: int,
+    restarts: int,
+    seed: int,
+    progress: bool,
+) -> list[_Ascent]:
+    """Every batch's ascent (``parts``: ``(batch index, its Objective, its L(θ0))``).
+
+    The work items are the ``(batch, restart)`` pairs; in a process group each rank
+    runs its contiguous share of them alone and the results are gathered in order,
+    so every value is the one a single process finds.
+    """
+    items = [(i, r) for i in range(len(parts)) for r in range(restarts)]
+    d = _dist.active(parts[0][1].dist) if parts else None
+    mine = items if d is None else items[_dist.share(len(items), d.rank, d.size)]
+    shown = progress and _dist.is_writer(d)
+
+    def run() -> list[tuple[Tensor, float, int, int]]:
+        return [
+            _restart(parts[i][1], radius, norm, scale, steps, seed, parts[i][0], r)
+            for i, r in tqdm(mine, disable=not shown, desc="ascents", unit="restart")
+        ]
+
+    done = [x for share in _dist.gather(d, run) for x in share]
+    theta0 = parts[0][1].theta0 if parts else scale
+    return [
+        _best(loss0, theta0, done[i * restarts : (i + 1) * restarts])
+        for i, (_, _, loss0) in enumerate(parts)
+    ]
+
+
 # Over 80 lines because of its docstring (the ball, the ascent, m-sharpness, the
-# closed form); the ascent is _ascend, the combination over batches _combine.
+# closed form); the ascent is _restart (_ascents over ranks), the combination over batches _combine.
 def worst_case(
     obj: Objective,
     radius: float,
@@ -248,20 +291,21 @@ def worst_case(
         m = _count("m", m, 1, n_examples)
     loss0 = finite_loss0(obj, "its worst-case sharpness")
     scale = obj.theta0.abs() + eta if adaptive else torch.ones_like(obj.theta0)
-    _check_reach(obj, "the radius", radius, radius * float(scale.max()))
+    _check_reach(obj, "radius", radius, radius * float(scale.max()))
     size = n_examples if m is None else m
     starts = list(range(0, n_examples, size))
-    results: list[_Ascent] = []
-    weights = []
-    for b, s in enumerate(tqdm(starts, disable=not progress, desc="batches", unit="batch")):
+    parts, weights = [], []
+    for b, s in enumerate(starts):
         part = obj if m is None else obj.part(s, s + size)
         try:
             weight = part.count / obj.count  # the batch's share of the loss's units
         except BasinscopeError:  # a batch whose targets count nothing (all ignored)
             continue
-        known = loss0 if m is None else None  # each batch of m examples has its own L(θ0)
-        results.append(_ascend(part, radius, norm, scale, steps, restarts, seed, b, known))
+        # each batch of m examples has its own L(θ0)
+        known = loss0 if m is None else finite_loss0(part, "its worst-case sharpness")
+        parts.append((b, part, known))
         weights.append(weight)
+    results = _ascents(parts, radius, norm, scale, steps, restarts, seed, progress)
     settings = {
         "radius": radius,
         "norm": norm,

@@ -155,13 +155,14 @@ def _locate(
     listed = ", ".join(missing)
     if data_dir is not None:
         raise BasinscopeError(
-            f"{name} needs {listed} (gzipped or not) in --data-dir {data_dir}, which lacks them; "
-            f"put them there or leave --data-dir out to download them into {cache_dir(name)}"
+            f"{name} needs {listed} (gzipped or not) in data_dir {data_dir}, which lacks them; "
+            "put them there or leave data_dir unset (CLI: --data-dir) to download them into "
+            f"{cache_dir(name)}"
         )
     if not download:
         raise BasinscopeError(
             f"{name} needs {listed} in {directory} and downloading is switched off; "
-            "put the files there or pass --data-dir DIR"
+            "put the files there or pass data_dir=DIR (CLI: --data-dir DIR)"
         )
     for i, filename in enumerate(missing):
         try:
@@ -170,6 +171,6 @@ def _locate(
             reason = getattr(err, "reason", err)
             raise BasinscopeError(
                 f"could not download {', '.join(missing[i:])} for {name} ({reason}); put the "
-                f"files in {directory} or pass --data-dir DIR"
+                f"files in {directory} or pass data_dir=DIR (CLI: --data-dir DIR)"
             ) from err
     return {key: found[key] or directory / names[0] for key, names in wanted.items()}

@@ -9,7 +9,7 @@ PCA-of-trajectory directions (Li et al. 2018). The run directory
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +47,45 @@ class Trajectory:
             out[name] = self.params[i, offset : offset + k].view(shape)
             offset += k
         return out
+
+    def mismatch(self, model: nn.Module, needed: Sequence[str] | None = None) -> str | None:
+        """How ``model`` does not match the parameters recorded here, or None when it does.
+
+        ``needed``: the model's parameters the snapshots must hold (a measure's
+        coordinates); by default its trainable ones, what training records, in order.
+        The answer completes a sentence about the model: ``"does not match the
+        trajectory's parameter names: the trajectory records 'fc.weight', which the
+        model lacks"``.
+        """
+        own = {n: tuple(p.shape) for n, p in model.named_parameters()}
+        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        want = list(trained if needed is None else needed)
+        recorded = dict(zip(self.names, self.shapes, strict=True))
+        names = "does not match the trajectory's parameter names: "
+        if lacked := [n for n in recorded if n not in own]:
+            return f"{names}the trajectory records {_some(lacked)}, which the model lacks"
+        if unrecorded := [n for n in want if n not in recorded]:
+            return f"{names}the trajectory does not record the model's {_some(unrecorded)}"
+        if needed is None and (frozen := [n for n in recorded if n not in want]):
+            return (
+                f"{names}the trajectory records {_some(frozen)}, which the model does not "
+                "train (requires_grad=False)"
+            )
+        if other := [n for n in recorded if own[n] != recorded[n]]:
+            return (
+                f"does not match the trajectory's parameter shapes: the model's {other[0]!r} "
+                f"has shape {list(own[other[0]])}, the trajectory records "
+                f"{list(recorded[other[0]])}"
+            )
+        if needed is None and list(recorded) != want:
+            return f"{names}the model orders its parameters otherwise than the trajectory"
+        return None
+
+
+def _some(names: list[str]) -> str:
+    """``'a'``, or ``'a' (and 2 more)``: the first of some parameter names."""
+    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+    return f"{names[0]!r}{more}"
 
 
 def _snapshot_due(epoch: int, every: int, n_epochs: int) -> bool:

@@ -1,0 +1,128 @@
+"""``torchrun -m basinscope COMMAND ...``: the command on every rank of a process group.
+
+torchrun starts one process per rank with ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT`` set. :func:`processes` then joins the group
+(gloo on the CPU, NCCL with ``--device cuda``, each rank on ``cuda:LOCAL_RANK``),
+and every Objective the command builds shares its work over it
+(:mod:`basinscope._dist`). Rank 0 alone prints, shows progress, writes the
+outputs and says what went wrong; the other ranks' standard output and error are
+silent, except for an error that happened on them alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any, TextIO
+
+from ..errors import BasinscopeError
+
+# The commands whose work is shared over ranks; the others run in one process.
+SHARED = ("surface", "path", "volume", "sharpness", "hessian", "trajectory", "run")
+
+
+def launched() -> int:
+    """The number of processes torchrun launched (``WORLD_SIZE``; 1 when not set)."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def rank() -> int:
+    """This process's rank in the default group (0 when there is none)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_writer() -> bool:
+    """Whether this process writes the command's outputs (rank 0, or the only process)."""
+    return rank() == 0
+
+
+@contextlib.contextmanager
+def processes(args: argparse.Namespace) -> Iterator[None]:
+    """Join torchrun's process group for the command (nothing when not under torchrun)."""
+    import torch.distributed as dist
+
+    if launched() <= 1 or dist.is_initialized():
+        yield
+        return
+    if args.command not in SHARED:
+        raise BasinscopeError(
+            f"basinscope {args.command} runs in one process; launch it without torchrun "
+            f"(the commands shared over processes are {', '.join(SHARED)})"
+        )
+    backend = "gloo"
+    device = str(getattr(args, "device", None) or "cpu")
+    if device.startswith("cuda"):
+        import torch
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if not torch.cuda.is_available():
+            raise BasinscopeError("--device cuda: CUDA is not available on this machine")
+        if device == "cuda":
+            args.device = device = f"cuda:{local}"
+        torch.cuda.set_device(torch.device(device))
+        backend = "nccl"
+    dist.init_process_group(backend)
+    try:
+        if dist.get_rank() != 0:
+            args.quiet = True
+            with (
+                open(os.devnull, "w") as null,
+                contextlib.redirect_stdout(null),
+                contextlib.redirect_stderr(null),
+            ):
+                yield
+        else:
+            yield
+    finally:
+        dist.destroy_process_group()
+
+
+def error_stream(message: str, exc: BaseException | None = None) -> TextIO | None:
+    """Where the one-sentence error goes: stderr on rank 0 (or the only process).
+
+    On another rank: nowhere for an error every rank raised together (rank 0 says it:
+    a :class:`~basinscope._dist.RankError`, or a check that failed alike on every rank
+    before any work, which rank 0 posts in the group's store and the others wait a
+    few seconds to find), the real stderr for an error of its own.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # refused before the group was joined: rank 0 says it
+        return sys.stderr if os.environ.get("RANK", "0") == "0" or launched() <= 1 else None
+    store = _store()
+    if dist.get_rank() == 0:
+        if store is not None:
+            store.set(_ERROR_KEY, message)
+        return sys.stderr
+    if exc is not None and getattr(exc, "shared", False):
+        return None
+    if store is not None:
+        try:
+            store.wait([_ERROR_KEY], timedelta(seconds=5))
+            if store.get(_ERROR_KEY).decode() == message:
+                return None
+        except Exception:  # rank 0 did not fail alike (or the store is gone): say it here
+            pass
+    return sys.__stderr__
+
+
+_ERROR_KEY = "basinscope/error/0"
+
+
+def _store() -> Any:
+    """The default group's key-value store (torchrun's rendezvous store), if reachable."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:  # a private API: without it every rank says its own error
+        return None

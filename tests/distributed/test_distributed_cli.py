@@ -1,0 +1,92 @@
+"""``torchrun -m basinscope ...`` and a study on two ranks give one process's results."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import scenarios
+import torch
+from _ranks import free_port, rank_env, run_ranks
+
+import basinscope as bs
+from basinscope.cli import main
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _torchrun(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node 2 -m basinscope ARGV`` on 127.0.0.1, bounded in time."""
+    env = rank_env(0, 1, free_port())
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        env.pop(k)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", env.pop("MASTER_PORT"),
+        "-m", "basinscope", *argv,
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_surface_and_volume_commands_under_torchrun(tmp_path, one_thread, capsys):
+    run = tmp_path / "run"
+    args = ["--dataset", "digits", "--train-size", "120", "--epochs", "1", "--widths", "8"]
+    assert main(["train", *args, "--out", str(run), "--quiet"]) == 0
+    common = ["--steps", "5", "--quiet"]
+    vol = ["volume", str(run), "--threshold", "0.5", "--rule", "relative", "--directions", "6"]
+    done = _torchrun("surface", str(run), *common, "--out", str(tmp_path / "two.h5"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("surface written to") == 1  # rank 0 alone prints
+    done = _torchrun(*vol, "--out", str(tmp_path / "two.json"), "--json", str(tmp_path / "v2.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the same commands in one process (one thread, as each rank)
+    assert main(["surface", str(run), *common, "--out", str(tmp_path / "one.h5")]) == 0
+    assert (
+        main([*vol, "--out", str(tmp_path / "one.json"), "--json", str(tmp_path / "v1.json")]) == 0
+    )
+    two, one = bs.Surface.load(tmp_path / "two.h5"), bs.Surface.load(tmp_path / "one.h5")
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert np.array_equal(getattr(two, key), getattr(one, key)), key
+    assert (tmp_path / "two.json").read_text() == (tmp_path / "one.json").read_text()
+    assert (tmp_path / "two_contour.png").exists() or any(tmp_path.glob("two*.png"))
+
+
+def test_an_error_on_the_ranks_is_one_sentence_and_no_hang(tmp_path):
+    done = _torchrun("volume", str(tmp_path / "missing"), "--threshold", "0.5")
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("basinscope: error:")]
+    assert len(lines) == 1 and "missing" in lines[0], done.stderr[-2000:]
+
+
+def test_commands_that_run_alone_are_refused_under_torchrun(tmp_path):
+    done = _torchrun("train", "--dataset", "digits", "--out", str(tmp_path / "r"))
+    assert done.returncode != 0
+    assert "basinscope train runs in one process" in done.stderr
+
+
+def test_a_study_on_two_ranks_is_the_study_of_one_process(tmp_path, one_thread):
+    from basinscope.experiments import run_study
+
+    ranks = run_ranks("study", tmp_path)
+    here = tmp_path / "one"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reports = run_study(scenarios.tiny_study(), here, progress=False)
+    assert ranks[0]["rows"] == ranks[1]["rows"] == [r.row() for r in reports]
+    two, one = tmp_path / "tiny", here / "tiny"
+    assert (two / "summary.csv").read_text() == (one / "summary.csv").read_text()
+    for name in "abc":  # each run was trained where it landed, with the same weights
+        a = torch.load(two / name / "model.pt", weights_only=False)
+        b = torch.load(one / name / "model.pt", weights_only=False)
+        sa = a["state_dict"] if isinstance(a, dict) and "state_dict" in a else a
+        sb = b["state_dict"] if isinstance(b, dict) and "state_dict" in b else b
+        assert all(torch.equal(sa[k], sb[k]) for k in sb)
