@@ -149,6 +149,32 @@ def _message(err: BaseException, rank: int) -> str:
     return f"rank {rank} failed: {type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
+def _collective(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``; a peer that died or timed out (the backend's error) is
+    one sentence on this rank, not the backend's traceback."""
+    try:
+        return call(*args, **kwargs)
+    except RuntimeError as err:  # gloo/NCCL: connection closed, timeout, abort
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise RankError(
+            f"another process of the group stopped or did not answer in time ({first}); "
+            "its own message says why",
+            -1,
+        ) from err
+
+
+def _cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (in lists, tuples, dicts) moved to the CPU: what
+    travels between ranks must not name one rank's GPU."""
+    if torch.is_tensor(value):
+        return value.detach().cpu()
+    if isinstance(value, list | tuple) and type(value) in (list, tuple):
+        return type(value)(_cpu(v) for v in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _cpu(v) for k, v in value.items()}
+    return value
+
+
 def _src(d: Dist) -> int:
     """The global rank of group rank 0 (what ``broadcast_object_list`` takes)."""
     import torch.distributed as dist
@@ -183,7 +209,7 @@ def gather(d: Dist | None, fn: Callable[[], T]) -> list[T]:
         own = err
         payload = (_message(err, d.rank), None)
     out: list[Any] = [None] * d.size
-    dist.all_gather_object(out, payload, group=d.group)
+    _collective(dist.all_gather_object, out, _cpu(payload), group=d.group)
     _raise_first(d, [status for status, _ in out], own)
     return [value for _, value in out]
 
@@ -208,8 +234,8 @@ def agree(d: Dist | None, fn: Callable[[], T]) -> T:
         except Exception as err:
             own = err
             payload = (_message(err, 0), None)
-    box = [payload]
-    dist.broadcast_object_list(box, src=_src(d), group=d.group)
+    box = [_cpu(payload)]
+    _collective(dist.broadcast_object_list, box, src=_src(d), group=d.group)
     status, value = box[0]
     if status is not None:
         raise RankError(status, 0) from own
@@ -235,11 +261,11 @@ def check(d: Dist | None, fn: Callable[[], T]) -> T:
     status = torch.tensor([0.0 if own is None else 1.0], dtype=torch.float64, device=d.device)
     import torch.distributed as dist
 
-    dist.all_reduce(status, group=d.group)
+    _collective(dist.all_reduce, status, group=d.group)
     if float(status[0]) > 0:
         messages: list[Any] = [None] * d.size
         mine = None if own is None else _message(own, d.rank)
-        dist.all_gather_object(messages, mine, group=d.group)
+        _collective(dist.all_gather_object, messages, mine, group=d.group)
         _raise_first(d, messages, own)
     return value
 
@@ -273,15 +299,15 @@ def reduce_sum(d: Dist | None, fn: Callable[[], tuple[Tensor, ...]]) -> tuple[Te
     # small collective (MAX of [failed, size, −size] gives any failure, max and min size).
     size = float(body.numel())
     meta = torch.tensor([float(own is not None), size, -size], dtype=torch.float64, device=d.device)
-    dist.all_reduce(meta, op=dist.ReduceOp.MAX, group=d.group)
+    _collective(dist.all_reduce, meta, op=dist.ReduceOp.MAX, group=d.group)
     if float(meta[0]) > 0 or float(meta[1]) != -float(meta[2]):
         messages: list[Any] = [None] * d.size
         mine = None if own is None else _message(own, d.rank)
-        dist.all_gather_object(messages, mine, group=d.group)
+        _collective(dist.all_gather_object, messages, mine, group=d.group)
         if all(m is None for m in messages):
             messages[0] = "the ranks computed sums of different sizes (different data?)"
         _raise_first(d, messages, own)
-    dist.all_reduce(body, group=d.group)
+    _collective(dist.all_reduce, body, group=d.group)
     out, start = [], 0
     for p, count in zip(parts, sizes, strict=True):
         out.append(body[start : start + count].reshape(p.shape).to(p.device, p.dtype))
@@ -301,7 +327,7 @@ def barrier(d: Dist | None) -> None:
     if d is not None:
         import torch.distributed as dist
 
-        dist.barrier(group=d.group)
+        _collective(dist.barrier, group=d.group)
 
 
 @contextlib.contextmanager

@@ -60,11 +60,19 @@ class PartialResults:
     ``path=None`` keeps them in memory only (the same code path without a file).
     """
 
-    def __init__(self, path: Path | None, key: Mapping[str, Any], what: str, items: dict[str, Any]):
+    def __init__(
+        self,
+        path: Path | None,
+        key: Mapping[str, Any],
+        what: str,
+        items: dict[str, Any],
+        dist: Any = None,
+    ):
         self.path = path
         self.key = dict(key)
         self.what = what
         self.items = items
+        self.dist = dist  # in a process group rank 0 writes, and a failure stops every rank
 
     def __contains__(self, index: object) -> bool:
         return str(index) in self.items
@@ -84,16 +92,14 @@ class PartialResults:
         """Add finished items and rewrite the file atomically (temp file + rename)."""
         self.items.update({str(k): v for k, v in results.items()})
         if self.path is not None:
-            atomic_write_json(
-                self.path,
-                {
-                    "format": FORMAT,
-                    "version": VERSION,
-                    "what": self.what,
-                    "key": self.key,
-                    "items": self.items,
-                },
-            )
+            payload = {
+                "format": FORMAT,
+                "version": VERSION,
+                "what": self.what,
+                "key": self.key,
+                "items": self.items,
+            }
+            _dist.agree(self.dist, lambda: atomic_write_json(self.path, payload))
 
 
 def _unreadable(path: Path, what: str, why: str) -> BasinscopeError:
@@ -159,5 +165,4 @@ def open_partial(
             return _load(path, key, what)
 
         saved, items = _dist.agree(dist, begin)
-        mine = path if _dist.is_writer(dist) else None
-        yield PartialResults(mine, saved or normalise(key), what, items)
+        yield PartialResults(path, saved or normalise(key), what, items, dist)

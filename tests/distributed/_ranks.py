@@ -38,7 +38,13 @@ def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
 
 
 def run_ranks(
-    scenario: str, tmp: Path, *, world: int = 2, timeout: float = 240, expect_fail: bool = False
+    scenario: str,
+    tmp: Path,
+    *,
+    world: int = 2,
+    timeout: float = 240,
+    expect_fail: bool = False,
+    codes: list[int] | None = None,
 ) -> list[Any]:
     """Each rank's ``scenarios.<scenario>(tmp)`` result, in rank order.
 
@@ -70,11 +76,10 @@ def run_ranks(
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    codes = [p.returncode for p in procs]
+    got = [p.returncode for p in procs]
     if expect_fail:
-        assert all(c != 0 for c in codes), (codes, outputs)
+        assert all(c != 0 for c in got), (got, outputs)
         return [err for _, err in outputs]
-    assert codes == [0] * world, "\n".join(
-        f"rank {r}: {o[1][-3000:]}" for r, o in enumerate(outputs)
-    )
+    want = [0] * world if codes is None else codes
+    assert got == want, "\n".join(f"rank {r}: {o[1][-3000:]}" for r, o in enumerate(outputs))
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]

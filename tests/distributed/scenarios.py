@@ -152,3 +152,45 @@ def sharpness(tmp: Path) -> dict[str, Any]:
         "eps": bs.sharpness.epsilon(obj, d, radius=0.2),
         "keskar": bs.sharpness.keskar(obj, epsilon=1e-3),
     }
+
+
+class _FailsOnRankOne(torch.nn.Module):
+    """A linear model whose forward fails on rank 1 for weights far from the start."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 3).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if dist.get_rank() == 1 and float(self.fc.weight.abs().max()) > 50:
+            raise ValueError("this rank's device cannot hold such weights")
+        return self.fc(x.flatten(1))
+
+
+def failures(tmp: Path) -> dict[str, Any]:
+    """An error on one rank is raised on both with one sentence; a rank that dies leaves
+    the other with a sentence, not a hang; describing on rank 0 alone hangs nothing."""
+    import os
+
+    import torch.distributed as dist
+
+    _, X, y = small_mlp(seed=3, n=40)
+    obj = bs.Objective(_FailsOnRankOne(), torch.nn.CrossEntropyLoss(), (X, y))
+    if dist.get_rank() == 0:
+        obj.describe()  # reads the plan: no collective
+    out: dict[str, Any] = {"loss": obj.loss()}
+    far = torch.full((4, obj.n), 100.0, dtype=torch.float64)
+    try:
+        obj.evaluate(far)
+    except bs.BasinscopeError as err:
+        out["error"] = (type(err).__name__, str(err))
+    torch.save(out, tmp / f"rank{dist.get_rank()}.pt")
+    if dist.get_rank() == 1:
+        os._exit(3)  # dies before the next collective
+    try:
+        obj.evaluate(far[:, :] * 0)
+    except bs.BasinscopeError as err:
+        out["died"] = str(err)
+    return out

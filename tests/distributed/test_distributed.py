@@ -104,3 +104,13 @@ def test_sharpness_measures_on_two_ranks(tmp_path, one_thread):
         # sequential L-BFGS-B on data-parallel gradients: the same to rounding
         assert got["keskar"].value == pytest.approx(ref["keskar"].value, rel=1e-9, abs=1e-12)
     assert (tmp_path / "noise.json").read_text() == (here / "noise.json").read_text()
+
+
+def test_an_error_on_one_rank_stops_both_with_its_sentence(tmp_path):
+    ranks = run_ranks("failures", tmp_path, codes=[0, 3])
+    assert ranks[0]["loss"] == ranks[1]["loss"]
+    for got in ranks:  # both ranks raise rank 1's sentence
+        kind, message = got["error"]
+        assert kind == "RankError"
+        assert message == ("rank 1 failed: ValueError: this rank's device cannot hold such weights")
+    assert ranks[0]["died"].startswith("another process of the group stopped")

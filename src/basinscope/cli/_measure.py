@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import _dist
 from .._checks import check_output_file
 from ..errors import BasinscopeError
 from . import _sharpness
@@ -55,7 +56,9 @@ def _cmd_surface(args: argparse.Namespace) -> None:
     if args.directions == "hessian":
         from ..hessian import top_directions
 
-        d = top_directions(obj, args.dim, seed=args.seed)
+        # one process's directions (rank 0 alone, broadcast), whatever the number of
+        # processes: they key the surface file, so a resume with another count matches
+        d = _dist.agree(obj.dist, lambda: top_directions(obj, args.dim, seed=args.seed))
     else:
         d = random_directions(obj, args.dim, norm=args.norm, seed=args.seed)
     common = {

@@ -45,6 +45,20 @@ def is_writer() -> bool:
     return rank() == 0
 
 
+def timeout() -> timedelta:
+    """How long a rank waits for the others at one collective: ``BASINSCOPE_TIMEOUT``
+    seconds, by default 6 hours (a study's ranks wait for each other's runs, and rank 0
+    writes the report while the others wait; torch's default is 10–30 minutes)."""
+    value = os.environ.get("BASINSCOPE_TIMEOUT", "21600")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 1e9:
+        raise BasinscopeError(f"BASINSCOPE_TIMEOUT must be a number of seconds > 0, got {value!r}")
+    return timedelta(seconds=seconds)
+
+
 @contextlib.contextmanager
 def processes(args: argparse.Namespace) -> Iterator[None]:
     """Join torchrun's process group for the command (nothing when not under torchrun)."""
@@ -66,11 +80,15 @@ def processes(args: argparse.Namespace) -> Iterator[None]:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if not torch.cuda.is_available():
             raise BasinscopeError("--device cuda: CUDA is not available on this machine")
-        if device == "cuda":
-            args.device = device = f"cuda:{local}"
+        if device != "cuda":
+            raise BasinscopeError(
+                f"--device {device} under torchrun would put every rank on one GPU; give "
+                "--device cuda (each rank then uses cuda:LOCAL_RANK)"
+            )
+        args.device = device = f"cuda:{local}"
         torch.cuda.set_device(torch.device(device))
         backend = "nccl"
-    dist.init_process_group(backend)
+    dist.init_process_group(backend, timeout=timeout())
     try:
         if dist.get_rank() != 0:
             args.quiet = True

@@ -446,8 +446,8 @@ def measure_along(
     lock = lambda: output_lock(out_dir, "the along-training directory", is_dir=True)  # noqa: E731
     with _dist.on_writer(_dist.resolve("auto"), lock):  # under torchrun: rank 0 writes
         result = _measure(run, names, settings, out_dir, progress)
-        if _dist.is_writer(_dist.resolve("auto")):
-            atomic_write_json(out_dir / ALONG_FILE, result.to_dict())
+        write = lambda: atomic_write_json(out_dir / ALONG_FILE, result.to_dict())  # noqa: E731
+        _dist.agree(_dist.resolve("auto"), write)  # rank 0 writes
     return result
 
 

@@ -98,9 +98,11 @@ def run_study(
 def _run_locked(study: Study, root: Path, progress: bool, d: _dist.Dist | None) -> list[RunReport]:
     # Every run's data is loaded and every run directory asked whether it accepts its
     # configuration before study.json is written: a refused study leaves it as it was.
-    datas = _dist.check(d, lambda: _check_runs(study, root))
-    if _dist.is_writer(d):
-        atomic_write_json(root / "study.json", study.to_dict())
+    # Rank 0 alone opens the run directories (their locks) and loads the data first (a
+    # download lands once); the other ranks then read the data it cached.
+    box: dict[str, dict[str, DataBundle]] = {}
+    _dist.agree(d, lambda: box.setdefault("datas", _check_runs(study, root, write=True)) and None)
+    datas = _dist.check(d, lambda: box["datas"] if "datas" in box else _load_data(study))
     reports = _runs(study, root, datas, progress, d)
 
     def finish() -> None:  # once, on rank 0 (the others wait for it)
@@ -131,9 +133,10 @@ def _runs(
 
     def mine() -> dict[str, RunReport]:
         reports = {}
-        for name in names[d.rank :: d.size]:
-            report = _one_run(study, root, name, datas[name], progress)
+        for name in names[d.rank :: d.size]:  # rank 0 alone prints and shows progress
+            report = _one_run(study, root, name, datas[name], progress and d.rank == 0)
             report.data = None  # every rank has the data: only the rest travels
+            report.model = None if report.model is None else report.model.cpu()
             reports[name] = report
         return reports
 
@@ -165,29 +168,32 @@ def _one_run(study: Study, root: Path, name: str, data: DataBundle, progress: bo
     return report
 
 
-def _check_runs(study: Study, root: Path) -> dict[str, DataBundle]:
-    """Each run's data (loaded once per distinct dataset setting), after checking that its
-    run directory accepts its configuration (no finished or interrupted run of another
-    configuration there): refused before anything of the study is written."""
-    from ..training import check_accepts
-
+def _load_data(study: Study) -> dict[str, DataBundle]:
+    """Each run's data, loaded once per distinct dataset setting."""
     cache: dict[str, DataBundle] = {}
     datas = {}
     for name, cfg in study.runs.items():
         key = json.dumps(
-            [
-                cfg.dataset,
-                cfg.data_dir,
-                cfg.train_size,
-                cfg.standardize,
-                cfg.data_seed,
-                cfg.label_noise,
-            ]
-        )
+            [cfg.dataset, cfg.data_dir, cfg.train_size, cfg.standardize, cfg.data_seed,
+             cfg.label_noise]
+        )  # fmt: skip
         if key not in cache:
             cache[key] = load_config_data(cfg)
-        datas[name] = data = cache[key]
-        check_accepts(root / name, cfg, data)  # another configuration there is refused
+        datas[name] = cache[key]
+    return datas
+
+
+def _check_runs(study: Study, root: Path, write: bool = False) -> dict[str, DataBundle]:
+    """Each run's data, after checking that its run directory accepts its configuration
+    (no finished or interrupted run of another configuration there): refused before
+    anything of the study is written. With ``write``, ``study.json`` is then written."""
+    from ..training import check_accepts
+
+    datas = _load_data(study)
+    for name, cfg in study.runs.items():
+        check_accepts(root / name, cfg, datas[name])  # another configuration is refused
+    if write:
+        atomic_write_json(root / "study.json", study.to_dict())
     return datas
 
 

@@ -10,6 +10,7 @@ depend on) matches.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from pathlib import Path
@@ -396,8 +397,9 @@ def _evaluate_grid(
             for key, value in updates.items():
                 getattr(surface, key).reshape(-1)[idx] = value.numpy()
             done[idx] = True
-            if path and _dist.is_writer(d):
-                _write_chunk(path, surface, idx, list(updates))
+            if path:  # rank 0 writes; a failure there stops every rank
+                write = functools.partial(_write_chunk, path, surface, idx, list(updates))
+                _dist.agree(d, write)
             bar.update(len(idx))
     return surface
 

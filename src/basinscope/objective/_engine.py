@@ -72,6 +72,9 @@ class Batches:
         self.batch_size, self.device, self.dtype = batch_size, device, dtype
         self.cache: dict[str, Any] = {}
         self._totals: tuple[float, float] | None = None
+        # A data shard of a process group reduces to its raw sums (the ranks' sums are
+        # added before the one division by the totals).
+        self.raw = False
 
     def on(self, x: Tree, y: Tree) -> Batches:
         """The same model, space and loss on other (already prepared) data."""
@@ -163,7 +166,10 @@ class Batches:
         return value, hit[0].to(device=value.device, dtype=torch.float64)
 
     def reduce(self, loss_sum: Tensor, correct: Tensor) -> tuple[Tensor, Tensor]:
-        """Sums of :meth:`stats` over all chunks -> ``(loss, accuracy)``, on the CPU."""
+        """Sums of :meth:`stats` over all chunks -> ``(loss, accuracy)``, on the CPU (a
+        shard's :attr:`raw` sums, undivided)."""
+        if self.raw:
+            return loss_sum.cpu(), correct.cpu()
         count, acc = self.totals
         return (loss_sum / count).cpu(), (correct / acc if acc > 0 else correct * math.nan).cpu()
 

@@ -36,10 +36,10 @@ from ..errors import BasinscopeError
 from . import _parallel
 from ._autograd import hessian_products, refuse_if_asymmetric
 from ._describe import describe_objective
-from ._engine import Batches, PlainEngine
+from ._engine import Batches, Engine, PlainEngine
 from ._inputs import _check_dtype, _model_device, prepare
 from ._losses import Loss, MeanLoss, check_reduction
-from ._plan import Plan
+from ._plan import Plan, make_plan
 from ._probes import (
     _check_finite_model,
     _describe_callable,
@@ -170,7 +170,7 @@ class Objective:
         self.x, self.y = self._prepare(data, subset, seed)
         self.criterion: Loss = self._resolve_loss()
         self._batches = self._make_batches()
-        self._plan: tuple[Batches, Plan] | None = None  # see plan
+        self._plan: tuple[Batches, Plan, bool] | None = None  # see plan; agreed by ranks
         self._probe(determinism=check_determinism)
 
     def _prepare(self, data: Any, subset: int | None, seed: int) -> tuple[Tree, Tree]:
@@ -212,8 +212,17 @@ class Objective:
         """
         batches = self.batches
         if self._plan is None or self._plan[0] is not batches:
-            self._plan = (batches, _parallel.agreed_plan(batches, _dist.active(self.dist)))
+            self._plan = (batches, make_plan(batches), False)
         return self._plan[1]
+
+    def _engine(self) -> Engine:
+        """The plan's engine; in a process group, the one every rank agreed on (made at the
+        first evaluation every rank makes, never by reading :attr:`plan`)."""
+        plan, d = self.plan, _dist.active(self.dist)
+        if d is not None and self._plan is not None and not self._plan[2]:
+            plan = _parallel.agreed_plan(self.batches, d, plan)
+            self._plan = (self.batches, plan, True)
+        return plan.engine
 
     def with_data(self, data: Any, *, subset: int | None = None) -> Objective:
         """The same model, loss and space on other data (e.g. the test set).
@@ -361,7 +370,7 @@ class Objective:
             )
         origin = self.theta0 if origin is None else self._points(origin)[0]
         coefficients = coefficients.to(device=self.device, dtype=self.dtype)
-        engine = self.plan.engine if shortcut and len(directions) else PlainEngine()
+        engine = self._engine() if shortcut and len(directions) else PlainEngine()
         return _parallel.evaluate_affine(
             self.batches, _dist.active(self.dist), engine, coefficients, directions, origin, split
         )

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import _dist
+from ..errors import BasinscopeError
 from ._autograd import gradient, hessian_products
 from ._engine import Batches, Engine, PlainEngine, evaluate_points
 from ._plan import Plan, make_plan
@@ -25,13 +26,15 @@ from ._tree import take
 
 def shard_of(batches: Batches, d: _dist.Dist) -> Batches:
     """This rank's contiguous data shard (:func:`basinscope._dist.share`) as a Batches
-    whose totals are the whole data's, so the ranks' sums add up to ``L(θ)``; kept in
-    ``batches.cache`` (an engine's caches of the shard live with it)."""
+    whose totals are the whole data's, so the ranks' chunk losses add up to ``L(θ)``, and
+    which reduces evaluations to raw sums (``Σ value``, ``Σ hits``: the ranks' sums are
+    added, then divided once); kept in ``batches.cache``."""
     key = ("shard", d.rank, d.size)
     if key not in batches.cache:
         part = _dist.share(batches.n_examples, d.rank, d.size)
         shard = batches.on(take(batches.x, part), take(batches.y, part))
         shard._totals = batches.totals
+        shard.raw = True
         batches.cache[key] = shard
     return batches.cache[key]
 
@@ -64,21 +67,31 @@ def _block(engine: Engine) -> int:
 
 
 def rank_device(device: Any, d: _dist.Dist | None) -> Any:
-    """``"cuda"`` without an index is ``cuda:LOCAL_RANK`` on a rank of a process group."""
+    """``"cuda"`` without an index is ``cuda:LOCAL_RANK`` on a rank of a process group and
+    the current CUDA device otherwise: a file's key then names the same device whether
+    one process or rank 0 of several wrote it."""
     rank = _dist.local_rank()
-    if d is not None and rank is not None and str(device) == "cuda":
+    if str(device) != "cuda":
+        return device
+    if d is not None and rank is not None:
         return f"cuda:{rank}"
-    return device
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else device
 
 
-def agreed_plan(batches: Batches, d: _dist.Dist | None) -> Plan:
-    """:func:`make_plan`, with every rank of a group using rank 0's engine (a plan may
-    time its candidates, and timings differ between processes)."""
-    plan = make_plan(batches)
-    if d is None:
-        return plan
+def agreed_plan(batches: Batches, d: _dist.Dist, plan: Plan) -> Plan:
+    """Rank 0's engine on every rank (a plan may time its candidates, and timings differ
+    between processes); a rank where that engine does not verify is refused in one
+    sentence on every rank, since the ranks must split points alike."""
     name = _dist.agree(d, lambda: plan.name)
-    return plan if plan.name == name else make_plan(batches, engine=name)
+    if plan.name != name:
+        plan = make_plan(batches, engine=name)
+    names = _dist.gather(d, lambda: plan.name)
+    if len(set(names)) > 1:
+        raise BasinscopeError(
+            f"the ranks' evaluation engines differ ({', '.join(names)}): rank 0's {name!r} "
+            "engine does not verify on every rank; give every rank the same model and data"
+        )
+    return plan
 
 
 def evaluate(
@@ -90,7 +103,7 @@ def evaluate(
         return evaluate_points(batches, points)
     if len(points) < d.size and split == "auto":
         shard = shard_of(batches, d)
-        return _dist.reduce_sum(d, lambda: evaluate_points(shard, points))
+        return batches.reduce(*_dist.reduce_sum(d, lambda: evaluate_points(shard, points)))
     return cat(_dist.gather(d, lambda: _share(evaluate_points, batches, mine(points, d))))
 
 
@@ -112,7 +125,8 @@ def evaluate_affine(
         return engine.evaluate(batches, coef, dirs, origin)
     if len(coef) < d.size and split == "auto":
         shard = shard_of(batches, d)
-        return _dist.reduce_sum(d, lambda: PlainEngine().evaluate(shard, coef, dirs, origin))
+        sums = _dist.reduce_sum(d, lambda: PlainEngine().evaluate(shard, coef, dirs, origin))
+        return batches.reduce(*sums)
     return cat(
         _dist.gather(
             d, lambda: _share(engine.evaluate, batches, mine(coef, d, _block(engine)), dirs, origin)
