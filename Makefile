@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/volume.py
 	$(PY) benchmarks/hessian.py
 	$(PY) benchmarks/transformer.py
+	$(PY) benchmarks/distributed.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

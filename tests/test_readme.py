@@ -64,9 +64,19 @@ def test_the_library_examples_run(tmp_path, monkeypatch):
     assert blocks, "the README has no Python example"
     namespace = _namespace(tmp_path)
     monkeypatch.chdir(tmp_path)  # "runs/a", "surface.h5", figures land here
+    # the torchrun example joins a process group from the environment: here, of one rank
+    for key, value in _one_rank_group().items():
+        monkeypatch.setenv(key, value)
     before = {k: v.state_dict() for k, v in namespace.items() if isinstance(v, torch.nn.Module)}
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    try:
+        for block in blocks:
+            exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert bs.Surface.load(tmp_path / "plane.h5").complete  # written by "rank 0"
     # what the examples claim: a resumable surface file, figures, a finite volume
     assert bs.Surface.load(tmp_path / "surface.h5").complete
     assert (tmp_path / "contour.png").stat().st_size > 0
@@ -77,13 +87,26 @@ def test_the_library_examples_run(tmp_path, monkeypatch):
         assert all(torch.equal(state[k], after[k]) for k in state), name
 
 
+def _one_rank_group() -> dict[str, str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
+
+
 def _command_lines() -> list[str]:
+    """Every ``basinscope ...`` line of the shell blocks, also after ``torchrun ... -m``."""
     lines = []
     for block in _blocks("sh"):
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():
             line = line.split("#", 1)[0].strip()
             for part in line.split("&&"):
                 part = part.strip()
+                if part.startswith("torchrun ") or part.startswith("srun torchrun "):
+                    assert " -m basinscope " in part, part
+                    part = "basinscope " + part.split(" -m basinscope ", 1)[1]
                 if part.startswith("basinscope "):
                     lines.append(part)
     return lines

@@ -78,7 +78,19 @@ def test_plot_draws_every_file_of_one_stem(capsys, run, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------- study.json (failure 2)
-def test_a_refused_run_leaves_study_json_as_it_was(capsys, tmp_path):
+def test_a_refused_run_leaves_study_json_as_it_was(capsys, tmp_path, monkeypatch):
+    from basinscope.experiments import STUDIES
+
+    full = STUDIES["lr-batch"]
+
+    def small(**options):  # the built-in study on 150 examples and a narrow MLP
+        study = full(**options)
+        for name, cfg in study.runs.items():
+            small = {**cfg.to_dict(), "train_size": 150, "model_kwargs": {"widths": [8]}}
+            study.runs[name] = cfg.__class__(**small)
+        return study
+
+    monkeypatch.setitem(STUDIES, "lr-batch", small)
     argv = ["run", "--grid-size", 3, "--samples", 2, "--out", tmp_path, "--quiet"]
     assert _run(capsys, *argv, "--epochs", 1)[0] == 0
     study = tmp_path / "lr-batch" / "study.json"

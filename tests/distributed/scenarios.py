@@ -104,7 +104,7 @@ def tiny_study():
         for name, batch in (("a", 20), ("b", 60), ("c", 120))
     }
     measure = MeasureConfig(grid_size=3, noise_samples=3, radius=0.5)
-    return Study("tiny", runs, measure, measures=("surface", "hessian"))
+    return Study("tiny", runs, measure, measures=("surface",))
 
 
 def study(tmp: Path) -> dict[str, Any]:
