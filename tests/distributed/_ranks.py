@@ -69,6 +69,7 @@ def run_ranks(
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
+            p.communicate()
         raise AssertionError(
             f"scenario {scenario!r} did not finish in {timeout} s (a hang?)"
         ) from None

@@ -118,22 +118,50 @@ def study(tmp: Path) -> dict[str, Any]:
 def hessian(tmp: Path) -> dict[str, Any]:
     """Curvature of the float64 MLP: Lanczos eigenvalues at both ends and the GGN's
     (data-parallel products), Hutchinson probes into a partial file, Hutch++ and SLQ
-    runs into a partial file (point-parallel), a summary per layer, and a trace on a
-    data-parallel operator given as such (every rank makes every product)."""
+    runs into a partial file (point-parallel), a summary per layer (data-parallel
+    Lanczos, point-parallel probes; for each probing operator built, whether every
+    data-parallel one was freed before), the summary's deflated probes given a fixed
+    basis, and a trace on a data-parallel operator given as such (every rank makes
+    every product)."""
+    import weakref
+
     from basinscope import hessian as hs
+    from basinscope.hessian import _summary
 
     obj = objective()
     top, bottom = hs.extremes(obj, 3, 2, tol=1e-9)
     hutch = hs.trace(obj, rtol=0.3, max_products=41, path=tmp / "probes.json")
     hpp = hs.trace(obj, method="hutch++", sketch=5, rtol=0.05, max_products=41)
     dens = hs.density(obj, runs=5, steps=12, points=201, path=tmp / "slq.json")
-    summary = hs.summary(obj, k=2, per_layer=True, trace_rtol=0.2)
+    made, freed = [], []
+    build, alone = _summary.operator, _summary.operator_alone
+
+    def tracked(*args: Any, **kwargs: Any) -> Any:
+        op = build(*args, **kwargs)
+        made.append(weakref.ref(op))
+        return op
+
+    def probing(*args: Any) -> Any:
+        freed.append(all(ref() is None for ref in made))
+        return alone(*args)
+
+    _summary.operator, _summary.operator_alone = tracked, probing
+    try:
+        summary = hs.summary(obj, k=2, per_layer=True, trace_rtol=0.2)
+    finally:
+        _summary.operator, _summary.operator_alone = build, alone
+    g = torch.Generator().manual_seed(7)
+    Q = torch.linalg.qr(torch.randn(obj.n, 3, generator=g, dtype=torch.float64)).Q.T
+    given = _summary._deflated(
+        obj, "hessian", None, Q, 0.5, rtol=0.2, atol=0.0, seed=2, max_probes=25
+    )
     ggn = hs.eigenvalues(obj, 2, tol=1e-9, curvature="ggn")
     shared = hs.trace(hs.operator(obj), rtol=0.05, max_products=23, path=tmp / "shared.json")
     return {
         "top": top.values, "bottom": bottom.values, "residuals": top.residuals,
         "products": top.n_products, "hutchinson": hutch, "hutch++": hpp, "density": dens,
-        "summary": summary.to_dict(), "ggn": ggn.values, "shared": shared,
+        "summary": summary.to_dict(), "summary_trace": summary.trace, "freed": freed,
+        "given": given, "ggn": ggn.values, "shared": shared,
     }  # fmt: skip
 
 
@@ -194,3 +222,31 @@ def failures(tmp: Path) -> dict[str, Any]:
     except bs.BasinscopeError as err:
         out["died"] = str(err)
     return out
+
+
+def cli_commands(tmp: Path) -> dict[str, Any]:
+    """``sharpness``, ``hessian``, ``path --trajectory`` and ``trajectory`` through the
+    command line's own process group (joined and left by each command), as torchrun
+    runs them; each command's exit status and what this rank printed."""
+    import contextlib
+    import io
+
+    from basinscope.cli import main
+
+    run, out = tmp / "run", tmp / "two"
+    commands = {
+        "sharpness": ["sharpness", str(run), "--samples", "4", "--worst-case", "0.05",
+                      "--restarts", "3", "--steps", "2", "--json", str(out / "s.json")],
+        "hessian": ["hessian", str(run), "--k", "2", "--density", str(out / "d.png"),
+                    "--json", str(out / "h.json")],
+        "path": ["path", str(run), "--trajectory", "--steps", "3", "--out", str(out / "p.h5")],
+        "trajectory": ["trajectory", str(run), "--measures", "loss", "lambda_max",
+                       "--out", str(out / "along")],
+    }  # fmt: skip
+    result = {}
+    for name, argv in commands.items():
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            code = main([*argv, "--quiet"] if name != "trajectory" else argv)
+        result[name] = (code, text.getvalue())
+    return result

@@ -93,3 +93,37 @@ def test_a_study_on_two_ranks_is_the_study_of_one_process(tmp_path, one_thread):
         sa = a["state_dict"] if isinstance(a, dict) and "state_dict" in a else a
         sb = b["state_dict"] if isinstance(b, dict) and "state_dict" in b else b
         assert all(torch.equal(sa[k], sb[k]) for k in sb)
+
+
+def test_sharpness_hessian_path_and_trajectory_commands_on_two_ranks(tmp_path, one_thread):
+    import json
+
+    run = tmp_path / "run"
+    args = ["--dataset", "digits", "--train-size", "120", "--epochs", "2", "--widths", "8"]
+    assert main(["train", *args, "--snapshot-every", "1", "--out", str(run), "--quiet"]) == 0
+    (tmp_path / "two").mkdir()
+    ranks = run_ranks("cli_commands", tmp_path)
+    for name, (code, text) in ranks[0].items():  # rank 0 says it, the other rank is silent
+        assert code == 0 and text, name
+        assert ranks[1][name] == (0, ""), name
+    one = tmp_path / "one"
+    one.mkdir()
+    for name, line in {  # the same commands, here in one process
+        "sharpness": ["sharpness", str(run), "--samples", "4", "--worst-case", "0.05",
+                      "--restarts", "3", "--steps", "2", "--json", str(one / "s.json"), "--quiet"],
+        "hessian": ["hessian", str(run), "--k", "2", "--json", str(one / "h.json"), "--quiet"],
+        "path": ["path", str(run), "--trajectory", "--steps", "3", "--out", str(one / "p.h5"),
+                 "--quiet"],
+    }.items():  # fmt: skip
+        assert main(line) == 0, name
+    two = tmp_path / "two"
+    s1, s2 = (json.loads((d / "s.json").read_text()) for d in (one, two))
+    for key in ("noise_sharpness", "eps_sharpness", "worst_case"):  # point-parallel: exact
+        assert s1[key] == s2[key], key
+    h1, h2 = (json.loads((d / "h.json").read_text()) for d in (one, two))
+    assert h2["top_k"] == pytest.approx(h1["top_k"], rel=1e-4)  # data-parallel, float32
+    assert (two / "d.png").stat().st_size > 1000
+    p1, p2 = bs.Surface.load(one / "p.h5"), bs.Surface.load(two / "p.h5")
+    assert np.array_equal(p1.train_loss, p2.train_loss)
+    along = json.loads((two / "along" / "along.json").read_text())
+    assert len(along["series"]["train_loss"]) >= 2 and (two / "along" / "along.png").exists()

@@ -12,6 +12,7 @@ silent, except for an error that happened on them alone.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import os
 import sys
@@ -61,10 +62,15 @@ def timeout() -> timedelta:
 
 @contextlib.contextmanager
 def processes(args: argparse.Namespace) -> Iterator[None]:
-    """Join torchrun's process group for the command (nothing when not under torchrun)."""
+    """Join torchrun's process group for the command (nothing when not under torchrun).
+
+    The group is made once per process and kept until it exits (a second command in the
+    same process, or a script that made the group itself, uses it: tearing a group down
+    and making it again on torchrun's one port can hang).
+    """
     import torch.distributed as dist
 
-    if launched() <= 1 or dist.is_initialized():
+    if launched() <= 1:
         yield
         return
     if args.command not in SHARED:
@@ -72,35 +78,45 @@ def processes(args: argparse.Namespace) -> Iterator[None]:
             f"basinscope {args.command} runs in one process; launch it without torchrun "
             f"(the commands shared over processes are {', '.join(SHARED)})"
         )
-    backend = "gloo"
-    device = str(getattr(args, "device", None) or "cpu")
-    if device.startswith("cuda"):
-        import torch
+    backend = _device(args)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timeout())
+        atexit.register(_leave)
+    if dist.get_rank() == 0:
+        yield
+        return
+    args.quiet = True
+    with (
+        open(os.devnull, "w") as null,
+        contextlib.redirect_stdout(null),
+        contextlib.redirect_stderr(null),
+    ):
+        yield
 
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if not torch.cuda.is_available():
-            raise BasinscopeError("--device cuda: CUDA is not available on this machine")
-        if device != "cuda":
-            raise BasinscopeError(
-                f"--device {device} under torchrun would put every rank on one GPU; give "
-                "--device cuda (each rank then uses cuda:LOCAL_RANK)"
-            )
-        args.device = device = f"cuda:{local}"
-        torch.cuda.set_device(torch.device(device))
-        backend = "nccl"
-    dist.init_process_group(backend, timeout=timeout())
-    try:
-        if dist.get_rank() != 0:
-            args.quiet = True
-            with (
-                open(os.devnull, "w") as null,
-                contextlib.redirect_stdout(null),
-                contextlib.redirect_stderr(null),
-            ):
-                yield
-        else:
-            yield
-    finally:
+
+def _device(args: argparse.Namespace) -> str:
+    """The backend for ``--device`` (gloo, or NCCL with each rank on cuda:LOCAL_RANK)."""
+    device = str(getattr(args, "device", None) or "cpu")
+    if not device.startswith("cuda"):
+        return "gloo"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BasinscopeError("--device cuda: CUDA is not available on this machine")
+    if device != "cuda":
+        raise BasinscopeError(
+            f"--device {device} under torchrun would put every rank on one GPU; give "
+            "--device cuda (each rank then uses cuda:LOCAL_RANK)"
+        )
+    args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    torch.cuda.set_device(torch.device(args.device))
+    return "nccl"
+
+
+def _leave() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -35,11 +35,12 @@ its own per purpose, so work can be split or resumed and give the same numbers.
 In a ``torch.distributed`` process group (an Objective's ``dist``; ``_split``):
 the operators are **data-parallel** (each rank keeps the graphs of its data shard
 only, a product is the all-reduced float64 sum of the shards' products, the same
-on every rank), so Lanczos, :func:`summary` and a measure given an operator run on
-every rank alike and agree with one process to rounding; :func:`trace` and
-:func:`density` given an Objective are **point-parallel** (probes, sketch rows and
-SLQ runs shared by global index over the ranks, each computed on the whole data:
-bit-identical to one process, partial-results files written by rank 0).
+on every rank), so Lanczos (:func:`summary`'s too) and a measure given an operator
+run on every rank alike and agree with one process to rounding; :func:`trace`,
+:func:`density` and :func:`summary`'s trace probes given an Objective are
+**point-parallel** (probes, sketch rows and SLQ runs shared by global index over the
+ranks, each computed on the whole data: bit-identical to one process, partial-results
+files written by rank 0; :func:`summary`'s given the same Lanczos basis).
 """
 
 from ._density import Density as Density

@@ -6,14 +6,16 @@ Two ways of sharing (:mod:`basinscope._dist`), chosen by what a measure is given
   the graphs of its rank's contiguous data shard only, and every product is the
   all-reduced float64 sum of the shards' products: ``H v = Σ_r Σ_{c ∈ shard r}
   (N_c/N) ∇²ℓ_c v``, the same on every rank, equal to one process's to rounding.
-  Sequential methods (Lanczos: :func:`~basinscope.hessian.eigenvalues`,
-  :func:`~basinscope.hessian.summary`) run on it, every rank doing the same
-  arithmetic on the same products; so does any measure given such an operator.
-* **point-parallel**: :func:`~basinscope.hessian.trace` and
-  :func:`~basinscope.hessian.density` given an Objective in a group build its
-  operator of the whole data on each rank alone (:func:`operator_alone`), share
-  each batch of independent items (Hutchinson probe blocks, Hutch++ sketch rows,
-  SLQ runs) by global index (:func:`split_map`) and gather their values in order:
+  Sequential methods (Lanczos: :func:`~basinscope.hessian.eigenvalues`, the
+  eigenvalues of :func:`~basinscope.hessian.summary`) run on it, every rank doing
+  the same arithmetic on the same products; so does any measure given such an operator.
+* **point-parallel**: :func:`~basinscope.hessian.trace`,
+  :func:`~basinscope.hessian.density` and the trace probes of
+  :func:`~basinscope.hessian.summary` (deflated by its Lanczos basis, whole and per
+  block) given an Objective in a group build its operator of the whole data on each
+  rank alone (:func:`operator_alone`), share each batch of independent items
+  (Hutchinson probe blocks, Hutch++ sketch rows, SLQ runs) by global index
+  (:func:`split_map`) and gather their values in order:
   each value is computed exactly as one process computes it, so the results and
   the partial-results files (written by rank 0) are bit-identical to one
   process's on the same device and thread count.

@@ -3,26 +3,35 @@
 :func:`summary` — λ_max, λ_min, top-k, trace ± SE, and per-layer λ_max and
 trace, as one printable dataclass.
 
-In a process group everything runs on the data-parallel operator (and each block's,
-built from the restricted Objective, also data-parallel): the Lanczos runs and the
-deflated Hutchinson probes alike, every rank making every product together; the
-numbers agree with one process's to rounding, the same on every rank.
+In a process group the Lanczos runs (the whole Hessian's and each block's) use the
+data-parallel operator, every rank making every product together; the deflated
+Hutchinson probes (``_split``) are point-parallel, as in :func:`~basinscope.hessian.trace`:
+each rank builds the whole data's operator alone and computes its share of each
+round's probes (by global index), the values gathered in order. Each probe value is
+then one process's bit for bit given the same Lanczos basis; the basis itself, the
+eigenvalues and the trace agree with one process's to rounding (its products are
+all-reduced), and are the same on every rank.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from .._checks import check_int, check_positive
 from ..errors import BasinscopeError
 from ..objective import Objective
 from ._lanczos import Eigenpairs, _check_k, _check_tol, _lanczos, _pairs
-from ._operator import Curvature, check_curvature, operator, restrict
+from ._operator import HessianOperator, SymmetricOperator, check_curvature, operator, restrict
+from ._split import operator_alone, point_group
 from ._trace import TraceEstimate, _hutchinson
+
+if TYPE_CHECKING:
+    from ._ggn import GGNOperator
 
 
 @dataclass(frozen=True)
@@ -81,21 +90,11 @@ class HessianSummary:
         }
 
 
-def _measure(
-    obj: Curvature,
-    k: int,
-    bottom: int,
-    *,
-    tol: float,
-    trace_rtol: float,
-    seed: int,
-    max_products: int,
-) -> tuple[Eigenpairs, Eigenpairs, TraceEstimate, int]:
-    op = operator(obj)
-    start = op.n_products
-    k = _check_k(k, op.n)
-    if k < 1:
-        raise BasinscopeError(f"k must be a positive integer, got {k}")
+def _krylov(
+    op: SymmetricOperator, k: int, bottom: int, *, tol: float, seed: int, max_products: int
+) -> tuple[Eigenpairs, Eigenpairs, Tensor, float, float]:
+    """One Lanczos run on ``op``: the top ``k`` and ``bottom`` pairs, the basis ``V``
+    (orthonormal rows), ``tr(VHVᵀ)`` from its stored products, and ``‖H‖`` as estimated."""
     kr = _lanczos(
         op,
         k,
@@ -105,23 +104,91 @@ def _measure(
         max_products=max_products,
         max_basis=None,
     )
-    # Hutch++ with the Lanczos basis as its sketch: tr(VHVᵀ) from the stored products.
-    V, HV = kr.basis, kr.products
-    rtol = check_positive("trace_rtol", trace_rtol)
-    tr = _hutchinson(
+    exact = float((kr.basis * kr.products).sum(dtype=torch.float64))
+    pairs = _pairs(kr, "top", tol, op.n), _pairs(kr, "bottom", tol, op.n)
+    return *pairs, kr.basis, exact, kr.scale
+
+
+def _deflated(
+    obj: Objective,
+    curvature: str,
+    op: SymmetricOperator | None,
+    V: Tensor,
+    exact: float,
+    *,
+    rtol: float,
+    atol: float,
+    seed: int,
+    max_probes: int,
+) -> TraceEstimate:
+    """``exact`` + Hutchinson on ``PHP`` (``P = I − VᵀV``), the probes made on ``op``.
+
+    ``op`` None: on ``obj``'s operator, built here; in a process group the whole
+    data's, built on each rank alone, each round's probe blocks shared over the ranks
+    by index and gathered in order (as :func:`~basinscope.hessian.trace` does), so
+    each value is one process's bit for bit given the same ``V``.
+    """
+    split = point_group(obj) if op is None else None
+    if op is None:
+        op = operator_alone(obj, split, curvature)
+    return _hutchinson(
         op,
         V,
-        float((V * HV).sum(dtype=torch.float64)),
+        exact,
         method="deflated",
         rtol=rtol,
-        atol=rtol * kr.scale,
+        atol=atol,
         min_probes=10,
-        max_probes=max_products,
+        max_probes=max_probes,
         seed=seed,
         spent=0,
+        split=split,
     )
-    top, bottom = _pairs(kr, "top", tol, op.n), _pairs(kr, "bottom", tol, op.n)
-    return top, bottom, tr, op.n_products - start
+
+
+def _measure(
+    obj: Objective,
+    k: int,
+    bottom: int,
+    *,
+    curvature: str,
+    tol: float,
+    trace_rtol: float,
+    seed: int,
+    max_products: int,
+) -> tuple[Eigenpairs, Eigenpairs, TraceEstimate, int]:
+    """Lanczos on ``obj``'s operator (data-parallel in a group), then the trace deflated
+    by its basis (Hutch++ with a Krylov sketch; point-parallel probes in a group)."""
+    rtol = check_positive("trace_rtol", trace_rtol)
+    op: HessianOperator | GGNOperator | None = operator(obj, curvature=curvature)
+    start = op.n_products
+    k = _check_k(k, op.n)
+    if k < 1:
+        raise BasinscopeError(f"k must be a positive integer, got {k}")
+    top, low, V, exact, scale = _krylov(
+        op, k, bottom, tol=tol, seed=seed, max_products=max_products
+    )
+    lanczos = op.n_products - start
+    if point_group(obj) is not None:
+        # The probes are point-parallel, each rank's on an operator of the whole data
+        # (_deflated builds it). This data-parallel operator is not needed any more:
+        # dropping its last reference here frees its graphs (this rank's data shard's)
+        # before the whole data's are built, so the two are never held at once and the
+        # peak memory is the larger of them, not their sum. In one process the same
+        # operator makes the probes (its graphs are the whole data's already).
+        op = None
+    tr = _deflated(
+        obj,
+        curvature,
+        op,
+        V,
+        exact,
+        rtol=rtol,
+        atol=rtol * scale,
+        seed=seed,
+        max_probes=max_products,
+    )
+    return top, low, tr, lanczos + tr.n_products
 
 
 def _layer_blocks(obj: Objective, per_layer: bool | Sequence[str]) -> list[str]:
@@ -157,6 +224,12 @@ def summary(
     extra products for the sketch; the ``‖H‖`` floor stops blocks whose
     trace is near 0 from probing forever).
 
+    In a process group Lanczos is data-parallel and the probes point-parallel (each
+    rank builds the whole data's operator after freeing its shard's, and computes its
+    share of the probes): the numbers are one process's to rounding, the same on
+    every rank. Each rank thus builds graphs twice per measure (the whole and each
+    block): its data shard's for Lanczos, then the whole data's for the probes.
+
     Args:
         per_layer: ``True`` for one diagonal block per module (parameters
             grouped by their module path, e.g. ``fc1.weight`` + ``fc1.bias``),
@@ -178,15 +251,16 @@ def summary(
     check_positive("trace_rtol", trace_rtol)
     max_products = check_int("max_products", max_products, minimum=1)
     seed = check_int("seed", seed, minimum=0)
-    opts = dict(tol=tol, trace_rtol=trace_rtol, seed=seed, max_products=max_products)
+    opts = dict(
+        curvature=curvature, tol=tol, trace_rtol=trace_rtol, seed=seed, max_products=max_products
+    )
     blocks = _layer_blocks(obj, per_layer)
     subs = {name: restrict(obj, name) for name in blocks}  # bad names fail before any work
-    op = operator(obj, curvature=curvature)
     n_bottom = 1 if lambda_min else 0
-    top, bottom, tr, used = _measure(op, k, n_bottom, **opts)
+    top, bottom, tr, used = _measure(obj, k, n_bottom, **opts)
     layers: dict[str, LayerCurvature] = {}
     for name, sub in subs.items():
-        t, b, s, u = _measure(operator(sub, curvature=curvature), 1, n_bottom, **opts)
+        t, b, s, u = _measure(sub, 1, n_bottom, **opts)
         layers[name] = LayerCurvature(
             name=name,
             n=sub.n,
@@ -202,7 +276,7 @@ def summary(
         top=top,
         bottom=bottom,
         trace=tr,
-        n=op.n,
+        n=obj.n,
         n_products=used,
         per_layer=layers,
     )
