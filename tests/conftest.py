@@ -33,6 +33,16 @@ class LinearRegression:
 
 
 @pytest.fixture
+def one_thread():
+    """One thread, as each rank of the distributed tests has (the last bits of a matrix
+    product may depend on the thread count)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def linreg() -> LinearRegression:
     return LinearRegression()
 

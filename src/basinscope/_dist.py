@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -175,6 +176,14 @@ def _cpu(value: Any) -> Any:
     return value
 
 
+def _travels(value: Any) -> Any:
+    """``value`` on the CPU, refused here (inside the ranks' error handling) if it cannot be
+    pickled, rather than in the collective, where the other ranks would wait for it."""
+    value = _cpu(value)
+    pickle.dumps(value)
+    return value
+
+
 def _src(d: Dist) -> int:
     """The global rank of group rank 0 (what ``broadcast_object_list`` takes)."""
     import torch.distributed as dist
@@ -204,12 +213,12 @@ def gather(d: Dist | None, fn: Callable[[], T]) -> list[T]:
     own: BaseException | None = None
     try:
         with local():
-            payload: Any = (None, fn())
+            payload: Any = (None, _travels(fn()))
     except Exception as err:  # carried to every rank, raised there as one sentence
         own = err
         payload = (_message(err, d.rank), None)
     out: list[Any] = [None] * d.size
-    _collective(dist.all_gather_object, out, _cpu(payload), group=d.group)
+    _collective(dist.all_gather_object, out, payload, group=d.group)
     _raise_first(d, [status for status, _ in out], own)
     return [value for _, value in out]
 
@@ -230,11 +239,11 @@ def agree(d: Dist | None, fn: Callable[[], T]) -> T:
     if d.rank == 0:
         try:
             with local():
-                payload = (None, fn())
+                payload = (None, _travels(fn()))
         except Exception as err:
             own = err
             payload = (_message(err, 0), None)
-    box = [_cpu(payload)]
+    box = [payload]
     _collective(dist.broadcast_object_list, box, src=_src(d), group=d.group)
     status, value = box[0]
     if status is not None:

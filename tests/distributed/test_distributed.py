@@ -20,14 +20,6 @@ from _ranks import run_ranks
 import basinscope as bs
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _same(a, b) -> None:
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (a, b)
 

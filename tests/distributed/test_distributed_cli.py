@@ -16,14 +16,6 @@ import basinscope as bs
 from basinscope.cli import main
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _torchrun(*argv: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """``torchrun --nproc-per-node 2 -m basinscope ARGV`` on 127.0.0.1, bounded in time."""
     env = rank_env(0, 1, free_port())

@@ -14,18 +14,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import scenarios
-import torch
 from _ranks import run_ranks
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _close(a, b, scale=None, rtol=1e-12) -> None:

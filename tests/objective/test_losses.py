@@ -161,7 +161,10 @@ def test_a_dict_batch_and_a_dict_output_give_the_tensor_models_numbers():
 _FAST = bs.sharpness.SuiteConfig(samples=2, steps=2, pac_samples=2, line_steps=3)
 
 
-def test_a_dict_model_runs_through_plane_hessian_volume_and_the_suite():
+def test_a_dict_model_runs_through_plane_hessian_volume_and_the_suite(monkeypatch):
+    # the suite's trace with 50 products at most (its 1,000 by default took most of the time)
+    trace = bs.hessian.trace
+    monkeypatch.setattr(bs.hessian, "trace", lambda *a, **k: trace(*a, max_products=50, **k))
     model = _DictLM().double()
     data = _dict_data()
     obj = Objective(model, bs.CrossEntropy(), data, batch_size=5)

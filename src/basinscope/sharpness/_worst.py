@@ -181,7 +181,7 @@ def _best(loss0: float, theta0: Tensor, runs: list[tuple[Tensor, float, int, int
         out.gradients += gradients
         out.restart_values.append(f - loss0 if f > -math.inf else math.nan)  # nan: no step
         if f > out.loss:
-            out.u, out.loss = u, f
+            out.u, out.loss = u.to(theta0), f  # gathered results arrive on the CPU
     if out.loss == -math.inf:  # no step could be taken (zero gradient at θ0, one restart)
         out.loss = loss0
     return out
