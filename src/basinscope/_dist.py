@@ -352,3 +352,44 @@ def on_writer(
 
         agree(d, take)
         yield
+
+
+_CLAIMS = [0]  # how many claim counters this process has made (the same on every rank)
+
+
+def claims(d: Dist | None, n: int) -> Iterator[int]:
+    """The items ``0 … n−1`` this rank takes, handed out as the ranks ask for them.
+
+    Each rank claims the next unclaimed index from a counter in the group's key-value
+    store (``store.add``) whenever it is free, so items of uneven cost (a study's runs)
+    keep every rank busy. Which rank takes an item is a matter of timing; its result
+    must not depend on it. Without a group: every item. Without a reachable store (a
+    private torch API): the static share ``i ≡ rank (mod size)``. No collective: it may
+    run inside :func:`local` (a rank's share of work), as the study's runs do.
+    """
+    if d is None:
+        yield from range(n)
+        return
+    _CLAIMS[0] += 1
+    store = _default_store()
+    if store is None:
+        yield from range(d.rank, n, d.size)
+        return
+    import torch.distributed as dist
+
+    members = (
+        "all" if d.group is None else ",".join(map(str, dist.get_process_group_ranks(d.group)))
+    )
+    key = f"basinscope/claims/{members}/{_CLAIMS[0]}"
+    while (index := int(store.add(key, 1)) - 1) < n:
+        yield index
+
+
+def _default_store() -> Any:
+    """The default group's key-value store (torchrun's rendezvous store), if reachable."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+
+        return _get_default_store()
+    except Exception:  # a private API: without it the work is shared statically
+        return None

@@ -18,8 +18,9 @@ import os
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, TextIO
+from typing import TextIO
 
+from .. import _dist
 from ..errors import BasinscopeError
 
 # The commands whose work is shared over ranks; the others run in one process.
@@ -132,7 +133,7 @@ def error_stream(message: str, exc: BaseException | None = None) -> TextIO | Non
 
     if not dist.is_initialized():  # refused before the group was joined: rank 0 says it
         return sys.stderr if os.environ.get("RANK", "0") == "0" or launched() <= 1 else None
-    store = _store()
+    store = _dist._default_store()
     if dist.get_rank() == 0:
         if store is not None:
             store.set(_ERROR_KEY, message)
@@ -150,13 +151,3 @@ def error_stream(message: str, exc: BaseException | None = None) -> TextIO | Non
 
 
 _ERROR_KEY = "basinscope/error/0"
-
-
-def _store() -> Any:
-    """The default group's key-value store (torchrun's rendezvous store), if reachable."""
-    try:
-        from torch.distributed.distributed_c10d import _get_default_store
-
-        return _get_default_store()
-    except Exception:  # a private API: without it every rank says its own error
-        return None

@@ -123,9 +123,10 @@ def _runs(
 ) -> list[RunReport]:
     """Every run trained and measured, in the study's order.
 
-    In a process group run ``i`` is trained and measured by rank ``i mod R`` alone
-    (its own run directory, nothing shared), and the reports, with their models,
-    are gathered on every rank; an error in any run stops every rank.
+    In a process group each run is trained and measured by the rank that claims it
+    when it is free (:func:`basinscope._dist.claims`; its own run directory, nothing
+    shared), and the reports, with their models, are gathered on every rank; an error in
+    any run stops every rank.
     """
     names = list(study.runs)
     if d is None:
@@ -133,7 +134,8 @@ def _runs(
 
     def mine() -> dict[str, RunReport]:
         reports = {}
-        for name in names[d.rank :: d.size]:  # rank 0 alone prints and shows progress
+        for i in _dist.claims(d, len(names)):  # the next run, as each rank is free
+            name = names[i]  # rank 0 alone prints and shows progress
             report = _one_run(study, root, name, datas[name], progress and d.rank == 0)
             report.data = None  # every rank has the data: only the rest travels
             report.model = None if report.model is None else report.model.cpu()
