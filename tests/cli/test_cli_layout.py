@@ -8,7 +8,16 @@ import sys
 
 import pytest
 
-from basinscope.cli import _measure, _parser, _paths, _study, _train, build_parser, main
+from basinscope.cli import (
+    _export,
+    _measure,
+    _parser,
+    _paths,
+    _study,
+    _train,
+    build_parser,
+    main,
+)
 
 COMMANDS = [
     "run",
@@ -21,6 +30,7 @@ COMMANDS = [
     "trajectory",
     "report",
     "plot",
+    "export",
 ]
 
 
@@ -63,8 +73,9 @@ def test_python_m_basinscope_cli_still_works(tmp_path):
         (_measure.register, ["surface", "sharpness", "hessian", "volume"]),
         (_paths.register, ["path"]),
         (_study.register_results, ["report", "plot"]),
+        (_export.register, ["export"]),
     ],
-    ids=["study-run", "train", "measure", "paths", "study-results"],
+    ids=["study-run", "train", "measure", "paths", "study-results", "export"],
 )
 def test_each_group_adds_its_own_sub_parsers(register, commands):
     sub = argparse.ArgumentParser().add_subparsers()

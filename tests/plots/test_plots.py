@@ -171,17 +171,23 @@ def test_plot_line(tmp_path, captured):
 
 def test_plot_contour_marks_minimum_in_right_orientation(tmp_path, captured):
     s = bowl(a=2.0, b=30.0, x0=0.5, y0=-0.25)  # grid points 0.5 and -0.25 both exist
-    out = plots.plot_contour(s, tmp_path / "c.png", levels=12)
+    lo, hi = np.nanmin(s.train_loss), np.nanmax(s.train_loss)
+    plots.plot_contour(s, tmp_path / "lin.png", levels=12)  # the default: linear, clipped
+    (cs,) = [c for c in captured[-1].axes[0].collections if isinstance(c, ContourSet) and c.filled]
+    assert type(cs.norm) is Normalize
+    np.testing.assert_allclose(cs.levels, np.linspace(*plots.common_zrange([s]), 12))
+    assert captured[-1].axes[1].get_ylabel() == "train loss"  # no log10 on a linear scale
+    out = plots.plot_contour(s, tmp_path / "c.png", levels=12, log=True, vmax=hi)
     assert_png(out, shape=(int(5.2 * plots.DPI), int(6.4 * plots.DPI)))
     ax = captured[-1].axes[0]
     marks = {h.get_label(): (h.get_xdata()[0], h.get_ydata()[0]) for h in ax.get_lines()}
     assert marks["min"] == (0.5, -0.25)
     assert marks["θ0"] == (0.0, 0.0)
     (cs,) = [c for c in ax.collections if isinstance(c, ContourSet) and c.filled]
-    # Loss spans 1e-3 .. ~21 (> 2 decades, positive): automatic geometric levels.
-    lo, hi = np.nanmin(s.train_loss), np.nanmax(s.train_loss)
+    # Loss spans 1e-3 .. ~21; log=True asked for: geometric levels, labelled as log.
     np.testing.assert_allclose(cs.levels, np.geomspace(lo, hi, 12))
     assert isinstance(cs.norm, LogNorm)
+    assert captured[-1].axes[1].get_ylabel() == "train loss (log10 scale)"
 
 
 def test_plot_contour_linear_with_nan_and_limits(tmp_path, captured):
@@ -205,12 +211,17 @@ def test_plot_surface_3d(tmp_path, captured):
     assert ax.get_zlabel() == "train loss" and ax.get_title() == "bowl"
     assert len(captured[-1].axes) == 2  # the surface and its colour bar
 
-    s = bowl(a=100.0, b=100.0)  # 1e-3 .. 100: log10 on the z axis
+    s = bowl(a=100.0, b=100.0)  # 1e-3 .. 100: linear by default, log10 only when asked
     s.train_loss[0, :] = np.nan
-    plots.plot_surface_3d(s, tmp_path / "log.png", key="train_loss")
+    plots.plot_surface_3d(s, tmp_path / "lin.png", key="train_loss")
+    ax = captured[-1].axes[0]
+    assert ax.get_zlabel() == "train loss" and "log" not in captured[-1].axes[1].get_ylabel()
+    assert ax.get_zlim() == pytest.approx(plots.common_zrange([s]))
+    plots.plot_surface_3d(s, tmp_path / "log.png", key="train_loss", log=True, zmax=1e3)
     assert_png(tmp_path / "log.png")
     ax = captured[-1].axes[0]
     assert ax.get_zlabel() == "log10 train loss"
+    assert captured[-1].axes[1].get_ylabel() == "log10 train loss"
     assert ax.get_zlim() == pytest.approx((-3.0, np.log10(100.001)))
 
 
@@ -227,11 +238,17 @@ def test_plot_grid_contour_shares_one_norm(tmp_path, captured):
     np.testing.assert_allclose(sets[0].levels, sets[2].levels)  # same levels everywhere
     finite = np.concatenate([s.train_loss[np.isfinite(s.train_loss)] for s in runs.values()])
     assert all(cs.norm is sets[0].norm for cs in sets)
-    assert isinstance(sets[0].norm, LogNorm)
-    assert (sets[0].norm.vmin, sets[0].norm.vmax) == (finite.min(), finite.max())
+    assert type(sets[0].norm) is Normalize  # linear unless log=True is asked for
+    zr = plots.common_zrange(runs.values())
+    assert (sets[0].norm.vmin, sets[0].norm.vmax) == zr and zr[0] == finite.min()
     assert [ax.get_title() for ax in fig.axes[:3]] == list(runs)
     assert len(fig.axes) == 4  # three panels + one colour bar
     assert fig.get_suptitle() == "sharpness by run"
+    plots.plot_grid(runs, tmp_path / "log.png", log=True, zmax=1e3)
+    sets = [c for ax in captured[-1].axes for c in ax.collections if isinstance(c, ContourSet)]
+    assert isinstance(sets[0].norm, LogNorm)
+    assert (sets[0].norm.vmin, sets[0].norm.vmax) == (finite.min(), finite.max())
+    assert captured[-1].axes[-1].get_ylabel() == "train loss (log10 scale)"
 
 
 def test_plot_grid_surface_and_lines(tmp_path, captured):
@@ -395,3 +412,87 @@ def test_a_partial_surface_says_so_and_marks_no_false_minimum(tmp_path, captured
     assert ax.get_title() == "run a"
     marks = {h.get_label(): (h.get_xdata()[0], h.get_ydata()[0]) for h in ax.get_lines()}
     assert marks["min"] == (0.5, -0.25)
+
+
+# ----------------------------------------------------------------------------- truthful scale
+
+
+def _bowl2(a: float) -> Surface:
+    """``L = a (x² + y²)`` on the same 41 × 41 grid for every ``a``."""
+    x = np.linspace(-1.0, 1.0, 41)
+    X, Y = np.meshgrid(x, x, indexing="ij")
+    return Surface(x, x, train_loss=a * (X**2 + Y**2))
+
+
+def _band_area(cs: ContourSet, level: float) -> float:
+    """Area of the filled bands of ``cs`` lying below ``level`` (shoelace, holes signed)."""
+    area = 0.0
+    for top, path in zip(cs.levels[1:], cs.get_paths(), strict=False):
+        if top <= level + 1e-12:
+            for poly in path.to_polygons(closed_only=False):
+                x, y = poly[:, 0], poly[:, 1]
+                area += 0.5 * (np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    return abs(area)
+
+
+def test_flatter_bowl_covers_more_area_below_a_level(tmp_path, captured):
+    """Issue 14: on the study's common, clipped, linear scale the flatter minimum looks
+    wider (more area below a loss level), never the deepest, narrowest funnel."""
+    runs = {"flat": _bowl2(0.5), "sharp": _bowl2(5.0)}
+    zr = plots.common_zrange(runs.values())  # the study's one z-range
+    lo, top = zr
+    assert lo == 0.0 and 0.0 < top <= 10.0  # min over runs .. the clip level
+    drawn = {k: plots.drawn_z(s.train_loss, zr) for k, s in runs.items()}
+    assert max(float(np.nanmax(d)) for d in drawn.values()) == pytest.approx(top)  # plateau
+    for frac in (0.1, 0.25, 0.5, 0.9):
+        level = lo + frac * (top - lo)
+        cells = {k: int(np.count_nonzero(d < level)) for k, d in drawn.items()}
+        assert cells["flat"] > cells["sharp"] > 0
+
+    # The same in what the figures draw: per-run contour maps on the common range ...
+    areas = {}
+    for k, s in runs.items():
+        plots.plot_contour(s, tmp_path / f"c_{k}.png", levels=11, zrange=zr)
+        (cs,) = [
+            c for c in captured[-1].axes[0].collections if isinstance(c, ContourSet) and c.filled
+        ]
+        np.testing.assert_allclose(cs.levels, np.linspace(lo, top, 11))
+        areas[k] = _band_area(cs, cs.levels[5])
+    assert areas["flat"] > areas["sharp"] > 0
+    # ... and the default log choice of old is gone: both linear, labelled without log10.
+    assert type(cs.norm) is Normalize and captured[-1].axes[1].get_ylabel() == "train loss"
+
+
+def test_study_figures_share_one_z_range(tmp_path, captured):
+    runs = {"flat": _bowl2(0.5), "sharp": _bowl2(5.0), "mid": _bowl2(2.0)}
+    zr = plots.common_zrange(runs.values())
+    zlims = []
+    for k, s in runs.items():
+        plots.plot_surface_3d(s, tmp_path / f"s_{k}.png", zrange=zr)
+        zlims.append(captured[-1].axes[0].get_zlim())
+    plots.plot_grid(runs, tmp_path / "g3.png", kind="surface", zrange=zr)
+    zlims += [ax.get_zlim() for ax in captured[-1].axes if ax.name == "3d"]
+    plots.plot_grid(runs, tmp_path / "g3d.png", kind="surface")  # default: the same range
+    zlims += [ax.get_zlim() for ax in captured[-1].axes if ax.name == "3d"]
+    assert len(zlims) == 9
+    for z in zlims:
+        assert z == pytest.approx(zr)
+    plots.plot_grid(runs, tmp_path / "gc.png")
+    norms = {
+        (c.norm.vmin, c.norm.vmax)
+        for ax in captured[-1].axes
+        for c in ax.collections
+        if isinstance(c, ContourSet)
+    }
+    assert norms == {zr}
+
+    # A user zmax is the clip level; a log figure says log10, a linear one does not.
+    assert plots.common_zrange(runs.values(), zmax=1.5) == (0.0, 1.5)
+    pos = {k: Surface(s.xcoordinates, s.ycoordinates, train_loss=s.train_loss + 1e-3)
+           for k, s in runs.items()}  # fmt: skip
+    plots.plot_grid(pos, tmp_path / "glog.png", kind="surface", log=True)
+    assert all(ax.get_zlabel() == "log10 train loss" for ax in captured[-1].axes if ax.name == "3d")
+    assert captured[-1].axes[-1].get_ylabel() == "log10 train loss"
+    plots.plot_grid(pos, tmp_path / "glin.png", kind="surface")
+    assert not any("log" in ax.get_zlabel() for ax in captured[-1].axes if ax.name == "3d")
+    assert "log" not in captured[-1].axes[-1].get_ylabel()

@@ -2,8 +2,9 @@
 
 ``_parser`` assembles the top-level parser; each group of commands adds its own
 sub-parser: ``_study`` (run, report, plot), ``_train`` (train), ``_measure``
-(surface, sharpness, hessian, volume) and ``_paths`` (path). ``_common`` holds
-what they share: argument types, loading a checkpoint, ``--json``, errors.
+(surface, sharpness, hessian, volume), ``_paths`` (path), ``_trajectory``
+(trajectory) and ``_export`` (export). ``_common`` holds what they share:
+argument types, loading a checkpoint, ``--json``, errors.
 
 Every promise of the command line, under any input:
 

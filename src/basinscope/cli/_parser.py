@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from ..errors import BasinscopeError
-from . import _measure, _paths, _study, _train, _trajectory
+from . import _export, _measure, _paths, _study, _train, _trajectory
 from ._common import _FORMATTER, _call, _example, _fail, _Parser, _UsageError
 from ._processes import processes
 
@@ -23,13 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # `basinscope --help` lists the commands in this order: the study first, then
-    # one run, its measures and the paths between runs, then what reads results.
+    # one run, its measures and the paths between runs, then what reads results
+    # (report, plot, export).
     _study.register_run(sub)
     _train.register(sub)
     _measure.register(sub)
     _paths.register(sub)
     _trajectory.register(sub)
     _study.register_results(sub)
+    _export.register(sub)
     return parser
 
 

@@ -157,14 +157,16 @@ def _cmd_plot(args: argparse.Namespace) -> None:
         [(f"the surface {p!r}", Path(p)) for p in args.surfaces],
     )
     written = []
+    planes = [s for s in surfaces.values() if s.is_2d]
+    zr = plots.common_zrange(planes, args.key) if planes else None  # one scale for all
     for label, s in surfaces.items():
         if s.is_2d:
-            written.append(plots.plot_contour(s, figures[label][0], key=args.key))
-            written.append(plots.plot_surface_3d(s, figures[label][1], key=args.key))
+            written.append(plots.plot_contour(s, figures[label][0], key=args.key, zrange=zr))
+            written.append(plots.plot_surface_3d(s, figures[label][1], key=args.key, zrange=zr))
         else:
             written.append(plots.plot_line(s, figures[label][0]))
     if grid is not None:
-        written.append(plots.plot_grid(surfaces, grid, key=args.key, kind=args.kind))
+        written.append(plots.plot_grid(surfaces, grid, key=args.key, kind=args.kind, zrange=zr))
     print("written: " + ", ".join(str(p) for p in written))
 
 

@@ -184,13 +184,17 @@ def write_report(reports: list[RunReport], root: Path, extra: str = "") -> None:
         return
     fig = root / "figures"
     surfaces = {r.name: r.surface for r in measured}
+    # One linear, clipped z-range for every figure of the study (plots.common_zrange),
+    # so the per-run surfaces, contours and the grids draw the runs on the same scale.
+    zr = plots.common_zrange(surfaces.values())
     for name, s in surfaces.items():
-        plots.plot_surface_3d(s, fig / f"surface3d_{name}.png", title=f"{name}: train loss")
-        plots.plot_contour(s, fig / f"contour_{name}.png", title=f"{name}: train loss")
+        title = f"{name}: train loss"
+        plots.plot_surface_3d(s, fig / f"surface3d_{name}.png", title=title, zrange=zr)
+        plots.plot_contour(s, fig / f"contour_{name}.png", title=title, zrange=zr)
     grid = {"ncols": math.ceil(math.sqrt(len(surfaces)))}
-    plots.plot_grid(surfaces, fig / "grid_contour.png", suptitle="train loss", **grid)
+    plots.plot_grid(surfaces, fig / "grid_contour.png", suptitle="train loss", zrange=zr, **grid)
     plots.plot_grid(
-        surfaces, fig / "grid_surface.png", kind="surface", suptitle="train loss", **grid
+        surfaces, fig / "grid_surface.png", kind="surface", suptitle="train loss", zrange=zr, **grid
     )
     if all(s.test_loss is not None for s in surfaces.values()):
         plots.plot_grid(

@@ -13,12 +13,17 @@ surfaces of ``L(θ0 + α d1 + β d2)``. Arrays are indexed ``[i, j]`` at
 masked, so a partially computed grid can be drawn while it is still running;
 such a figure says so in its title ("partial: k of n points") and a contour map
 then marks no minimum (the lowest computed point is not the surface's minimum).
-Losses that span more than two decades are drawn on a log scale by default.
+Surfaces, contour maps and grids draw the loss on a linear scale by default, on
+one clipped z-range shared by the runs of a study (:func:`common_zrange`; values
+above the clip level are a flat plateau, :func:`drawn_z` is the drawn array); a
+log scale is an option (``log=True``), labelled ``log10``. 1-D lines and charts
+still choose a log axis when their values span more than two decades.
 
 This wing reads landscape results (:class:`~basinscope.landscape.Surface`) and
 plain numbers only: ``_style`` (the look and the pyplot-free plumbing),
 ``_surfaces`` (lines, contours, 3-D surfaces), ``_grids`` (runs side by side) and
-``_charts`` (bars, heat maps, lines of numbers, scatter plots).
+``_charts`` (bars, heat maps, lines of numbers, scatter plots); ``_vtk`` writes a
+surface as a VTK mesh (``.vtu`` or legacy ``.vtk``, via meshio) for ParaView.
 """
 
 from ._charts import plot_bars as plot_bars
@@ -30,12 +35,15 @@ from ._style import CMAP as CMAP
 from ._style import DPI as DPI
 from ._style import choose_log_scale as choose_log_scale
 from ._style import common_limits as common_limits
+from ._style import common_zrange as common_zrange
+from ._style import drawn_z as drawn_z
 from ._surfaces import plot_contour as plot_contour
 from ._surfaces import plot_line as plot_line
 from ._surfaces import plot_surface_3d as plot_surface_3d
 from ._training import accuracy_jump as accuracy_jump
 from ._training import plot_along as plot_along
 from ._training import plot_training as plot_training
+from ._vtk import export_vtk as export_vtk
 
 __all__ = [
     "CMAP",
@@ -43,6 +51,9 @@ __all__ = [
     "accuracy_jump",
     "choose_log_scale",
     "common_limits",
+    "common_zrange",
+    "drawn_z",
+    "export_vtk",
     "plot_along",
     "plot_bars",
     "plot_contour",

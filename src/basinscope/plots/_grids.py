@@ -1,7 +1,8 @@
 """Several runs side by side on one colour scale: :func:`plot_grid`.
 
 The same colour means the same loss in every panel (one norm over all of them,
-:func:`_grid_norm`), so the runs of a study compare at a glance.
+:func:`_grid_norm`, on the clipped range :func:`common_zrange` and a linear scale
+unless ``log=True``), so the runs of a study compare at a glance.
 """
 
 from __future__ import annotations
@@ -24,21 +25,31 @@ from ._style import (
     _levels,
     _masked,
     _positive_limits,
-    _resolve_log,
     _save,
+    _scale_label,
     _widen,
     common_limits,
+    common_zrange,
+    drawn_z,
 )
 from ._surfaces import _title
 
 
-def _grid_norm(arrays: Sequence[np.ndarray], log: bool) -> Normalize:
-    """One colour norm for all panels: the global finite (positive, on log) range.
+def _grid_norm(
+    arrays: Sequence[np.ndarray], log: bool, zrange: tuple[float, float] | None = None
+) -> Normalize:
+    """One colour norm for all panels: ``zrange``, or else the global finite
+    (positive, on log) range.
 
     ``LogNorm`` on a log scale, ``Normalize`` otherwise, so the same colour
     means the same loss in every panel.
     """
-    lo, hi = _positive_limits(arrays) if log else common_limits(arrays)
+    if zrange is not None:
+        lo, hi = float(zrange[0]), float(zrange[1])
+        if log and lo <= 0:
+            raise BasinscopeError(f"zrange starts at {lo:g}; a log scale needs it positive")
+    else:
+        lo, hi = _positive_limits(arrays) if log else common_limits(arrays)
     lo, hi = _widen(lo, hi, log)
     return LogNorm(lo, hi) if log else Normalize(lo, hi)
 
@@ -48,19 +59,25 @@ def plot_grid(
     path: str | Path,
     key: str = "train_loss",
     kind: str = "contour",
-    log: bool | None = None,
+    log: bool = False,
     ncols: int | None = None,
     suptitle: str | None = None,
     levels: int = 30,
+    zmax: float | None = None,
+    zrange: tuple[float, float] | None = None,
 ) -> Path:
     """Draw several runs side by side on one common colour scale.
 
     2-D surfaces become contour maps (``kind="contour"``) or 3-D surfaces
-    (``kind="surface"``) sharing one norm (:func:`_grid_norm`: global vmin /
-    vmax over every panel, ``LogNorm`` on a log scale) and one colour bar, so
-    panels compare directly. 1-D surfaces become line plots on a shared
-    y-axis. ``log=None`` lets :func:`choose_log_scale` decide on all values.
-    Panels are titled with the mapping's keys.
+    (``kind="surface"``) sharing one norm and z range (:func:`_grid_norm` on
+    ``zrange``, default :func:`common_zrange` over every panel with ``zmax`` as
+    its clip level when given: from the lowest loss of any run to the clip
+    level, values above it drawn as a flat plateau) and one colour bar, so
+    panels compare directly. Pass the ``zrange`` the per-run figures of a
+    study use and the grid shows the same scale. The scale is linear unless
+    ``log=True`` (``LogNorm`` contours labelled ``"… (log10 scale)"``, 3-D z
+    axes of ``log10`` values labelled ``"log10 …"``). 1-D surfaces become line
+    plots on a shared y-axis. Panels are titled with the mapping's keys.
 
     Returns:
         The path written.
@@ -74,8 +91,10 @@ def plot_grid(
         raise BasinscopeError("plot_grid got a mix of 1-D lines and 2-D planes; plot them apart")
     names = list(surfaces)
     arrays = [np.asarray(surfaces[n].metric(key), dtype=np.float64) for n in names]
-    log = _resolve_log(np.concatenate([a.ravel() for a in arrays]), log)
-    norm = _grid_norm(arrays, log)
+    log = bool(log)
+    if zrange is None:
+        zrange = common_zrange([surfaces[n] for n in names], key, zmax=zmax, log=log)
+    norm = _grid_norm(arrays, log, zrange)
     n = len(names)
     ncols = min(n, 3) if ncols is None else int(ncols)
     if ncols < 1:
@@ -127,8 +146,7 @@ def _surface_panels(fig, surfaces, arrays, norm, log, key, nrows, ncols) -> None
         ax = fig.add_subplot(nrows, ncols, idx + 1, projection="3d")
         s = surfaces[name]
         X, Y = np.meshgrid(s.xcoordinates, s.ycoordinates, indexing="ij")
-        z = np.where(np.isfinite(a), a, np.nan)
-        z = np.log10(np.where(z > 0, z, np.nan)) if log else z
+        z = drawn_z(a, (norm.vmin, norm.vmax), log)
         ax.plot_surface(
             X, Y, z, cmap=CMAP, norm=znorm, linewidth=0, rcount=min(len(s.xcoordinates), 200),
             ccount=min(len(s.ycoordinates), 200),
@@ -137,6 +155,7 @@ def _surface_panels(fig, surfaces, arrays, norm, log, key, nrows, ncols) -> None
         ax.set_title(_title(name, name, surfaces[name]))
         ax.set_xlabel("α")
         ax.set_ylabel("β")
+        ax.set_zlabel(_label(key, log))
     fig.subplots_adjust(left=0.02, right=0.86, wspace=0.05)
     cax = fig.add_axes((0.9, 0.15, 0.02, 0.7))
     fig.colorbar(ScalarMappable(znorm, CMAP), cax=cax, label=_label(key, log))
@@ -150,7 +169,7 @@ def _contour_panels(fig, surfaces, arrays, norm, log, key, nrows, ncols, levels)
     for ax, name, a in zip(axes[:n], names, arrays, strict=True):
         s = surfaces[name]
         X, Y = np.meshgrid(s.xcoordinates, s.ycoordinates, indexing="ij")
-        zm = _masked(a, log)
+        zm = _masked(drawn_z(a, (norm.vmin, norm.vmax)), log)  # clipped: a plateau
         ax.contourf(X, Y, zm, levels=lv, norm=norm, cmap=CMAP)
         ax.contour(X, Y, zm, levels=lv, colors="black", linewidths=0.3, alpha=0.5)
         ax.plot([0.0], [0.0], marker="o", ms=5, mfc="white", mec="black", ls="")
@@ -159,4 +178,6 @@ def _contour_panels(fig, surfaces, arrays, norm, log, key, nrows, ncols, levels)
         ax.set_ylabel("β")
     for ax in axes[n:]:
         ax.remove()
-    fig.colorbar(ScalarMappable(norm, CMAP), ax=list(axes[:n]), label=_label(key), format="%.3g")
+    fig.colorbar(
+        ScalarMappable(norm, CMAP), ax=list(axes[:n]), label=_scale_label(key, log), format="%.3g"
+    )

@@ -4,6 +4,13 @@ Every figure is a :class:`matplotlib.figure.Figure` with its own Agg canvas
 (:func:`_figure`), never a pyplot figure, and is written atomically
 (:func:`_save`). Colour scale, contour levels and the log-or-linear choice are
 decided here so that surfaces and charts agree.
+
+Surfaces and contours are drawn on a linear loss scale by default, on one
+clipped z-range shared by the runs of a study (:func:`common_zrange`, values
+above the clip level drawn as a flat plateau, as Li et al. 2018 clip at a
+maximum loss); a log scale is an option (``log=True``) and is then labelled
+``log10`` (:func:`_label`, :func:`_scale_label`). :func:`drawn_z` is exactly the
+array a 3-D figure draws, so what a figure shows can be checked.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from ..errors import BasinscopeError
 DPI = 150  # resolution of every PNG written here
 CMAP = "viridis"
 _LOG_DECADES = 2.0  # log scale when max/min > 10**_LOG_DECADES
+CLIP_FACTOR = 10.0  # default clip level: this many times the largest loss at the runs' centres
 _LABELS = {
     "train_loss": "train loss",
     "test_loss": "test loss",
@@ -128,11 +136,81 @@ def _save(fig: Figure, path: str | Path) -> Path:
     return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=DPI))
 
 
-def _resolve_log(values: np.ndarray, log: bool | None) -> bool:
-    """``log`` if given, else :func:`choose_log_scale` on the values."""
-    return choose_log_scale(values) if log is None else bool(log)
-
-
 def _label(key: str, log: bool = False) -> str:
+    """The axis label of ``key``: ``"train loss"``, or ``"log10 train loss"`` for
+    values drawn as their base-10 logarithm (the z axis of a log 3-D surface)."""
     name = _LABELS.get(key, key)
     return f"log10 {name}" if log else name
+
+
+def _scale_label(key: str, log: bool = False) -> str:
+    """The colour-bar label of a contour map: the values themselves, on a log
+    (``LogNorm``) scale said as ``"train loss (log10 scale)"``."""
+    name = _LABELS.get(key, key)
+    return f"{name} (log10 scale)" if log else name
+
+
+def _centre_value(surface, key: str) -> float:
+    """The loss at the grid point nearest the trained point ``(0, 0)`` (NaN if none)."""
+    z = np.asarray(surface.metric(key), dtype=np.float64)
+    i = int(np.argmin(np.abs(np.asarray(surface.xcoordinates, dtype=np.float64))))
+    if z.ndim == 1:
+        return float(z[i])
+    j = int(np.argmin(np.abs(np.asarray(surface.ycoordinates, dtype=np.float64))))
+    return float(z[i, j])
+
+
+def common_zrange(
+    surfaces: Iterable,
+    key: str = "train_loss",
+    zmax: float | None = None,
+    log: bool = False,
+    clip: float = CLIP_FACTOR,
+) -> tuple[float, float]:
+    """One clipped ``(zmin, zclip)`` range for drawing the runs of a study.
+
+    With ``lo`` and ``hi`` the smallest and largest finite value of ``key``
+    over all ``surfaces`` (on a log scale: the smallest positive value),
+    ``c`` the largest loss at the runs' centres (the grid point nearest
+    ``(0, 0)``, the trained model) and ``m`` the median of all finite values::
+
+        zmin  = lo
+        zclip = min(hi, zmax)                  if zmax is given
+        zclip = min(hi, max(clip * c, m))      otherwise
+
+    ``clip * c`` is Li et al.'s clip at a maximum loss, relative to how well the
+    runs fit; the median keeps a plane whose runs all sit near zero loss from
+    turning into one plateau. Values above ``zclip`` are drawn as a flat
+    plateau at ``zclip`` (:func:`drawn_z`). A degenerate range (a constant
+    surface, or ``zclip <= zmin``) is widened so it can be drawn.
+    """
+    surfaces = list(surfaces)
+    arrays = [np.asarray(s.metric(key), dtype=np.float64) for s in surfaces]
+    lo, hi = _positive_limits(arrays) if log else common_limits(arrays)
+    if zmax is not None:
+        if log and zmax <= 0:
+            raise BasinscopeError(f"zmax={zmax:g} must be positive on a log scale")
+        top = min(hi, float(zmax))
+    else:
+        centres = _finite([_centre_value(s, key) for s in surfaces])
+        med = float(np.median(np.concatenate([_finite(a) for a in arrays])))
+        level = max(clip * float(centres.max()), med) if centres.size else hi
+        top = min(hi, level)
+    if top <= lo:
+        return _widen(lo, lo, log)
+    return float(lo), float(top)
+
+
+def drawn_z(z: np.ndarray, zrange: tuple[float, float], log: bool = False) -> np.ndarray:
+    """The values a 3-D surface draws for ``z`` on the range ``zrange``.
+
+    Values above ``zrange[1]`` become a plateau at ``zrange[1]``; NaN/inf stay
+    NaN (holes). With ``log`` the result is ``log10`` of the clipped values
+    (values ≤ 0 become NaN), as the z axis of a log figure shows. Contour maps
+    draw the clipped values themselves (``log=False`` here) on a ``LogNorm``.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    z = np.minimum(np.where(np.isfinite(z), z, np.nan), zrange[1])  # NaN stays NaN
+    if log:
+        z = np.log10(np.where(z > 0, z, np.nan))
+    return z

@@ -28,11 +28,12 @@ from ._style import (
     _levels,
     _masked,
     _positive_limits,
-    _resolve_log,
     _save,
+    _scale_label,
     _widen,
     choose_log_scale,
-    common_limits,
+    common_zrange,
+    drawn_z,
 )
 
 
@@ -196,30 +197,35 @@ def plot_surface_3d(
     key: str = "train_loss",
     title: str | None = None,
     zmax: float | None = None,
-    log: bool | None = None,
+    log: bool = False,
+    zrange: tuple[float, float] | None = None,
 ) -> Path:
     """Draw a 2-D surface as a 3-D plot (``mpl_toolkits.mplot3d``).
 
-    Values above ``zmax`` are clipped to ``zmax`` (a flat plateau, as in Li et
-    al.'s figures, so the far rim does not dwarf the basin). With ``log``
-    (``None``: :func:`choose_log_scale` decides) the z axis shows ``log10`` of
-    the values, since 3-D axes have no true log scale; ``zmax`` is then in
-    the original units. NaN points are left as holes.
+    The z axis is the loss itself (a linear scale) on the range ``zrange``
+    (``(zmin, zclip)`` in the loss's units; default: :func:`common_zrange` of
+    this one surface, with ``zmax`` as the clip level when given). Pass the
+    same ``zrange`` to every run of a study so they share one z axis. Values
+    above ``zclip`` are drawn as a flat plateau, as in Li et al.'s figures, so
+    the far rim does not dwarf the basin (:func:`drawn_z` is the drawn array).
+    With ``log=True`` the z axis shows ``log10`` of the clipped values (3-D axes
+    have no true log scale) and is labelled ``"log10 …"``. NaN points are left
+    as holes.
 
     Returns:
         The path written.
     """
     z = _metric_2d(surface, key, "plot_surface_3d")
-    log = _resolve_log(z, log)
-    z = np.where(np.isfinite(z), z, np.nan)
-    if zmax is not None:
-        if log and zmax <= 0:
-            raise BasinscopeError(f"zmax={zmax:g} must be positive on a log scale")
-        z = np.minimum(z, zmax)  # NaN stays NaN
+    log = bool(log)
+    if zrange is None:
+        zrange = common_zrange([surface], key, zmax=zmax, log=log)
+    elif log and zrange[0] <= 0:
+        raise BasinscopeError(f"zrange starts at {zrange[0]:g}; a log scale needs it positive")
     if log:
         _positive_limits([z])  # a clear error if nothing is positive
-        z = np.log10(np.where(z > 0, z, np.nan))
-    vmin, vmax = _widen(*common_limits([z]), log=False)
+    z = drawn_z(z, zrange, log)
+    lo, hi = (np.log10(zrange[0]), np.log10(zrange[1])) if log else zrange
+    vmin, vmax = _widen(float(lo), float(hi), log=False)
     x = np.asarray(surface.xcoordinates, dtype=np.float64)
     y = np.asarray(surface.ycoordinates, dtype=np.float64)
     X, Y = np.meshgrid(x, y, indexing="ij")
@@ -255,19 +261,23 @@ def plot_contour(
     path: str | Path,
     key: str = "train_loss",
     levels: int = 30,
-    log: bool | None = None,
+    log: bool = False,
     title: str | None = None,
     vmin: float | None = None,
     vmax: float | None = None,
     mark_origin: bool = True,
+    zrange: tuple[float, float] | None = None,
 ) -> Path:
     """Draw a filled contour map of a 2-D surface with contour lines on top.
 
-    ``levels`` boundaries run from ``vmin`` to ``vmax`` (default: the finite
-    data range); they are geometric on a log scale (:func:`_levels`). With
-    ``log=None`` the scale is log when all values are positive and
-    ``max/min > 100`` (:func:`choose_log_scale`). Values outside
-    ``[vmin, vmax]`` are drawn in the colour bar's extensions. With
+    The scale is linear unless ``log=True`` (then the colour bar is a
+    ``LogNorm`` labelled ``"… (log10 scale)"``). ``levels`` boundaries run from
+    ``vmin`` to ``vmax``, by default the clipped range ``zrange`` (default:
+    :func:`common_zrange` of this one surface; pass a study's common range so
+    its runs share one scale); they are geometric on a log scale
+    (:func:`_levels`). Values above the top level are drawn clipped to it (the
+    plateau of the colour bar's extension), values below ``vmin`` in the lower
+    extension. With
     ``mark_origin`` the trained point ``(0, 0)`` and the grid minimum are
     marked. NaN points (and values ≤ 0 on a log scale) are masked.
 
@@ -275,8 +285,12 @@ def plot_contour(
         The path written.
     """
     z = _metric_2d(surface, key, "plot_contour")
-    log = _resolve_log(z, log)
-    lo, hi = _positive_limits([z]) if log else common_limits([z])
+    log = bool(log)
+    if log:
+        _positive_limits([z])  # a clear error if nothing is positive
+    if zrange is None:
+        zrange = common_zrange([surface], key, log=log)
+    lo, hi = zrange
     lo = lo if vmin is None else float(vmin)
     hi = hi if vmax is None else float(vmax)
     if hi < lo:
@@ -287,11 +301,12 @@ def plot_contour(
     x = np.asarray(surface.xcoordinates, dtype=np.float64)
     y = np.asarray(surface.ycoordinates, dtype=np.float64)
     X, Y = np.meshgrid(x, y, indexing="ij")
-    zm = _masked(z, log)
+    extend = _extend(_masked(z, log), lo, hi)
+    zm = _masked(drawn_z(z, (lo, hi)), log)  # clipped to the top level: a plateau
 
     fig = _figure((6.4, 5.2))
     ax = fig.add_subplot()
-    cs = ax.contourf(X, Y, zm, levels=lv, norm=norm, cmap=CMAP, extend=_extend(zm, lo, hi))
+    cs = ax.contourf(X, Y, zm, levels=lv, norm=norm, cmap=CMAP, extend=extend)
     ax.contour(X, Y, zm, levels=lv, colors="black", linewidths=0.3, alpha=0.5)
     _draw_paths(ax, surface)
     if mark_origin:
@@ -304,7 +319,7 @@ def plot_contour(
             minimum=_partial(surface) is None,
         )
     if log:  # ticks at decades, not at each of the geometric levels
-        fig.colorbar(cs, ax=ax, label=_label(key), ticks=LogLocator())
+        fig.colorbar(cs, ax=ax, label=_scale_label(key, log), ticks=LogLocator())
     else:
         fig.colorbar(cs, ax=ax, label=_label(key), format="%.3g")
     ax.set_xlabel(surface.attrs.get("xlabel", "α (direction 1)"))
