@@ -330,15 +330,6 @@ def local_rank() -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def barrier(d: Dist | None) -> None:
-    """Wait for every rank (nothing inside :func:`local`)."""
-    d = active(d)
-    if d is not None:
-        import torch.distributed as dist
-
-        _collective(dist.barrier, group=d.group)
-
-
 @contextlib.contextmanager
 def on_writer(
     d: Dist | None, enter: Callable[[], contextlib.AbstractContextManager]
@@ -371,7 +362,7 @@ def claims(d: Dist | None, n: int) -> Iterator[int]:
         yield from range(n)
         return
     _CLAIMS[0] += 1
-    store = _default_store()
+    store = default_store()
     if store is None:
         yield from range(d.rank, n, d.size)
         return
@@ -385,11 +376,11 @@ def claims(d: Dist | None, n: int) -> Iterator[int]:
         yield index
 
 
-def _default_store() -> Any:
+def default_store() -> Any:
     """The default group's key-value store (torchrun's rendezvous store), if reachable."""
     try:
-        from torch.distributed.distributed_c10d import _get_default_store
+        from torch.distributed.distributed_c10d import _getdefault_store
 
-        return _get_default_store()
+        return _getdefault_store()
     except Exception:  # a private API: without it the work is shared statically
         return None

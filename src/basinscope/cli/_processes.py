@@ -133,7 +133,7 @@ def error_stream(message: str, exc: BaseException | None = None) -> TextIO | Non
 
     if not dist.is_initialized():  # refused before the group was joined: rank 0 says it
         return sys.stderr if os.environ.get("RANK", "0") == "0" or launched() <= 1 else None
-    store = _dist._default_store()
+    store = _dist.default_store()
     if dist.get_rank() == 0:
         if store is not None:
             store.set(_ERROR_KEY, message)

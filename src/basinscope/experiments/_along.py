@@ -444,10 +444,9 @@ def measure_along(
     run = _open_run(run_dir, data, device, dtype, trust_code)
     out_dir.mkdir(parents=True, exist_ok=True)
     lock = lambda: output_lock(out_dir, "the along-training directory", is_dir=True)  # noqa: E731
-    with _dist.on_writer(_dist.resolve("auto"), lock):  # under torchrun: rank 0 writes
+    with _dist.on_writer(group := _dist.resolve("auto"), lock):  # torchrun: rank 0 writes
         result = _measure(run, names, settings, out_dir, progress)
-        write = lambda: atomic_write_json(out_dir / ALONG_FILE, result.to_dict())  # noqa: E731
-        _dist.agree(_dist.resolve("auto"), write)  # rank 0 writes
+        _dist.agree(group, lambda: atomic_write_json(out_dir / ALONG_FILE, result.to_dict()))
     return result
 
 
@@ -466,7 +465,8 @@ def _measure(run: _Run, names: tuple, settings: Any, out: Path | None, bar: bool
         **env,
     }
     items = [f"{e}:{tensor_digest(run.params[i])}" for i, e in enumerate(run.epochs)]
-    group, bar = _dist.resolve("auto"), bar and _dist.is_writer(_dist.resolve("auto"))
+    group = _dist.resolve("auto")
+    bar = bar and _dist.is_writer(group)
     with contextlib.ExitStack() as stack:
         done = {
             m: stack.enter_context(
