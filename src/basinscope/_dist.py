@@ -379,8 +379,8 @@ def claims(d: Dist | None, n: int) -> Iterator[int]:
 def default_store() -> Any:
     """The default group's key-value store (torchrun's rendezvous store), if reachable."""
     try:
-        from torch.distributed.distributed_c10d import _getdefault_store
+        from torch.distributed.distributed_c10d import _get_default_store
 
-        return _getdefault_store()
+        return _get_default_store()
     except Exception:  # a private API: without it the work is shared statically
         return None

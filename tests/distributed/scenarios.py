@@ -35,7 +35,15 @@ def evaluations(tmp: Path) -> dict[str, Any]:
         "hvp": obj.hvp(v),
         "plan": obj.plan.name,
         "vmap": _vmap_points(),
+        "store": _store_reachable(),
     }
+
+
+def _store_reachable() -> bool:
+    """The group's key-value store, which dynamic handout and the CLI's errors use."""
+    from basinscope import _dist
+
+    return _dist.default_store() is not None
 
 
 def _vmap_points() -> tuple[torch.Tensor, torch.Tensor]:

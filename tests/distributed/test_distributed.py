@@ -44,6 +44,7 @@ def test_evaluations_split_points_exactly_and_data_to_rounding(tmp_path, one_thr
         _close(got["hvp"], ref["hvp"])
         assert got["plan"] == ref["plan"] == "chain"
     assert torch.equal(ranks[0]["grad"], ranks[1]["grad"])  # the ranks agree exactly
+    assert ranks[0]["store"] and ranks[1]["store"]
 
 
 def test_surfaces_volumes_and_their_files_are_one_process_s(tmp_path, one_thread):
