@@ -166,12 +166,8 @@ def test_hessian_measure_in_a_study(tmp_path):
     assert float(v @ obj.hvp(v)) <= saved["lambda_max"] * (1 + 1e-4)
 
 
-def test_lr_batch_grid_adds_interpolation_and_correlations(tmp_path):
-    st = experiments.lr_batch_grid(epochs=2, train_size=200, batch_sizes=(100, 20))
-    st.measures = ("surface",)
-    st.measure = MeasureConfig(grid_size=3, noise_samples=4, radius=0.5)
-    reports = run_study(st, tmp_path, progress=False)
-    root = tmp_path / "lr-batch"
+def test_lr_batch_grid_adds_interpolation_and_correlations(small_lr_batch):
+    root, reports = small_lr_batch
     by = {r.name: r for r in reports}
     for lr in ("high-lr", "low-lr"):
         s = bs.Surface.load(root / f"interpolation_{lr}.h5")
@@ -296,7 +292,9 @@ def test_lr_batch_grid_study_is_the_full_factorial():
 
 
 def test_dataset_size_draws_the_plane_through_three_minima(tmp_path):
+    from basinscope import plots
     from basinscope.experiments import dataset_size_study
+    from basinscope.experiments._measures import train_objective
 
     s = dataset_size_study(sizes=(0.05, 0.1, 0.3), steps=60, batch_size=32)
     s.measure = MeasureConfig(
@@ -305,7 +303,8 @@ def test_dataset_size_draws_the_plane_through_three_minima(tmp_path):
     reports = run_study(s, tmp_path, progress=False)
     root = tmp_path / "dataset-size"
     plane = bs.Surface.load(root / "plane_three_sizes.h5")
-    big = reports[-1]  # the runs are in order of size
+    small_plane = bs.Surface.load(root / "plane_three_sizes_smallest.h5")
+    small, big = reports[0], reports[-1]  # the runs are in order of size
     labels = [lab for lab, _ in plane.attrs["marks"]]
     assert labels == [f"{r.values['n_train']} ex." for r in reversed(reports)]
     # the first mark is the largest set's own minimum, on its own landscape
@@ -313,7 +312,31 @@ def test_dataset_size_draws_the_plane_through_three_minima(tmp_path):
         big.final["train_loss"], rel=1e-5
     )
     assert dict(plane.attrs["marks"])[labels[0]] == [0.0, 0.0] and plane.complete
-    assert "plane through three minima" in (root / "summary.md").read_text()
+    # the same plane (models, coordinates, grid) on the smallest set's landscape
+    assert small_plane.complete and small_plane.attrs["marks"] == plane.attrs["marks"]
+    assert np.array_equal(small_plane.xcoordinates, plane.xcoordinates)
+    assert np.array_equal(small_plane.ycoordinates, plane.ycoordinates)
+    assert not np.allclose(small_plane.train_loss, plane.train_loss)
+    # each mark's loss is its model's loss on that landscape's training data
+    for surf, land in ((plane, big), (small_plane, small)):
+        got = dict(surf.attrs["mark_losses"])
+        for lab, r in zip(labels, reversed(reports), strict=True):
+            want = train_objective(r.model, land.data).loss()
+            assert got[lab] == pytest.approx(want, rel=1e-6), (lab, land.name)  # float32
+    # the same numbers, the classification and one colour range for both panels
+    fan = json.loads((root / "plane_three_sizes.json").read_text())
+    for key, surf in (("full", plane), ("smallest", small_plane)):
+        assert fan["landscapes"][key]["train_loss"] == surf.attrs["mark_losses"]
+        low = [lab for lab, v in surf.attrs["mark_losses"] if v <= 3.0]
+        assert fan["landscapes"][key]["low"] == low
+    assert fan["zrange"] == pytest.approx(plots.common_zrange([small_plane, plane]))
+    assert fan["zrange"][0] == pytest.approx(
+        min(small_plane.train_loss.min(), plane.train_loss.min())
+    )
+    text = (root / "summary.md").read_text()
+    assert "plane through three minima" in text
+    assert ("do not show" in text) != fan["paper_pattern"]
+    assert f"{fan['landscapes']['smallest']['train_loss'][2][1]:.4f}" in text
     assert (root / "figures" / "plane_three_sizes.png").is_file()
 
 

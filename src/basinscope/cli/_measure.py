@@ -12,13 +12,14 @@ from pathlib import Path
 from .. import _dist
 from .._checks import check_output_file
 from ..errors import BasinscopeError
-from . import _sharpness
+from . import _sharpness, _spread
 from ._common import (
     _COUNT,
     _FINITE,
     _FORMATTER,
     _INT,
     _POSITIVE,
+    _SEED,
     NOTHING_SAVED,
     _check_distinct,
     _check_json,
@@ -44,6 +45,10 @@ def _cmd_surface(args: argparse.Namespace) -> None:
         raise BasinscopeError(
             f"--span must be positive (the grid is [-span, span]), got {args.span}"
         )
+    _spread.check_flags(args)
+    if args.seeds is not None:  # several direction seeds: a file of its own for length
+        return _spread.surface_spread(args)
+    args.seed = 0 if args.seed is None else args.seed  # None: not given (see --seeds)
     out = check_output_file(args.out, "the surface file")
     figures = _figures(out, args.dim)
     outputs = {"the surface file": out} | {
@@ -220,7 +225,8 @@ def _register_surface(sub: argparse._SubParsersAction) -> None:
         epilog=_example(
             "basinscope surface runs/a --dim 2 --steps 41 --span 1 --out runs/a/plane.h5\n"
             "basinscope surface runs/a --dim 1 --norm layer --data both --out line.h5\n"
-            "basinscope surface runs/a --directions hessian --span 0.5 --out hess.h5"
+            "basinscope surface runs/a --directions hessian --span 0.5 --out hess.h5\n"
+            "basinscope surface runs/a --seeds 0 1 2 --out runs/a/plane.h5   # spread over seeds"
         ),
     )
     _checkpoint_args(p)
@@ -242,11 +248,19 @@ def _register_surface(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--update-bn", action="store_true", help="recompute BatchNorm stats per point")
     p.add_argument("--out", default="surface.h5", help="HDF5 file; resumed if it exists")
-    p.set_defaults(
-        func=_cmd_surface,
-        interrupted="the points computed so far are saved in {out}; "
-        "rerun the same command to resume",
+    p.add_argument(
+        "--seeds",
+        type=_SEED,
+        nargs="+",
+        metavar="K",
+        help="one surface per direction seed (OUT_seedK.h5), their ε-sharpness and curvature "
+        "at θ0 with mean ± SD (OUT_spread.json, OUT_spread.png)",
     )
+    p.add_argument(
+        "--radius", type=_POSITIVE, help="with --seeds: ε and the curvature fits' |t| (0.25)"
+    )
+    # seed None: --seed not given (it conflicts with --seeds), 0 then
+    p.set_defaults(func=_cmd_surface, interrupted=_spread.interrupted, seed=None)
 
 
 def _register_hessian(sub: argparse._SubParsersAction) -> None:

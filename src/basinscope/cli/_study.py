@@ -103,17 +103,36 @@ def _check_measure_options(name: str, study: Any, given: dict[str, Any]) -> None
 
 # ------------------------------------------------------------------ report
 def _cmd_report(args: argparse.Namespace) -> None:
-    from ..experiments import correlation_report, read_summary
+    from ..experiments import correlation_report, html_report, read_summary
 
-    rows = read_summary(args.study_dir)
-    out = Path(args.study_dir) if Path(args.study_dir).is_dir() else Path(args.study_dir).parent
-    for name in ("correlation.md", "correlation.json"):
-        check_output_file(out / name, "the report file")
-    check_output_dir(out / "figures", "the report's figure directory")
-    print(
-        correlation_report(rows, out, title=f"Measures against the generalisation gap ({out.name})")
-    )
-    print(f"correlation.md, correlation.json and figures/scatter_*.png in {out}/")
+    given = Path(args.study_dir)
+    out = given if given.is_dir() else given.parent
+    html = Path(args.html) if args.html else out / "report.html"
+    study = given.is_dir() and (given / "study.json").is_file()
+    if args.html and not study:
+        raise BasinscopeError(
+            f"--html needs a study directory, and {str(given)!r} has no study.json; "
+            "give a directory written by 'basinscope run'"
+        )
+    # an unfinished study (no summary.csv yet) still gets the page of what it has
+    rows = read_summary(given) if not study or (given / "summary.csv").is_file() else []
+    correlate = len(rows) >= 3 or not study  # Kendall's τ needs three runs (it says so)
+    if correlate:
+        for name in ("correlation.md", "correlation.json"):
+            check_output_file(out / name, "the report file")
+        check_output_dir(out / "figures", "the report's figure directory")
+    if study:
+        check_output_file(html, "the HTML report")
+    if correlate:
+        title = f"Measures against the generalisation gap ({out.name})"
+        print(correlation_report(rows, out, title=title))
+        print(f"correlation.md, correlation.json and figures/scatter_*.png in {out}/")
+    if study:
+        written = html_report(given, html)
+        size = written.stat().st_size / 2**20
+        print(f"written: {written} ({size:.1f} MB, self-contained: open it in any browser)")
+    else:
+        print(f"no study.json in {out}: report.html is written for directories of 'basinscope run'")
 
 
 # -------------------------------------------------------------------- plot
@@ -228,16 +247,23 @@ def register_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_report(sub: argparse._SubParsersAction) -> None:
-    """``basinscope report``: measures against the generalisation gap."""
+    """``basinscope report``: the interactive report and the measures against the gap."""
     p = sub.add_parser(
         "report",
-        help="rank correlation of every sharpness measure with the generalisation gap",
+        help="write a study's interactive report.html (offline, one file) and the rank "
+        "correlation of every sharpness measure with the generalisation gap",
         formatter_class=_FORMATTER,
         epilog=_example(
-            "basinscope run --study lr-batch-grid\nbasinscope report results/lr-batch-grid"
+            "basinscope run --study lr-batch-grid\nbasinscope report results/lr-batch-grid\n"
+            "basinscope report results/lr-batch --html /tmp/lr-batch.html"
         ),
     )
-    p.add_argument("study_dir", help="a study directory written by `basinscope run` (summary.csv)")
+    p.add_argument(
+        "study_dir",
+        help="a study directory written by `basinscope run` (or its summary.csv: the "
+        "correlations only)",
+    )
+    p.add_argument("--html", help="where to write the HTML report (default: DIR/report.html)")
     p.set_defaults(
         func=_cmd_report,
         interrupted="the files already written are complete, the rest are not written; "

@@ -8,6 +8,7 @@ A *study* is a named grid of training runs measured the same way
 * ``_measures`` — the measures registry :data:`MEASURES` and :class:`MeasureConfig`;
 * ``_caches`` — the keys that tie every stored number to what decided it;
 * ``_summary`` — :class:`RunReport`, ``summary.csv``/``summary.md`` and the figures;
+* ``_report`` — :func:`html_report`: a study directory as one offline ``report.html``;
 * ``_correlation`` — which measure predicts generalisation: Kendall's τ and Jiang et
   al.'s granulated Ψ over the runs (``correlation.md``/``correlation.json``);
 * ``_along`` — :func:`measure_along`: every measure at every weight snapshot of a run;
@@ -62,6 +63,7 @@ from ._reparam import compare_measures as compare_measures
 from ._reparam import measure_suite as measure_suite
 from ._reparam import rescale as rescale
 from ._reparam import suite_config as suite_config
+from ._report import html_report as html_report
 from ._runner import Study as Study
 from ._runner import run_study as run_study
 from ._studies import STUDIES as STUDIES
@@ -100,6 +102,7 @@ __all__ = [
     "dataset_size_study",
     "excluded_measures",
     "grokking_study",
+    "html_report",
     "lr_batch_grid",
     "lr_batch_grid_study",
     "measure_along",

@@ -8,7 +8,7 @@ power-law fit of ``log V`` against ``log(size)``, and the plane through three mi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from ._common import VOLUME_NOTE, _ok, _step_runs
 from ._measures import MeasureConfig, cached_volume, train_objective
 from ._runner import Study
 from ._summary import RunReport, _fmt
+
+if TYPE_CHECKING:
+    from ..landscape import Surface
 
 
 def dataset_size_study(
@@ -156,44 +159,123 @@ def _dataset_size_finish(study: Study, reports: list[RunReport], root: Path) -> 
 
 def _fan_plane(done: list[RunReport], m: MeasureConfig, root: Path) -> str:
     """Fan, Sandlund & Ko's Fig. 1: the plane through the minima trained on the most,
-    a middle and the least data, on the landscape of the most data."""
+    a middle and the least data, on the landscape of the least data and on that of
+    the most, side by side on one colour scale.
+
+    The plane is defined by the three models' weights alone, so both files hold the
+    same marks, coordinates and grid; only the loss evaluated on them differs.
+    ``plane_three_sizes.h5`` is the largest set's landscape,
+    ``plane_three_sizes_smallest.h5`` the smallest set's, and
+    ``plane_three_sizes.json`` the losses at the three minima on each, which of them
+    are low (the volume threshold's basin) and the common colour range.
+    """
     from .. import plots
-    from ..landscape import three_model_plane
 
     distinct = {r.values["n_train"]: r for r in done}  # one run per training-set size
     if len(distinct) < 3:
         return ""
     chosen = [distinct[k] for k in sorted(distinct, reverse=True)]
-    big, mid, small = chosen[0], chosen[len(chosen) // 2], chosen[-1]
-    obj = train_objective(big.model, big.data, big.config.device)
-    labels = tuple(f"{r.values['n_train']} ex." for r in (big, mid, small))
+    models = (chosen[0], chosen[len(chosen) // 2], chosen[-1])
+    big, small = models[0], models[-1]
+    labels = tuple(f"{r.values['n_train']} ex." for r in models)
     try:
-        surf = three_model_plane(
-            obj,
-            (big.model, mid.model, small.model),
-            labels=labels,
-            steps=m.grid_size,
-            path=root / "plane_three_sizes.h5",
-            attrs=own_file(
-                root / "plane_three_sizes.h5",
-                study_key(
-                    model_fingerprint(big.model, mid.model, small.model),
-                    objective_key(obj),
-                    m.grid_size,
-                ),
-            ),
-        )
+        surfs = {  # the largest set's first, as the study wrote it before
+            "full": _plane_on(big, models, labels, m, root / "plane_three_sizes.h5"),
+            "smallest": _plane_on(small, models, labels, m, root / "plane_three_sizes_smallest.h5"),
+        }
     except BasinscopeError as exc:  # e.g. two sizes gave the same minimum
         return f"\nNo plane through three minima: {exc}.\n"
-    plots.plot_contour(
-        surf,
+    full = "full" if big.config.train_size is None else "largest"
+    titles = {"smallest": f"{labels[2]} (smallest)", "full": f"{labels[0]} ({full})"}
+    panels = {f"landscape of {titles[k]}": surfs[k] for k in ("smallest", "full")}
+    zrange = plots.common_zrange(panels.values(), "train_loss")
+    plots.plot_grid(
+        panels,
         root / "figures" / "plane_three_sizes.png",
-        title=f"landscape of {labels[0]}: minima from {', '.join(labels)}",
+        zrange=zrange,
+        suptitle=f"train loss on the plane through the minima from {', '.join(labels)}",
     )
-    own = dict(surf.attrs["mark_losses"])
-    return (
-        "\n## The plane through three minima (Fan et al., Fig. 1)\n\n"
-        "On the landscape of the largest training set, the train loss at the minima "
-        + ", ".join(f"trained on {k}: {v:.4f}" for k, v in own.items())
-        + ". Figure: figures/plane_three_sizes.png.\n"
+    losses = {
+        k: [(lab, float(v)) for lab, v in surfs[k].attrs["mark_losses"]]
+        for k in ("smallest", "full")
+    }
+    low = {k: _low(v, m) for k, v in losses.items()}
+    pattern = len(low["smallest"]) == 3 and low["full"] == [labels[0]]
+    atomic_write_json(
+        root / "plane_three_sizes.json",
+        {
+            "labels": list(labels),
+            "landscapes": {
+                k: {"n_train": r.values["n_train"], "train_loss": losses[k], "low": low[k]}
+                for k, r in (("smallest", small), ("full", big))
+            },
+            "threshold": m.volume_threshold,
+            "rule": m.volume_rule,
+            "zrange": list(zrange),
+            "paper_pattern": pattern,
+        },
+    )
+    return _fan_text(losses, low, labels, titles, pattern, m)
+
+
+def _plane_on(
+    landscape: RunReport,
+    models: tuple[RunReport, RunReport, RunReport],
+    labels: tuple[str, ...],
+    m: MeasureConfig,
+    path: Path,
+) -> Surface:
+    """The plane through ``models`` on ``landscape``'s training data, resumable in
+    ``path`` (keyed by the three models' weights, that data's objective and the grid)."""
+    from ..landscape import three_model_plane
+
+    obj = train_objective(landscape.model, landscape.data, landscape.config.device)
+    key = study_key(model_fingerprint(*(r.model for r in models)), objective_key(obj), m.grid_size)
+    return three_model_plane(
+        obj,
+        tuple(r.model for r in models),
+        labels=labels,
+        steps=m.grid_size,
+        path=path,
+        attrs=own_file(path, key),
+    )
+
+
+def _low(losses: list[tuple[str, float]], m: MeasureConfig) -> list[str]:
+    """The minima that lie in a basin by the study's volume rule: train loss ≤ τ
+    (absolute), or within τ of the lowest of them (relative)."""
+    floor = min(v for _, v in losses) if m.volume_rule == "relative" else 0.0
+    return [lab for lab, v in losses if v - floor <= m.volume_threshold]
+
+
+def _fan_text(
+    losses: dict[str, list[tuple[str, float]]],
+    low: dict[str, list[str]],
+    labels: tuple[str, ...],
+    titles: dict[str, str],
+    pattern: bool,
+    m: MeasureConfig,
+) -> str:
+    """The summary section: the losses at the three minima on each landscape and
+    whether they show Fan et al.'s picture."""
+    rule = (
+        f"train loss ≤ τ = {m.volume_threshold:g}, the volume threshold"
+        if m.volume_rule == "absolute"
+        else f"train loss within τ = {m.volume_threshold:g} of the lowest of the three, "
+        "the relative volume rule"
+    )
+    text = "\n## The plane through three minima (Fan et al., Fig. 1)\n\n"
+    for k in ("smallest", "full"):
+        text += (
+            f"On the landscape of {titles[k]}, the train loss at the minima "
+            + ", ".join(f"trained on {lab}: {v:.4f}" for lab, v in losses[k])
+            + f"; low: {', '.join(low[k]) or 'none'} ({rule}).\n\n"
+        )
+    verdict = "show" if pattern else "do not show"
+    return text + (
+        f"These numbers {verdict} the paper's picture (all three minima low on the "
+        f"smallest set's landscape, only the one trained on {labels[0]} on the "
+        f"largest set's): {len(low['smallest'])} of 3 are low on the smallest set's "
+        f"landscape and {len(low['full'])} of 3 on the largest set's. "
+        "Figure: figures/plane_three_sizes.png (one colour scale for both panels).\n"
     )

@@ -8,7 +8,8 @@
 * ``surface`` — the filter-normalised 2-D plane (Li et al. 2018), ε-sharpness read
   off it and computed directly, and Gaussian weight-noise sharpness;
 * ``volume`` — the star-convex basin volume (Fan, Sandlund & Ko);
-* ``hessian`` — λ_max and the trace of the training-loss Hessian;
+* ``hessian`` — λ_max and the trace of the training-loss Hessian, and its spectral
+  density (``spectrum.json``);
 * ``suite`` — the rest of the sharpness suite (worst case, Keskar, PAC-Bayes), by
   :func:`basinscope.sharpness.suite` under its key vocabulary;
 * ``trajectory`` — the loss on the plane of the run's principal trajectory directions.
@@ -334,6 +335,24 @@ def _measure_hessian(report: RunReport, m: MeasureConfig, out: Path, progress: b
     saved = _cached_json(path, settings, compute, _env(obj))
     report.values["lambda_max"] = saved["lambda_max"]
     report.values["hessian_trace"] = saved["trace"]
+    _hessian_spectrum(obj, settings | {"runs": SPECTRUM[0], "steps": SPECTRUM[1]}, out)
+
+
+SPECTRUM = (2, 40)
+"""(runs, Lanczos steps) of the spectral density the ``hessian`` measure stores."""
+
+
+def _hessian_spectrum(obj: Objective, settings: dict[str, Any], out: Path) -> None:
+    """The training-loss Hessian's eigenvalue density by stochastic Lanczos quadrature
+    (Ghorbani et al. 2019; ``spectrum.json``, cached): the Ritz values and weights of
+    :data:`SPECTRUM` runs, from which the report draws the broadened density."""
+    from ..hessian import density
+
+    def compute() -> dict[str, Any]:
+        d = density(obj, runs=SPECTRUM[0], steps=SPECTRUM[1], seed=settings["seed"])
+        return {k: v for k, v in d.to_dict().items() if k not in ("grid", "density")}
+
+    _cached_json(out / "spectrum.json", settings, compute, _env(obj))
 
 
 # The study's part of the sharpness suite (λ_max and tr H are the "hessian" measure,

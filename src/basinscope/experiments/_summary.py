@@ -4,7 +4,8 @@
 in a fixed order, then any others; columns empty in every run are dropped) and,
 when the runs have surfaces, the study's figures under ``figures/``: each run's
 3-D surface and contour map, grids of all runs on one colour scale, and the
-ε-sharpness and noise-sharpness bar charts.
+ε-sharpness and noise-sharpness bar charts; then ``report.html``
+(:func:`~basinscope.experiments.html_report`).
 """
 
 from __future__ import annotations
@@ -168,9 +169,8 @@ def summary_markdown(reports: list[RunReport], measure: dict[str, Any] | None = 
 
 
 def write_report(reports: list[RunReport], root: Path, extra: str = "") -> None:
-    """summary.csv, summary.md (plus ``extra`` Markdown) and the figures of a study."""
-    from .. import plots  # matplotlib only when a study writes its report
-
+    """summary.csv, summary.md (plus ``extra`` Markdown), the figures of a study and, in
+    a study directory (``study.json``), the interactive ``report.html``."""
     rows = [r.row() for r in reports]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
@@ -180,8 +180,18 @@ def write_report(reports: list[RunReport], root: Path, extra: str = "") -> None:
     measured = [r for r in reports if r.surface is not None]
     settings = measured[0].sharpness.get("settings") if measured else None
     atomic_write_text(root / "summary.md", summary_markdown(reports, settings) + extra)
-    if not measured:
-        return
+    if measured:
+        _figures(measured, root, settings)
+    if (root / "study.json").is_file():  # the interactive page of every study (run_study)
+        from ._report import html_report
+
+        html_report(root)
+
+
+def _figures(measured: list[RunReport], root: Path, settings: dict[str, Any] | None) -> None:
+    """The PNG figures of the runs' surfaces and sharpness."""
+    from .. import plots
+
     fig = root / "figures"
     surfaces = {r.name: r.surface for r in measured}
     # One linear, clipped z-range for every figure of the study (plots.common_zrange),

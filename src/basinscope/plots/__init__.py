@@ -21,9 +21,13 @@ still choose a log axis when their values span more than two decades.
 
 This wing reads landscape results (:class:`~basinscope.landscape.Surface`) and
 plain numbers only: ``_style`` (the look and the pyplot-free plumbing),
-``_surfaces`` (lines, contours, 3-D surfaces), ``_grids`` (runs side by side) and
-``_charts`` (bars, heat maps, lines of numbers, scatter plots); ``_vtk`` writes a
+``_surfaces`` (lines, contours, 3-D surfaces), ``_grids`` (runs side by side),
+``_spread`` (the slices of several direction seeds) and ``_charts`` (bars, heat
+maps, lines of numbers, scatter plots); ``_vtk`` writes a
 surface as a VTK mesh (``.vtu`` or legacy ``.vtk``, via meshio) for ParaView.
+The interactive report's figures are plotly specifications (``_web_surfaces``,
+``_web_charts``) that ``_html.write_html`` draws in one offline page with
+plotly.js embedded once.
 """
 
 from ._charts import plot_bars as plot_bars
@@ -31,6 +35,8 @@ from ._charts import plot_matrix as plot_matrix
 from ._charts import plot_scatter as plot_scatter
 from ._charts import plot_xy as plot_xy
 from ._grids import plot_grid as plot_grid
+from ._html import write_html as write_html
+from ._spread import plot_spread as plot_spread
 from ._style import CMAP as CMAP
 from ._style import DPI as DPI
 from ._style import choose_log_scale as choose_log_scale
@@ -44,11 +50,28 @@ from ._training import accuracy_jump as accuracy_jump
 from ._training import plot_along as plot_along
 from ._training import plot_training as plot_training
 from ._vtk import export_vtk as export_vtk
+from ._web_charts import bars as bars
+from ._web_charts import curves as curves
+from ._web_charts import heatmap as heatmap
+from ._web_charts import scatters as scatters
+from ._web_charts import xy as xy
+from ._web_surfaces import contours as contours
+from ._web_surfaces import lines as lines
+from ._web_surfaces import surfaces_3d as surfaces_3d
 
 __all__ = [
     "CMAP",
     "DPI",
     "accuracy_jump",
+    "bars",
+    "contours",
+    "curves",
+    "heatmap",
+    "lines",
+    "scatters",
+    "surfaces_3d",
+    "write_html",
+    "xy",
     "choose_log_scale",
     "common_limits",
     "common_zrange",
@@ -61,6 +84,7 @@ __all__ = [
     "plot_line",
     "plot_matrix",
     "plot_scatter",
+    "plot_spread",
     "plot_surface_3d",
     "plot_training",
     "plot_xy",

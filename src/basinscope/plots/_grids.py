@@ -2,7 +2,10 @@
 
 The same colour means the same loss in every panel (one norm over all of them,
 :func:`_grid_norm`, on the clipped range :func:`common_zrange` and a linear scale
-unless ``log=True``), so the runs of a study compare at a glance.
+unless ``log=True``), so the runs of a study compare at a glance. A path surface's
+models (``attrs["marks"]``, e.g. :func:`~basinscope.landscape.three_model_plane`) are
+marked and labelled on its contour panel, with their train losses on that panel's
+landscape (``attrs["mark_losses"]``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ._style import (
     common_zrange,
     drawn_z,
 )
-from ._surfaces import _title
+from ._surfaces import _draw_paths, _title
 
 
 def _grid_norm(
@@ -78,6 +81,12 @@ def plot_grid(
     ``log=True`` (``LogNorm`` contours labelled ``"… (log10 scale)"``, 3-D z
     axes of ``log10`` values labelled ``"log10 …"``). 1-D surfaces become line
     plots on a shared y-axis. Panels are titled with the mapping's keys.
+    On contour maps, the models a path surface passes through (``attrs["marks"]``,
+    as :func:`~basinscope.plots.plot_contour` draws them) are marked and labelled,
+    with their losses on that panel's landscape (``attrs["mark_losses"]``) when
+    ``key="train_loss"``; a surface without marks gets the trained point
+    ``(0, 0)``. So the same plane evaluated on several landscapes (e.g. the plane
+    through three minima on each training set's loss) compares panel by panel.
 
     Returns:
         The path written.
@@ -172,12 +181,33 @@ def _contour_panels(fig, surfaces, arrays, norm, log, key, nrows, ncols, levels)
         zm = _masked(drawn_z(a, (norm.vmin, norm.vmax)), log)  # clipped: a plateau
         ax.contourf(X, Y, zm, levels=lv, norm=norm, cmap=CMAP)
         ax.contour(X, Y, zm, levels=lv, colors="black", linewidths=0.3, alpha=0.5)
-        ax.plot([0.0], [0.0], marker="o", ms=5, mfc="white", mec="black", ls="")
+        if s.attrs.get("marks"):
+            _draw_marks(ax, s, key)
+        else:
+            ax.plot([0.0], [0.0], marker="o", ms=5, mfc="white", mec="black", ls="")
         ax.set_title(_title(name, name, surfaces[name]))
-        ax.set_xlabel("α")
-        ax.set_ylabel("β")
+        ax.set_xlabel(s.attrs.get("xlabel", "α"))
+        ax.set_ylabel(s.attrs.get("ylabel", "β"))
     for ax in axes[n:]:
         ax.remove()
     fig.colorbar(
         ScalarMappable(norm, CMAP), ax=list(axes[:n]), label=_scale_label(key, log), format="%.3g"
     )
+
+
+def _draw_marks(ax, surface: Surface, key: str) -> None:
+    """The models a path surface passes through, marked and labelled as
+    :func:`~basinscope.plots.plot_contour` draws them, each with its loss on this
+    panel's landscape beneath its label (train losses only: that is what
+    ``attrs["mark_losses"]`` holds)."""
+    _draw_paths(ax, surface)
+    losses = dict(surface.attrs.get("mark_losses") or []) if key == "train_loss" else {}
+    for lab, pos in surface.attrs["marks"]:
+        if len(pos) == 2 and lab in losses:
+            ax.annotate(
+                f"L = {float(losses[lab]):.3g}",
+                (pos[0], pos[1]),
+                xytext=(5, -10),
+                textcoords="offset points",
+                fontsize="small",
+            )

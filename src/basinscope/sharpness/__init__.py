@@ -6,6 +6,9 @@ frozen result (``to_dict()`` gives its JSON-ready scalars):
 * **ε-sharpness in a slice** (``_slice``: :func:`from_surface`, :func:`epsilon`) —
   the seed tool's ``max_{‖c‖≤ε} L(θ0 + Σ c_j d_j) − L(θ0)`` over the coefficients
   ``c`` of the surface directions.
+* **Spread over direction seeds** (``_spread``: :func:`direction_spread`) — one slice
+  per direction seed, its ε-sharpness and curvature ``d²/dt² L(θ0 + t d)|_{t=0}``
+  along each direction, and their mean and SD over the seeds.
 * **Average-case sharpness** (``_noise``: :func:`average_case`) — the expected loss
   increase under Gaussian weight noise, ``E_z[L(θ0 + σ z)] − L(θ0)``, with its
   standard error; adaptive noise ``σ·|θ0| ⊙ z`` (Kwon et al. 2021).
@@ -33,6 +36,8 @@ from ._slice import COARSE_POINTS as COARSE_POINTS
 from ._slice import EpsilonSharpness as EpsilonSharpness
 from ._slice import epsilon as epsilon
 from ._slice import from_surface as from_surface
+from ._spread import DirectionSpread as DirectionSpread
+from ._spread import direction_spread as direction_spread
 from ._suite import SUITE_MEASURES as SUITE_MEASURES
 from ._suite import SuiteConfig as SuiteConfig
 from ._suite import suite as suite
@@ -45,6 +50,7 @@ __all__ = [
     "COARSE_POINTS",
     "NORMS",
     "SUITE_MEASURES",
+    "DirectionSpread",
     "EpsilonSharpness",
     "KeskarSharpness",
     "NoiseSharpness",
@@ -52,6 +58,7 @@ __all__ = [
     "SuiteConfig",
     "WorstCase",
     "average_case",
+    "direction_spread",
     "epsilon",
     "from_surface",
     "keskar",
