@@ -61,6 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         "volume_threshold": args.threshold,
         "volume_directions": args.directions,
         "volume_rule": args.rule,
+        "direction_seeds": None if args.direction_seeds is None else tuple(args.direction_seeds),
     }
     given = {k: v for k, v in given.items() if v is not None}
     _check_measure_options(args.study, study, given)
@@ -84,6 +85,7 @@ _FLAGS = {
     "volume_threshold": "--threshold",
     "volume_directions": "--directions",
     "volume_rule": "--rule",
+    "direction_seeds": "--direction-seeds",
 }
 
 
@@ -233,6 +235,13 @@ def register_run(sub: argparse._SubParsersAction) -> None:
         "--rule",
         choices=["absolute", "relative"],
         help="basin is L ≤ τ or L − L(θ0) ≤ τ (default: the study's)",
+    )
+    p.add_argument(
+        "--direction-seeds",
+        type=_SEED,
+        nargs="+",
+        help="seeds of the planes whose sharpness spread is reported (lr-batch; default: "
+        "--seed and the next two)",
     )
     p.add_argument("--sizes", type=_POSITIVE, nargs="+", help="dataset-size: training fractions")
     p.add_argument("--fractions", type=_FINITE, nargs="+", help="poison: mislabelled fractions")

@@ -63,6 +63,17 @@ SETTINGS_USED: dict[str, frozenset[str]] = {
         ]
     ),
     "hessian": frozenset({"direction_seed"}),
+    "spread": frozenset(
+        [
+            "direction_seed",
+            "direction_seeds",
+            "spread_grid",
+            "span",
+            "radius",
+            "skip_bias_norm",
+            "eval_subset",
+        ]
+    ),
     "suite": frozenset(
         [
             "worst_radius",

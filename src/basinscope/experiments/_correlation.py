@@ -47,6 +47,8 @@ gap can shrink because the training fit got worse, the test error itself."""
 MEASURE_COLUMNS = {
     "eps_sharpness_surface": "ε-sharpness (grid)",
     "eps_sharpness_direct": "ε-sharpness (direct)",
+    "spread_eps_mean": "ε-sharpness (mean over direction seeds)",
+    "spread_curvature_mean": "slice curvature (mean over direction seeds)",
     "noise_sharpness": "noise sharpness",
     "average_case_adaptive": "adaptive noise sharpness",
     "worst_case_l2": "worst-case L2",

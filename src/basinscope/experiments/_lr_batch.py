@@ -1,7 +1,8 @@
 """The learning-rate × batch-size studies (Keskar et al. 2017; Jiang et al. 2019).
 
 * ``lr-batch`` — the classic 4-run grid: high/low learning rate × large/small batch,
-  with the interpolation between their minima (Keskar et al.'s Fig. 3).
+  with the interpolation between their minima (Keskar et al.'s Fig. 3) and whether the
+  runs' ranking by sharpness holds for every direction seed.
 * ``lr-batch-grid`` — 3 learning rates × 3 batch sizes × 2 seeds, for the rank
   correlation of every measure with the generalisation gap (Jiang et al. 2019).
 """
@@ -53,7 +54,7 @@ def lr_batch_grid(
         name="lr-batch",
         runs=runs,
         description="high/low learning rate × large/small batch (Keskar et al. 2017)",
-        measures=("surface", "hessian"),
+        measures=("surface", "hessian", "spread"),
         finish=_lr_batch_finish,
     )
 
@@ -73,7 +74,8 @@ def _interpolation_pairs(reports: list[RunReport]) -> list[tuple[str, RunReport,
 
 def _lr_batch_finish(study: Study, reports: list[RunReport], root: Path) -> str:
     """Keskar et al.'s Fig. 3: the line from the small-batch to the large-batch
-    minimum, ``(1−α)θ_small + αθ_large`` for α ∈ [−0.5, 1.5], at each learning rate."""
+    minimum, ``(1−α)θ_small + αθ_large`` for α ∈ [−0.5, 1.5], at each learning rate;
+    then whether the runs' ranking by sharpness holds for every direction seed."""
     from .. import plots
 
     text = ""
@@ -114,9 +116,12 @@ def _lr_batch_finish(study: Study, reports: list[RunReport], root: Path) -> str:
             f"{left:.4f}, at α = 1.5 (beyond the large-batch one) {right:.4f}. "
             f"Figure: figures/interpolation_{label}.png.\n"
         )
-    return (
+    from ._spread import ranking_text
+
+    text = (
         ("\n## Interpolation between minima (Keskar et al. 2017, Fig. 3)\n" + text) if text else ""
     )
+    return text + ranking_text(reports, root)
 
 
 def lr_batch_grid_study(

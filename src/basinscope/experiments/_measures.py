@@ -12,7 +12,8 @@
   density (``spectrum.json``);
 * ``suite`` — the rest of the sharpness suite (worst case, Keskar, PAC-Bayes), by
   :func:`basinscope.sharpness.suite` under its key vocabulary;
-* ``trajectory`` — the loss on the plane of the run's principal trajectory directions.
+* ``trajectory`` — the loss on the plane of the run's principal trajectory directions;
+* ``spread`` — ε-sharpness and slice curvature on one plane per direction seed.
 
 :class:`MeasureConfig` holds every setting they share.
 """
@@ -63,6 +64,9 @@ class MeasureConfig:
         noise_seed: seed of the weight noise.
         eval_subset: evaluate surfaces on at most this many training examples
             (a fixed seeded subset); ``None`` for all.
+        direction_seeds: the seeds of the ``spread`` measure's planes (default: the
+            direction seed and the next two).
+        spread_grid: points per axis of each of those planes (odd: 0 is on the grid).
     """
 
     grid_size: int = 31
@@ -85,6 +89,8 @@ class MeasureConfig:
     keskar_epsilon: float = 1e-3
     pac_target: float = 0.1
     pac_samples: int = 16
+    direction_seeds: tuple[int, ...] | None = None
+    spread_grid: int = 21
 
     def validate(self) -> None:
         """Refuse settings that cannot give numbers, before any run is trained or measured:
@@ -451,7 +457,15 @@ def _measure_trajectory(report: RunReport, m: MeasureConfig, out: Path, progress
     )
 
 
+def _measure_spread(report: RunReport, m: MeasureConfig, out: Path, progress: bool) -> None:
+    """ε-sharpness and slice curvature over direction seeds (:mod:`._spread`)."""
+    from ._spread import measure_spread
+
+    measure_spread(report, m, out, progress)
+
+
 MEASURES: dict[str, Callable[[RunReport, MeasureConfig, Path, bool], None]] = {
+    "spread": _measure_spread,
     "trajectory": _measure_trajectory,
     "surface": _measure_surface,
     "volume": _measure_volume,

@@ -108,6 +108,7 @@ def html_report(root: str | Path, out: str | Path | None = None) -> Path:
     _training(page, runs)
     _surfaces(page, runs, plots)
     _sharpness(page, runs, rows)
+    _spread(page, runs)
     _spectra(page, runs)
     _paths(page, runs)
     _volumes(page, runs, rows)
@@ -177,6 +178,43 @@ def _sharpness(page: _Page, runs: list[str], rows: dict[str, Any]) -> None:
             errors = {r: _number(rows[r].get(se_col)) for r in rows} if se_col else None
             blocks.append(bars(values, title + " (higher = sharper)", label, errors=errors))
     page.section("Sharpness", *blocks)
+
+
+def _spread(page: _Page, runs: list[str]) -> None:
+    """Each run's ε-sharpness and slice curvature over direction seeds (mean ± SD, the
+    seeds as dots) and its plane of every seed on one colour scale."""
+    from .. import plots
+    from ._spread import spread_from_json
+
+    found = {r: page.json(page.root / r / "spread.json") for r in runs}
+    found = {r: d for r, d in found.items() if d and d.get("eps")}
+    if not found:
+        return
+    eps = plots.bars(
+        {r: d["eps_mean"] for r, d in found.items()}, "ε-sharpness over direction seeds, mean ± SD",
+        "ε-sharpness", errors={r: d["eps_sd"] for r, d in found.items()},
+        points={r: d["eps"] for r, d in found.items()},
+    )  # fmt: skip
+    curv = plots.bars(
+        {r: d["curvature_mean"] for r, d in found.items()},
+        "slice curvature d²L/dt² at θ0 over direction seeds, mean ± SD", "curvature",
+        errors={r: d["curvature_sd"] for r, d in found.items()},
+        points={r: [float(np.mean(c)) for c in d["curvature"]] for r, d in found.items()},
+    )  # fmt: skip
+    panels = {}
+    for r, d in found.items():
+        for k, s in zip(d["seeds"], spread_from_json(d).surfaces, strict=True):
+            panels[f"{r} · seed {k}"] = s
+    zr = plots.common_zrange(list(panels.values()))
+    seeds = len(next(iter(found.values()))["seeds"])
+    planes = plots.contours(panels, zr, title="the plane of each direction seed (rows: runs)",
+                            ncols=seeds)  # fmt: skip
+    page.section(
+        "Direction spread",
+        eps, curv, planes,
+        note="One filter-normalised plane per direction seed; whether the ranking of the "
+        "runs holds for every seed is stated in the summary.",
+    )  # fmt: skip
 
 
 def _spectra(page: _Page, runs: list[str]) -> None:

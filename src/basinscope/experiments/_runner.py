@@ -86,6 +86,10 @@ def run_study(
     lands), and rank 0 writes ``study.json``, the comparisons and the report once.
     """
     study.measure.validate()
+    if "spread" in study.measures:
+        from ._spread import check_spread_settings
+
+        check_spread_settings(study.measure)
     for cfg in study.runs.values():
         cfg.validate()
     root = check_output_dir(Path(out) / study.name, "the study directory")

@@ -82,9 +82,11 @@ def bars(
     errors: Mapping[str, float | None] | None = None,
     interval: Mapping[str, tuple[float, float] | None] | None = None,
     log: bool = False,
+    points: Mapping[str, Sequence[float]] | None = None,
 ) -> Figure:
-    """One bar per run; ``errors`` symmetric error bars (±1 SE) or ``interval`` an
-    asymmetric interval (low, high) around each value. Missing values are left out."""
+    """One bar per run; ``errors`` symmetric error bars (±1 SE or SD) or ``interval`` an
+    asymmetric interval (low, high) around each value; ``points`` the values behind
+    each bar as dots. Missing values are left out."""
     names = [k for k, v in values.items() if v is not None and math.isfinite(float(v))]
     bar: dict[str, Any] = {
         "type": "bar",
@@ -108,7 +110,13 @@ def bars(
         "height": 360,
         "yaxis": {"title": {"text": ylabel}, "type": "log" if log else "linear"},
     }
-    return {"data": [bar], "layout": layout}
+    data = [bar]
+    if points:  # the values a bar summarises (each seed), as dots over it
+        xs = [k for k in names for _ in points.get(k, ())]
+        ys = [v for k in names for v in points.get(k, ())]
+        data.append({"type": "scatter", "mode": "markers", "x": xs, "y": numbers(ys),
+                     "name": "each seed", "marker": {"color": "black", "size": 7}})  # fmt: skip
+    return {"data": data, "layout": layout}
 
 
 def xy(
