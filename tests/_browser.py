@@ -7,7 +7,7 @@ page made, every JavaScript exception and console/log error, and a
 ``screenshot(clip)`` method. Used by the report's browser test and, run as a
 script, to take the README's screenshot::
 
-    python tests/_browser.py results/lr-batch/report.html docs/report.png
+    python tests/_browser.py results/lr-batch/report.html docs/report.png "Loss surfaces" 1150
 """
 
 from __future__ import annotations
@@ -163,16 +163,25 @@ REPORT_DONE = (
 
 
 def main(argv: list[str]) -> int:
+    """``REPORT OUT.png [SECTION [HEIGHT]]``: a screenshot from the heading SECTION (default:
+    the first figure) down HEIGHT CSS pixels (default 1400)."""
     report, out = argv[1], Path(argv[2])
-    height = int(argv[3]) if len(argv) > 3 else 1400
+    section = argv[3] if len(argv) > 3 else None
+    height = int(argv[4]) if len(argv) > 4 else 1400
     with Browser(width=1280, height=height) as b:
         page = b.open(report)
         page.wait(REPORT_DONE, 120)
         time.sleep(1.0)  # let WebGL finish its first frame
-        top = page.evaluate(
-            "document.querySelector('.js-plotly-plot').getBoundingClientRect().top + scrollY"
-        )
-        shot = page.screenshot({"x": 0, "y": max(top - 60, 0), "width": 1280, "height": height})
+        if section is None:
+            top = page.evaluate(
+                "document.querySelector('.js-plotly-plot').getBoundingClientRect().top + scrollY"
+            )
+        else:
+            top = page.evaluate(
+                "Array.from(document.querySelectorAll('h2')).find(h => h.textContent === "
+                f"{json.dumps(section)}).getBoundingClientRect().top + scrollY - 10"
+            )
+        shot = page.screenshot({"x": 0, "y": max(top, 0), "width": 1280, "height": height})
     out.write_bytes(shot)
     print(f"{out}: {len(shot)} bytes")
     return 0

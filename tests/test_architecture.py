@@ -2,6 +2,7 @@
 
 * ``objective/`` imports only the ground files; ``landscape/`` and ``hessian/`` only
   ``objective/``; ``sharpness/`` may add them; ``training/`` imports no measure;
+  ``policy/`` only ``objective/``;
   ``plots/`` reads results only; ``experiments/`` may import everything but the CLI;
   ``cli/`` parses and calls.
 * No source file over 500 lines; no function over 80 lines unless the comment right
@@ -26,6 +27,7 @@ WINGS = (
     "hessian",
     "sharpness",
     "training",
+    "policy",
     "experiments",
     "plots",
     "cli",
@@ -38,9 +40,27 @@ ALLOWED: dict[str, set[str]] = {
     "hessian": {"objective"},
     "sharpness": {"objective", "landscape", "hessian"},
     "training": set(),
+    "policy": {"objective"},
     "plots": {"landscape"},
-    "experiments": {"objective", "landscape", "hessian", "sharpness", "training", "plots"},
-    "cli": {"objective", "landscape", "hessian", "sharpness", "training", "plots", "experiments"},
+    "experiments": {
+        "objective",
+        "landscape",
+        "hessian",
+        "sharpness",
+        "training",
+        "policy",
+        "plots",
+    },
+    "cli": {
+        "objective",
+        "landscape",
+        "hessian",
+        "sharpness",
+        "training",
+        "policy",
+        "plots",
+        "experiments",
+    },
 }
 
 

@@ -83,8 +83,9 @@ def test_a_refused_run_leaves_study_json_as_it_was(capsys, tmp_path, monkeypatch
 
     full = STUDIES["lr-batch"]
 
-    def small(**options):  # the built-in study on 150 examples and a narrow MLP
+    def small(**options):  # the built-in study on 150 examples and a narrow MLP, surface only
         study = full(**options)
+        study.measures = ("surface",)
         for name, cfg in study.runs.items():
             small = {**cfg.to_dict(), "train_size": 150, "model_kwargs": {"widths": [8]}}
             study.runs[name] = cfg.__class__(**small)

@@ -103,6 +103,10 @@ def html_report(root: str | Path, out: str | Path | None = None) -> Path:
     summary = root / "summary.md"
     if summary.is_file():
         text = markdown.markdown(summary.read_text(), extensions=["tables"])
+        for level in (4, 3, 2, 1):  # its sections sit under the page's "Summary"
+            text = text.replace(f"<h{level}>", f"<h{level + 1}>").replace(
+                f"</h{level}>", f"</h{level + 1}>"
+            )
         page.section("Summary", text)
     rows = {r.get("run"): r for r in page.read("summary.csv", lambda: read_summary(root)) or []}
     _training(page, runs)

@@ -32,15 +32,26 @@ def _heading(text: str) -> dict[str, Any]:
     return {"text": text, "x": 0.01, "xanchor": "left", "font": {"size": 15}}
 
 
+PANEL_HEIGHT, PANEL_GAP = 330, 95
+"""Pixels per row of small multiples and between rows (an axis title and a panel title)."""
+
+
+def panel_height(nrows: int) -> int:
+    """The figure height for ``nrows`` rows of panels (plotly's margins included)."""
+    return 180 + PANEL_HEIGHT * nrows
+
+
 def _panels(n: int, ncols: int, gap: float = 0.07) -> list[tuple[list[float], list[float]]]:
-    """The ``(x domain, y domain)`` of ``n`` panels in rows of ``ncols``, top row first."""
+    """The ``(x domain, y domain)`` of ``n`` panels in rows of ``ncols``, top row first,
+    :data:`PANEL_GAP` pixels apart vertically in a figure of :func:`panel_height`."""
     nrows = math.ceil(n / ncols)
+    vgap = PANEL_GAP / (panel_height(nrows) - 180)
     w = (1 - gap * (ncols - 1)) / ncols
-    h = (1 - gap * 1.4 * (nrows - 1)) / nrows
+    h = (1 - vgap * (nrows - 1)) / nrows
     out = []
     for k in range(n):
         r, c = divmod(k, ncols)
-        x0, y1 = c * (w + gap), 1 - r * (h + gap * 1.4)
+        x0, y1 = c * (w + gap), 1 - r * (h + vgap)
         out.append(([x0, x0 + w], [max(y1 - h, 0.0), y1]))
     return out
 
@@ -93,6 +104,8 @@ def bars(
         "x": names,
         "y": [numbers(values[k]) for k in names],
         "marker": {"color": "#4a7ab5"},
+        "name": ylabel,
+        "showlegend": bool(points),
     }
     if errors:
         bar["error_y"] = {"type": "data", "array": [numbers(errors.get(k) or 0) for k in names]}
@@ -199,7 +212,7 @@ def scatters(
     layout: dict[str, Any] = {
         "title": _heading(title),
         "showlegend": False,
-        "height": 100 + 300 * math.ceil(n / ncols),
+        "height": panel_height(math.ceil(n / ncols)),
     }
     data = []
     for k, ((name, (xs, ys, labels)), dom) in enumerate(

@@ -24,7 +24,16 @@ import numpy as np
 
 from ..landscape import Surface
 from ._style import drawn_z
-from ._web_charts import COLORSCALE, Figure, _axes, _heading, _panel_title, _panels, numbers
+from ._web_charts import (
+    COLORSCALE,
+    Figure,
+    _axes,
+    _heading,
+    _panel_title,
+    _panels,
+    numbers,
+    panel_height,
+)
 
 
 def surfaces_3d(
@@ -112,7 +121,7 @@ def contours(
     nrows = math.ceil(n / ncols)
     layout: dict[str, Any] = {
         "title": _heading(title),
-        "height": 120 + 330 * nrows,
+        "height": panel_height(nrows),
         "showlegend": False,
         "coloraxis": {
             "colorscale": COLORSCALE,
@@ -275,6 +284,8 @@ def lines(
             "overlaying": "y",
             "side": "right",
             "range": [0, 1.02],
+            "tickmode": "auto",
+            "showgrid": False,
         },
         "legend": {"orientation": "h", "y": -0.2},
     }
