@@ -43,6 +43,9 @@ def _flat(
 
     from ..errors import BasinscopeError
 
+    wrap = getattr(obj.model, "wrap_other", None)
+    if isinstance(source, nn.Module) and wrap is not None:
+        source = wrap(source)  # a bare policy for a return objective (basinscope.policy)
     if isinstance(source, nn.Module | dict):
         params = dict(source.named_parameters()) if isinstance(source, nn.Module) else source
         own = dict(obj.model.named_parameters())

@@ -66,7 +66,9 @@ class Plan:
 def make_plan(batches: Batches, *, engine: str | None = None) -> Plan:
     """Probe the model once, verify each candidate engine, choose the fastest that holds.
 
-    The chain engine when it applies; else the vmap engine when it verifies and its
+    A model with a ``points_engine()`` method (:class:`basinscope.policy.Rollout`: all
+    points' episodes stepped at once) gets that engine when it verifies, else the plain
+    one. Otherwise the chain engine when it applies; else the vmap engine when it verifies and its
     timing shows it clearly faster than the first-layer shortcut (or, where that is
     refused, the plain engine); else that one. Where that one is too quick to time
     (under 50 ms for 8 points on a chunk), vmap is not tried against it and goes
@@ -78,6 +80,14 @@ def make_plan(batches: Batches, *, engine: str | None = None) -> Plan:
             does not, the chain, the first-layer shortcut or the plain engine as
             usual (untimed: vmap only runs when timed or named), with its reason.
     """
+    own = getattr(batches.model, "points_engine", None)
+    if callable(own):  # a model that evaluates many points itself (a policy's rollout)
+        mine = own()
+        why = _verify(mine, batches) if engine in (None, mine.name) else "not tried"
+        if why is None:
+            return Plan(mine)
+        if engine is None:
+            return Plan(PlainEngine(), {mine.name: why})
     if engine is not None:
         return _asked(batches, engine)
     refused: dict[str, str] = {}
