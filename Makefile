@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/hessian.py
 	$(PY) benchmarks/transformer.py
 	$(PY) benchmarks/distributed.py
+	$(PY) benchmarks/policy.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

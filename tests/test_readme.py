@@ -56,7 +56,16 @@ def _namespace(tmp_path: Path) -> dict:
         "m1": runs[2].model,
         "surf_a": surf_a,
         "surf_b": surf_b,
+        "net": _mlp(4, 2, 0),  # the policy examples' networks
+        "other_policy": _mlp(4, 2, 1),
     }
+
+
+def _mlp(n_in: int, n_out: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_in, 32), torch.nn.Tanh(), torch.nn.Linear(32, n_out)
+    )
 
 
 def test_the_library_examples_run(tmp_path, monkeypatch):

@@ -206,7 +206,8 @@ def register_run(sub: argparse._SubParsersAction) -> None:
             "basinscope run --study sam-vs-sgd        # does SAM help? (3 seeds each)\n"
             "basinscope run --study lr-batch-grid     # which measure predicts the gap\n"
             "basinscope run --study grokking          # measures along a run that groks\n"
-            "basinscope run --study warmup            # warm-up against the 2/η stability line"
+            "basinscope run --study warmup            # warm-up against the 2/η stability line\n"
+            "basinscope run --study policy            # REINFORCE vs PPO: sharp policies fragile?"
         ),
     )
     from ..experiments._studies import STUDIES

@@ -53,6 +53,10 @@ class Study:
     finish: Callable[[Study, list[RunReport], Path], str] | None = None
     # MeasureConfig fields that ``finish`` reads besides those of ``measures``
     finish_settings: tuple[str, ...] = ()
+    # a study that is not a grid of classifier runs (``policy``): run(study, root,
+    # progress) does all of it under the study's lock; ``extra`` holds its settings
+    run: Callable[[Study, Path, bool], Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def uses(self, setting: str) -> bool:
         """Whether the :class:`MeasureConfig` field ``setting`` decides any of this study's
@@ -96,6 +100,8 @@ def run_study(
     root.mkdir(parents=True, exist_ok=True)
     d = _dist.resolve("auto")  # under torchrun: the runs are shared over the ranks
     with _dist.on_writer(d, lambda: output_lock(root, "the study directory")):
+        if study.run is not None:
+            return study.run(study, root, progress)
         return _run_locked(study, root, progress, d)
 
 

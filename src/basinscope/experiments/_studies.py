@@ -8,6 +8,7 @@ from ._dataset_size import dataset_size_study
 from ._grokking import grokking_study
 from ._lr_batch import lr_batch_grid, lr_batch_grid_study
 from ._poison import poison_study
+from ._policy import policy_study
 from ._remedies import remedies_study, sam_vs_sgd_study
 from ._runner import Study
 from ._warmup import warmup_study
@@ -21,4 +22,5 @@ STUDIES: dict[str, Callable[..., Study]] = {
     "lr-batch-grid": lr_batch_grid_study,
     "grokking": grokking_study,
     "warmup": warmup_study,
+    "policy": policy_study,
 }

@@ -15,6 +15,7 @@ array a 3-D figure draws, so what a figure shows can be checked.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def common_zrange(
         zclip = min(hi, max(clip * c, m))      otherwise
 
     ``clip * c`` is Li et al.'s clip at a maximum loss, relative to how well the
-    runs fit; the median keeps a plane whose runs all sit near zero loss from
+    runs fit (when ``c ≥ 0``; otherwise — a negative return, say — ``zclip = hi``); the median keeps a plane whose runs all sit near zero loss from
     turning into one plateau. Values above ``zclip`` are drawn as a flat
     plateau at ``zclip`` (:func:`drawn_z`). A degenerate range (a constant
     surface, or ``zclip <= zmin``) is widened so it can be drawn.
@@ -194,7 +195,10 @@ def common_zrange(
     else:
         centres = _finite([_centre_value(s, key) for s in surfaces])
         med = float(np.median(np.concatenate([_finite(a) for a in arrays])))
-        level = max(clip * float(centres.max()), med) if centres.size else hi
+        top_centre = float(centres.max()) if centres.size else math.nan
+        # a clip relative to the centres needs a loss ≥ 0 there (a negative return at
+        # the centre gives no scale): then the whole range is drawn
+        level = max(clip * top_centre, med) if top_centre >= 0 else hi
         top = min(hi, level)
     if top <= lo:
         return _widen(lo, lo, log)
