@@ -52,3 +52,14 @@ def test_policy_study_numbers_are_the_measures_of_its_policies(tmp_path, monkeyp
     assert (root / "report.html").is_file() and (root / "figures" / "robustness.png").is_file()
     again = run_study(st, tmp_path, progress=False)  # everything cached: the same numbers
     assert [r["noise_sharpness"] for r in again] == [r["noise_sharpness"] for r in rows]
+
+
+def test_policy_study_refuses_classifier_options(tmp_path, capsys):
+    from basinscope.cli import main as cli_main
+
+    assert (
+        cli_main(["run", "--study", "policy", "--dataset", "digits", "--out", str(tmp_path)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "policy study takes no dataset" in err and "Traceback" not in err
+    assert not (tmp_path / "policy").exists()

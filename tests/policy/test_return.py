@@ -175,3 +175,34 @@ def test_the_rollout_engine_is_planned_and_equals_the_plain_engine(stochastic):
     fast = obj.plan.engine.evaluate(obj.batches, coef, d, obj.theta0)[0]
     plain = PlainEngine().evaluate(obj.batches, coef, d, obj.theta0)[0]
     assert torch.equal(fast, plain)
+
+
+def test_pendulum_returns_are_the_step_loop_and_differentiable():
+    from basinscope._rng import item_generator
+
+    env = P.Pendulum()
+    torch.manual_seed(0)
+    pol = torch.nn.Sequential(
+        torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+    ).double()
+    for std in (None, 0.3):
+        obj = P.return_objective(pol, env, episodes=3, gamma=0.9, horizon=40,
+                                 stochastic=std is not None, action_std=std)  # fmt: skip
+        s, total, disc = env.reset([0, 1, 2]), torch.zeros(3, dtype=torch.float64), 1.0
+        noise = [
+            torch.randn(40, 1, generator=item_generator(0, i), dtype=torch.float64)
+            for i in range(3)
+        ]
+        with torch.no_grad():
+            for t in range(40):
+                a = pol(env.observe(s))
+                if std is not None:
+                    a = a + std * torch.stack([n[t] for n in noise])
+                s, r, _ = env.step(s, a)
+                total, disc = total + disc * r, disc * 0.9
+        assert torch.allclose(P.episode_returns(obj), total, rtol=0, atol=1e-12)
+    # continuous actions: the gradient through the dynamics is the derivative of the return
+    v = torch.randn(obj.n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    h = 1e-6
+    fd = obj.evaluate(torch.stack([obj.theta0 + h * v, obj.theta0 - h * v]))[0].diff() / (-2 * h)
+    assert float(obj.grad(obj.theta0) @ v) == pytest.approx(float(fd), rel=1e-4)
