@@ -125,9 +125,9 @@ def test_train_prints_zero_as_zero_and_missing_as_na(capsys, tmp_path, monkeypat
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "--threshold", "0.2"], "--threshold applies to --study dataset-size, poison, remedies or sam-vs-sgd only"),
+        (["run", "--threshold", "0.2"], "--threshold applies to --study dataset-size, poison, remedies, sam-vs-sgd or policy only"),
         (["run", "--rule", "relative"], "--rule applies to --study dataset-size, poison, remedies or sam-vs-sgd only"),
-        (["run", "--directions", "5"], "--directions applies to --study dataset-size, poison, remedies or sam-vs-sgd"),
+        (["run", "--directions", "5"], "--directions applies to --study dataset-size, poison, remedies, sam-vs-sgd or policy"),
         (["run", "--study", "dataset-size", "--radius", "0.1"], "--radius applies to --study lr-batch,"),
         (["run", "--study", "dataset-size", "--span", "1"], "--span applies"),
         (["run", "--study", "dataset-size", "--sizes", "0.1", "--rule", "relative",

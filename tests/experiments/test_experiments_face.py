@@ -19,7 +19,7 @@ def test_every_exported_name_exists():
 def test_the_built_in_studies_are_named():
     assert list(ex.STUDIES) == [
         "lr-batch", "dataset-size", "poison", "remedies", "sam-vs-sgd", "lr-batch-grid",
-        "grokking", "warmup",
+        "grokking", "warmup", "policy",
     ]  # fmt: skip
     for name, build in ex.STUDIES.items():
         study = build()
