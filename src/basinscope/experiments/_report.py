@@ -128,7 +128,7 @@ def html_report(root: str | Path, out: str | Path | None = None) -> Path:
 def _training(page: _Page, runs: list[str]) -> None:
     from ..plots import curves
 
-    series = {}
+    series, returns = {}, {}
     for run in runs:
         history = (page.json(page.root / run / "metrics.json") or {}).get("history") or []
         steps = [h.get("step") for h in history]
@@ -136,9 +136,16 @@ def _training(page: _Page, runs: list[str]) -> None:
             ys = [h.get(key) for h in history]
             if any(y is not None for y in ys):
                 series[f"{run}: {key.replace('_', ' ')}"] = (steps, ys)
+        if any("mean_return" in h for h in history):  # a policy's training (policy wing)
+            returns[run] = ([h.get("iteration") for h in history],
+                            [h.get("mean_return") for h in history])  # fmt: skip
+    blocks = []
     if series:
-        fig = curves(series, "loss during training", "optimizer step", "loss", logy=True)
-        page.section("Training", fig)
+        blocks.append(curves(series, "loss during training", "optimizer step", "loss", logy=True))
+    if returns:
+        blocks.append(curves(returns, "mean return of the training episodes", "iteration",
+                             "return"))  # fmt: skip
+    page.section("Training", *blocks)
 
 
 def _surfaces(page: _Page, runs: list[str], plots: Any) -> None:
@@ -146,22 +153,25 @@ def _surfaces(page: _Page, runs: list[str], plots: Any) -> None:
     surfaces = {k: s for k, s in surfaces.items() if s is not None and s.is_2d}
     if not surfaces:
         return
+    quantity = next(iter(surfaces.values())).attrs.get("quantity", "loss")  # policy: a return
     tests = {k: s for k, s in surfaces.items() if s.test_loss is not None}
     zr = plots.common_zrange(list(surfaces.values()))
     if len(tests) == len(surfaces):  # train and test on one scale
         zt = plots.common_zrange(list(tests.values()), key="test_loss")
         zr = (min(zr[0], zt[0]), max(zr[1], zt[1]))
     blocks: list[Block] = [
-        plots.surfaces_3d(surfaces, zr),
-        plots.contours(surfaces, zr, title="train loss: contours (○ θ0, ★ lowest grid point)"),
-    ]
+        plots.surfaces_3d(surfaces, zr, quantity=quantity),
+        plots.contours(surfaces, zr, quantity=quantity,
+                       title=f"train {quantity}: contours (○ θ0, ★ lowest grid point)"),
+    ]  # fmt: skip
     if len(tests) == len(surfaces):
-        blocks.append(plots.contours(surfaces, zr, key="test_loss", title="test loss: contours"))
+        title = f"test {quantity}: contours"
+        blocks.append(plots.contours(surfaces, zr, key="test_loss", title=title, quantity=quantity))
     page.section(
-        "Loss surfaces",
+        f"{quantity[:1].upper()}{quantity[1:]} surfaces",
         *blocks,
         note=f"The plane of two filter-normalised random directions through each trained model "
-        f"(Li et al. 2018). Linear loss scale, one range for every run, train and test: "
+        f"(Li et al. 2018). Linear {quantity} scale, one range for every run, train and test: "
         f"values above {zr[1]:.4g} are drawn as a flat plateau; hover for the value itself.",
     )
 

@@ -36,16 +36,23 @@ from ._web_charts import (
 )
 
 
+def _label(key: str, quantity: str) -> str:
+    """``train_loss`` as the axis says it: "train loss", or "train negative return"."""
+    return key.replace("loss", quantity).replace("_", " ")
+
+
 def surfaces_3d(
     surfaces: Mapping[str, Surface],
     zrange: tuple[float, float],
     keys: Sequence[str] = ("train_loss", "test_loss"),
+    quantity: str = "loss",
 ) -> Figure:
     """Rotatable 3-D surfaces of every run, one scene per metric in ``keys`` (the
     metrics the surfaces have), all on ``zrange``; a menu shows one run at a time."""
     keys = [k for k in keys if all(getattr(s, k) is not None for s in surfaces.values())]
     names = list(surfaces)
-    data, layout = [], {"title": _heading("loss surfaces (drag to rotate)"), "height": 520}
+    title = _heading(f"{quantity} surfaces (drag to rotate)")
+    data, layout = [], {"title": title, "height": 520}
     width = 1.0 / len(keys)
     for k, key in enumerate(keys):
         scene = "scene" if k == 0 else f"scene{k + 1}"
@@ -53,12 +60,12 @@ def surfaces_3d(
             "domain": {"x": [k * width, (k + 1) * width - 0.02], "y": [0, 0.9]},
             "xaxis": {"title": {"text": "α"}},
             "yaxis": {"title": {"text": "β"}},
-            "zaxis": {"title": {"text": key.replace("_", " ")}, "range": list(zrange)},
+            "zaxis": {"title": {"text": _label(key, quantity)}, "range": list(zrange)},
             "aspectmode": "cube",
         }
         layout.setdefault("annotations", []).append(
             {
-                "text": key.replace("_", " "),
+                "text": _label(key, quantity),
                 "x": (k + 0.5) * width,
                 "y": 0.97,
                 "xref": "paper",
@@ -78,13 +85,13 @@ def surfaces_3d(
                     "z": numbers(drawn_z(z, zrange).T),
                     "customdata": numbers(z.T),
                     "hovertemplate": "α %{x:.3f}<br>β %{y:.3f}<br>"
-                    + key.replace("_", " ")
+                    + _label(key, quantity)
                     + " %{customdata:.5g}<extra>%{fullData.name}</extra>",
                     "cmin": zrange[0],
                     "cmax": zrange[1],
                     "colorscale": COLORSCALE,
                     "showscale": k == len(keys) - 1,
-                    "colorbar": {"title": {"text": "loss"}, "len": 0.8},
+                    "colorbar": {"title": {"text": quantity}, "len": 0.8},
                     "visible": i == 0,
                 }
             )
@@ -112,6 +119,7 @@ def contours(
     key: str = "train_loss",
     title: str = "contours",
     ncols: int | None = None,
+    quantity: str = "loss",
 ) -> Figure:
     """Filled contour maps of ``key``, one panel per surface on one colour scale, with
     θ0 (○, unless the surface marks models), the lowest grid point (★, complete
@@ -127,7 +135,7 @@ def contours(
             "colorscale": COLORSCALE,
             "cmin": zrange[0],
             "cmax": zrange[1],
-            "colorbar": {"title": {"text": key.replace("_", " ")}},
+            "colorbar": {"title": {"text": _label(key, quantity)}},
         },
     }
     data = []
