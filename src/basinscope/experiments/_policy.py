@@ -34,7 +34,7 @@ from .._io import atomic_write_json, atomic_write_text
 from .._results import to_json
 from ..errors import BasinscopeError
 from ..landscape import basin_volume, plane, random_directions
-from ._caches import _cached_json, own_file, study_key
+from ._caches import _cached_json, model_fingerprint, own_file, study_key
 from ._measures import MeasureConfig, _quiet_coarse
 from ._runner import Study
 
@@ -125,7 +125,7 @@ def _one_policy(
     m, e = study.measure, study.extra["episodes"]
     obj = return_objective(run.policy, env_cls(), episodes=e, seed=EVAL_SEED)
     mean, se = return_stats(obj, obj.theta0)
-    digest = study_key(_weights_key(run.policy), e, m.grid_size, m.span, m.direction_seed)
+    digest = study_key(model_fingerprint(run.policy), e, m.grid_size, m.span, m.direction_seed)
     d = random_directions(obj, 2, norm="filter", seed=m.direction_seed)
     surf = plane(obj, d[0], d[1], span=m.span, steps=m.grid_size, path=out / "surface.h5",
                  attrs={"quantity": "negative return", **own_file(out / "surface.h5", digest)},
@@ -159,12 +159,6 @@ def _one_policy(
         "robustness": float(np.mean(list(got["robust"].values()))), "robust": got["robust"],
         "surface": surf,
     }  # fmt: skip
-
-
-def _weights_key(policy: nn.Module) -> str:
-    from .._keys import tensor_digest
-
-    return tensor_digest(*[p.detach() for p in policy.parameters()])
 
 
 _FLATNESS = {  # measure, and whether a larger value means flatter

@@ -13,6 +13,7 @@ direction seed (:func:`basinscope.sharpness.direction_spread`) and stores the
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -128,8 +129,6 @@ def ranking_text(reports: list[RunReport], root: Path) -> str:
     for r in reports:
         path = root / r.name / "spread.json"
         if not r.diverged and path.is_file():
-            import json
-
             saved[r.name] = json.loads(path.read_text())
     if len(saved) < 2:
         return ""

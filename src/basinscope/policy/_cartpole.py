@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .._checks import check_int, check_number, check_positive
 from ..errors import BasinscopeError
-from ._envs import check_action, check_state, initial_states
+from ._envs import PhysicsEnv, check_action, check_state, initial_states
 
 INTEGRATORS = ("euler", "semi-implicit euler")
 _POSITIVE = ("masscart", "masspole", "length", "force_mag", "tau")
@@ -98,7 +98,7 @@ class CartPoleParams:
         return self.masspole * self.length
 
 
-class CartPole:
+class CartPole(PhysicsEnv):
     """Batched ``CartPole-v1``: ``reset(seeds)``, ``step(state, action)``, ``observe(state)``.
 
     ``CartPole(params=CartPoleParams(length=0.7))`` changes the physics (the
@@ -110,34 +110,13 @@ class CartPole:
     """
 
     name = "CartPole-v1"
+    Params = CartPoleParams
     state_dim = 4
     obs_dim = 4
     discrete = True
     n_actions: int | None = 2
     action_dim: int | None = None
     action_shape: tuple[int, ...] = ()
-
-    def __init__(self, params: CartPoleParams | None = None) -> None:
-        if params is None:
-            params = CartPoleParams()
-        if not isinstance(params, CartPoleParams):
-            raise BasinscopeError(
-                f"CartPole params must be a CartPoleParams, got {type(params).__name__}"
-            )
-        self.params = params
-
-    @property
-    def max_steps(self) -> int:
-        """The time limit of an episode (``CartPole-v1``: 500 steps)."""
-        return self.params.max_steps
-
-    def __repr__(self) -> str:
-        changed = [
-            f"{f.name}={getattr(self.params, f.name)!r}"
-            for f in fields(CartPoleParams)
-            if getattr(self.params, f.name) != f.default
-        ]
-        return f"CartPole({', '.join(changed)})"
 
     def reset(
         self,

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..objective import Batches
 from ..objective._engine import combine
+from ..objective._vmap import _stacked
 
 
 class RolloutEngine:
@@ -36,15 +37,9 @@ class RolloutEngine:
         """``(loss[K], acc[K])`` at ``origin + Σ_j coef[k, j] dirs[j]``, float64."""
         loss = torch.zeros(len(coef), dtype=torch.float64, device=batches.device)
         correct = torch.zeros_like(loss)
-        space = batches.space
         for s in range(0, len(coef), self.block):
             points = combine(origin, coef[s : s + self.block], dirs)
-            params = {
-                name: points[:, o : o + k].view(len(points), *shape)
-                for name, o, k, shape in zip(
-                    space.names, space.offsets, space.numels, space.shapes, strict=True
-                )
-            }
+            params = _stacked(batches.space, points)
             for x, y in batches.chunks():
                 returns = batches.model.returns_at(params, x)
                 for k in range(len(points)):

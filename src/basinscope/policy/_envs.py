@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -71,6 +72,38 @@ class BatchedEnv(Protocol):
     def observe(self, state: Tensor) -> Tensor:
         """What the policy sees of ``state``: ``[..., obs_dim]``."""
         ...
+
+
+class PhysicsEnv:
+    """What CartPole and Pendulum share: a frozen parameter dataclass ``Params``
+    (checked to be one), the time limit it holds and a ``repr`` naming the changed
+    parameters."""
+
+    name: str
+    Params: type
+
+    def __init__(self, params: Any = None) -> None:
+        kind = self.name.split("-")[0]
+        if params is None:
+            params = self.Params()
+        if not isinstance(params, self.Params):
+            raise BasinscopeError(
+                f"{kind} params must be a {self.Params.__name__}, got {type(params).__name__}"
+            )
+        self.params = params
+
+    @property
+    def max_steps(self) -> int:
+        """The time limit of an episode (Gymnasium's ``max_episode_steps``)."""
+        return self.params.max_steps
+
+    def __repr__(self) -> str:
+        changed = [
+            f"{f.name}={getattr(self.params, f.name)!r}"
+            for f in fields(self.Params)
+            if getattr(self.params, f.name) != f.default
+        ]
+        return f"{self.name.split('-')[0]}({', '.join(changed)})"
 
 
 def gymnasium_generator(seed: int) -> np.random.Generator:

@@ -63,6 +63,7 @@ class LQR:
         self.state_dim = self.obs_dim = n
         self.action_dim = m
         self.action_shape = (m,)
+        self._matrices = tuple(torch.from_numpy(m) for m in (self.A, self.B, self.Q, self.R))
         self.init_scale = check_number("init_scale", init_scale, positive=True)
         self.max_steps = check_int("max_steps", max_steps, minimum=1)
 
@@ -80,16 +81,13 @@ class LQR:
         """``(A s + B a, −(sᵀQs + aᵀRa), False)`` for every episode."""
         s = check_state(self.name, state, self.state_dim)
         a = check_action(self.name, action, s, self.action_shape).to(s.dtype)
-        A, B, Q, R = (torch.as_tensor(x, dtype=s.dtype, device=s.device) for x in self._m())
+        A, B, Q, R = (m.to(s) for m in self._matrices)
         reward = -((s @ Q) * s).sum(-1) - ((a @ R) * a).sum(-1)
         return s @ A.T + a @ B.T, reward, torch.zeros(s.shape[:-1], dtype=torch.bool)
 
     def observe(self, state: Tensor) -> Tensor:
         """The policy sees the state itself."""
         return check_state(self.name, state, self.state_dim)
-
-    def _m(self) -> tuple[np.ndarray, ...]:
-        return self.A, self.B, self.Q, self.R
 
 
 def lqr_return(env: LQR, K: np.ndarray, s0: np.ndarray, gamma: float = 1.0) -> np.ndarray:

@@ -83,9 +83,7 @@ def return_objective(
     if not 0 < gamma <= 1:
         raise BasinscopeError(f"gamma must lie in (0, 1], got {gamma}")
     horizon = env.max_steps if horizon is None else check_int("horizon", horizon, minimum=1)
-    std = check_std(action_std, env, stochastic)
-    if stochastic and not env.discrete and std is None:
-        std = None  # the policy must then return (μ, log σ); checked by the first rollout
+    std = check_std(action_std, env, stochastic)  # None: the policy returns (μ, log σ)
     rollout = Rollout(
         policy, env, episodes=episodes, seed=seed, gamma=gamma, horizon=horizon,
         stochastic=bool(stochastic), action_std=std,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .._checks import check_int, check_number, check_positive
 from ..errors import BasinscopeError
-from ._envs import check_action, check_state, initial_states
+from ._envs import PhysicsEnv, check_action, check_state, initial_states
 
 _POSITIVE = ("max_speed", "max_torque", "dt", "m", "l")
 
@@ -76,7 +76,7 @@ class PendulumParams:
         object.__setattr__(self, "max_steps", steps)
 
 
-class Pendulum:
+class Pendulum(PhysicsEnv):
     """Batched ``Pendulum-v1``: ``reset(seeds)``, ``step(state, action)``, ``observe(state)``.
 
     ``Pendulum(params=PendulumParams(g=9.81))`` changes the physics. The state
@@ -85,34 +85,13 @@ class Pendulum:
     """
 
     name = "Pendulum-v1"
+    Params = PendulumParams
     state_dim = 2
     obs_dim = 3
     discrete = False
     n_actions: int | None = None
     action_dim: int | None = 1
     action_shape: tuple[int, ...] = (1,)
-
-    def __init__(self, params: PendulumParams | None = None) -> None:
-        if params is None:
-            params = PendulumParams()
-        if not isinstance(params, PendulumParams):
-            raise BasinscopeError(
-                f"Pendulum params must be a PendulumParams, got {type(params).__name__}"
-            )
-        self.params = params
-
-    @property
-    def max_steps(self) -> int:
-        """The time limit of an episode (``Pendulum-v1``: 200 steps)."""
-        return self.params.max_steps
-
-    def __repr__(self) -> str:
-        changed = [
-            f"{f.name}={getattr(self.params, f.name)!r}"
-            for f in fields(PendulumParams)
-            if getattr(self.params, f.name) != f.default
-        ]
-        return f"Pendulum({', '.join(changed)})"
 
     def reset(
         self,

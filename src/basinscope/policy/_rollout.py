@@ -128,45 +128,38 @@ class Rollout(nn.Module):
             return torch.func.functional_call(self.policy, p, (obs,))
 
         policy = torch.func.vmap(one, in_dims=(0, 0))
-        idx = episodes.to(self.start.device).long()
-        state = self.start[idx].to(episodes.device).expand(b, -1, -1).clone()
-        noise = None if self.noise is None else self.noise[idx].to(episodes.device)
-        total = torch.zeros(b, len(idx), dtype=torch.float64, device=episodes.device)
-        alive = torch.ones(b, len(idx), dtype=torch.bool, device=episodes.device)
-        discount = 1.0
-        for t in range(self.horizon):
-            out = policy(own, self.env.observe(state).to(dtype))
-            action = self._act(out, None if noise is None else noise[:, t])
-            nxt, reward, terminated = self.env.step(state, action)
-            total = total + discount * torch.where(alive, reward, torch.zeros_like(reward))
-            alive = alive & ~terminated
-            state = torch.where(alive[..., None], nxt, state)
-            discount *= self.gamma
-            if self.env.discrete and not bool(alive.any()):
-                break
-        return total
+        state = self.start[episodes.to(self.start.device).long()].to(episodes.device)
+        return self._roll(lambda obs: policy(own, obs), state.expand(b, -1, -1), episodes, dtype)
 
     def forward(self, episodes: Tensor) -> Tensor:
         grads = torch.is_grad_enabled() and any(p.requires_grad for p in self.policy.parameters())
         if self.env.discrete and grads:
             raise BasinscopeError(DISCRETE_GRADIENT)
         dtype = next((p.dtype for p in self.policy.parameters()), torch.float64)
+        state = self.start[episodes.to(self.start.device).long()].to(episodes.device)
+        return self._roll(self.policy, state, episodes, dtype)
+
+    def _roll(self, policy: Any, state: Tensor, episodes: Tensor, dtype: torch.dtype) -> Tensor:
+        """The returns of the episodes starting at ``state`` (``[..., E, S]``: one point's,
+        or a stack of points'), ``policy`` mapping observations ``[..., E, obs]`` in the
+        policy's ``dtype`` to its outputs. A finished episode's state stays put and its
+        rewards are masked; the loop ends when every episode has (not inside vmap,
+        where a data-dependent exit is impossible)."""
         idx = episodes.to(self.start.device).long()
-        state = self.start[idx].to(episodes.device)
         noise = None if self.noise is None else self.noise[idx].to(episodes.device)
-        total = torch.zeros(len(idx), dtype=torch.float64, device=episodes.device)
-        alive = torch.ones(len(idx), dtype=torch.bool, device=episodes.device)
+        total = torch.zeros(state.shape[:-1], dtype=torch.float64, device=state.device)
+        alive = torch.ones(state.shape[:-1], dtype=torch.bool, device=state.device)
         discount = 1.0
         for t in range(self.horizon):
-            out = self.policy(self.env.observe(state).to(dtype))
+            out = policy(self.env.observe(state).to(dtype))
             action = self._act(out, None if noise is None else noise[:, t])
             nxt, reward, terminated = self.env.step(state, action)
             total = total + discount * torch.where(alive, reward, torch.zeros_like(reward))
             alive = alive & ~terminated
-            state = torch.where(alive[:, None], nxt, state)  # a finished episode stays put
+            state = torch.where(alive[..., None], nxt, state)
             discount *= self.gamma
             if self.env.discrete and not _batched(alive) and not bool(alive.any()):
-                break  # every episode has ended (not inside vmap: no data-dependent exit)
+                break
         return total
 
 
